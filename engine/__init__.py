@@ -1,0 +1,46 @@
+"""A generic persisted state-machine engine.
+
+Flows (python-statemachine classes described by a `FlowSpec`) are registered
+with an `Engine`, which stores each run of a flow as an attempt row plus an
+append-only event log, applies per-state deadlines, and keeps concurrent
+writers honest with optimistic locking. Nothing here knows what a flow is for.
+"""
+
+from engine.clock import Clock, SystemClock
+from engine.core import Engine, Fired, Transaction
+from engine.db import Database
+from engine.errors import (
+    ConflictError,
+    EngineError,
+    EventRefused,
+    InvalidAttemptId,
+    NotFound,
+    StoredStateInvalid,
+    UnknownEvent,
+    UnknownFlow,
+)
+from engine.flow import Deadline, FlowRegistry, FlowSpec
+from engine.models import Attempt, AttemptEvent, Outbox
+
+__all__ = [
+    "Attempt",
+    "AttemptEvent",
+    "Clock",
+    "ConflictError",
+    "Database",
+    "Deadline",
+    "Engine",
+    "EngineError",
+    "EventRefused",
+    "Fired",
+    "FlowRegistry",
+    "FlowSpec",
+    "InvalidAttemptId",
+    "NotFound",
+    "Outbox",
+    "StoredStateInvalid",
+    "SystemClock",
+    "Transaction",
+    "UnknownEvent",
+    "UnknownFlow",
+]

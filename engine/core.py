@@ -1,0 +1,703 @@
+"""The engine: start attempts, fire events, read them, sweep their deadlines.
+
+Each public operation is one database transaction run by `Database`; the
+async methods await it on the database's threads, the `*_sync` ones run it in
+the caller's thread (the command line, the worker, the sweep).
+
+Firing an event:
+1. the caller gathers the facts the flow's guards need (`params`);
+2. the engine loads the attempt, applies an overdue deadline first, and lets
+   a fresh machine bound to a copy of the row decide;
+3. an accepted transition updates the row only if its `version` is still the
+   one read (optimistic lock) and appends its event row; the caller's
+   `in_tx` hook then runs inside the same transaction (and may queue outbox
+   work that runs after commit);
+4. a refused event (wrong state, failed guard) appends a refused event row and
+   changes nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from statemachine.exceptions import TransitionNotAllowed
+
+from engine.clock import Clock, SystemClock
+from engine.db import Database
+from engine.errors import (
+    ConflictError,
+    EventRefused,
+    InvalidAttemptId,
+    NotFound,
+    StoredStateInvalid,
+)
+from engine.flow import FlowRegistry, FlowSpec
+from engine.models import Attempt, AttemptEvent, Outbox
+
+attempt_t = Attempt.__table__
+event_t = AttemptEvent.__table__
+outbox_t = Outbox.__table__
+
+SYSTEM = "system"
+START_EVENT = "start"
+
+
+def parse_attempt_id(value: str | uuid.UUID) -> uuid.UUID:
+    """A UUID from user input, or `InvalidAttemptId`."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidAttemptId(str(value)) from None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """A read-only snapshot of an attempt row."""
+
+    id: uuid.UUID
+    flow: str
+    flow_version: int
+    state: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime | None
+    lease_until: datetime | None
+    subject: str
+    locale: str
+    data: Mapping[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> AttemptRecord:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One entry of an attempt's event log."""
+
+    seq: int
+    event: str
+    from_state: str | None
+    to_state: str | None
+    actor: str
+    at: datetime
+    accepted: bool
+    detail: Mapping[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> EventRecord:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Fired:
+    """The outcome of an accepted event."""
+
+    attempt: AttemptRecord
+    event: EventRecord
+    previous_state: str
+
+
+@dataclass
+class Transaction:
+    """What an `in_tx` hook sees: the open connection, the clock's now, and the outbox."""
+
+    conn: Connection
+    now: datetime
+    attempt: AttemptRecord
+    previous_state: str
+    engine: Engine
+
+    def fire(
+        self,
+        attempt_id: uuid.UUID,
+        event: str,
+        *,
+        actor: str = SYSTEM,
+        params: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> Fired | None:
+        """Fire an event at another attempt inside this transaction; None if refused."""
+        outcome = self.engine._fire_in(
+            self.conn,
+            attempt_id,
+            event,
+            actor=actor,
+            params=params or {},
+            detail=detail or {},
+            data=None,
+            in_tx=None,
+            expected_version=None,
+        )
+        return outcome.fired
+
+    def enqueue(
+        self, kind: str, payload: Mapping[str, Any], available_at: datetime | None = None
+    ) -> None:
+        """Queue work to run after this transaction commits."""
+        self.conn.execute(
+            insert(outbox_t).values(
+                attempt_id=self.attempt.id,
+                kind=kind,
+                payload=dict(payload),
+                created_at=self.now,
+                available_at=available_at or self.now,
+                tries=0,
+            )
+        )
+
+
+InTx = Callable[[Transaction], None]
+
+
+@dataclass
+class _Model:
+    """The object a machine is bound to: a copy of the row the flow may read."""
+
+    id: uuid.UUID
+    state: str
+    subject: str
+    locale: str
+    created_at: datetime
+    deadline_at: datetime | None
+    now: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    fired: Fired | None = None
+    refused: EventRefused | None = None
+
+
+class Engine:
+    """Runs registered flows against one database through one clock."""
+
+    def __init__(
+        self, db: Database, flows: FlowRegistry | Iterable[FlowSpec], clock: Clock | None = None
+    ) -> None:
+        self.db = db
+        self.flows = flows if isinstance(flows, FlowRegistry) else FlowRegistry(flows)
+        self.clock = clock or SystemClock()
+
+    # -- async surface -------------------------------------------------
+
+    async def start(self, flow: str, **kw: Any) -> AttemptRecord:
+        return await self.db.run(self.start_sync, flow, **kw)
+
+    async def fire(self, attempt_id: uuid.UUID | str, event: str, **kw: Any) -> Fired:
+        return await self.db.run(self.fire_sync, attempt_id, event, **kw)
+
+    async def get(self, attempt_id: uuid.UUID | str) -> AttemptRecord:
+        record = await self.db.run(self.read_sync, attempt_id, write=False)
+        if self._overdue(record, self.clock.now()):
+            return await self.db.run(self.get_sync, record.id)
+        return record
+
+    async def history(self, attempt_id: uuid.UUID | str) -> list[EventRecord]:
+        return await self.db.run(self.history_sync, attempt_id, write=False)
+
+    async def sweep(self, batch_size: int = 5000) -> int:
+        return await self.db.run(self.sweep_sync, batch_size)
+
+    # -- starting ------------------------------------------------------
+
+    def start_sync(
+        self,
+        flow: str,
+        *,
+        subject: str = "",
+        locale: str = "en",
+        data: Mapping[str, Any] | None = None,
+        actor: str = SYSTEM,
+        detail: Mapping[str, Any] | None = None,
+        attempt_id: uuid.UUID | None = None,
+    ) -> AttemptRecord:
+        """Create an attempt in its flow's initial state, with its creation logged."""
+        spec = self.flows.get(flow)
+        now = self.clock.now()
+        state = spec.initial_state
+        deadline = spec.deadlines.get(state)
+        values = {
+            "id": attempt_id or uuid.uuid4(),
+            "flow": spec.name,
+            "flow_version": spec.version,
+            "state": state,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+            "deadline_at": now + deadline.after if deadline else None,
+            "lease_until": None,
+            "subject": subject,
+            "locale": locale,
+            "data": dict(data or {}),
+        }
+        with self.db.transaction() as conn:
+            conn.execute(insert(attempt_t).values(**values))
+            conn.execute(
+                insert(event_t).values(
+                    attempt_id=values["id"],
+                    seq=1,
+                    event=START_EVENT,
+                    from_state=None,
+                    to_state=state,
+                    actor=actor,
+                    at=now,
+                    accepted=True,
+                    detail=dict(detail or {}),
+                )
+            )
+        return AttemptRecord(**values)
+
+    # -- firing --------------------------------------------------------
+
+    def fire_sync(
+        self,
+        attempt_id: uuid.UUID | str,
+        event: str,
+        *,
+        actor: str = SYSTEM,
+        params: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        in_tx: InTx | None = None,
+        expected_version: int | None = None,
+    ) -> Fired:
+        """Fire `event` on an attempt; raise `EventRefused` (after recording it) if not allowed."""
+        attempt_id = parse_attempt_id(attempt_id)
+        try:
+            with self.db.transaction() as conn:
+                outcome = self._fire_in(
+                    conn,
+                    attempt_id,
+                    event,
+                    actor=actor,
+                    params=params or {},
+                    detail=detail or {},
+                    data=data,
+                    in_tx=in_tx,
+                    expected_version=expected_version,
+                )
+        except IntegrityError:
+            raise ConflictError(attempt_id, event) from None
+        if outcome.refused is not None:
+            raise outcome.refused
+        assert outcome.fired is not None
+        return outcome.fired
+
+    def _fire_in(
+        self,
+        conn: Connection,
+        attempt_id: uuid.UUID,
+        event: str,
+        *,
+        actor: str,
+        params: Mapping[str, Any],
+        detail: Mapping[str, Any],
+        data: Mapping[str, Any] | None,
+        in_tx: InTx | None,
+        expected_version: int | None,
+    ) -> _Outcome:
+        now = self.clock.now()
+        record = self._load(conn, attempt_id)
+        spec = self._spec_for(record)
+        spec.check_event(event)
+        if expected_version is not None and expected_version != record.version:
+            raise ConflictError(attempt_id, event)
+        expired_at: datetime | None = None
+        if self._overdue(record, now):
+            deadline = spec.deadlines[record.state]
+            if event != deadline.event:
+                expired_at = record.deadline_at
+                record = self._apply_deadline(conn, spec, record, now).attempt
+        model = _Model(
+            id=record.id,
+            state=record.state,
+            subject=record.subject,
+            locale=record.locale,
+            created_at=record.created_at,
+            deadline_at=record.deadline_at,
+            now=now,
+            data=dict(record.data),
+        )
+        machine = spec.machine(model=model, state_field="state")
+        try:
+            machine.send(event, **params)
+        except TransitionNotAllowed:
+            reason = "guard_failed" if event in spec.events_from(record.state) else "wrong_state"
+            if expired_at is not None:
+                reason = "expired"
+            self._log(
+                conn,
+                record.id,
+                event,
+                record.state,
+                None,
+                actor,
+                now,
+                False,
+                {"reason": reason, **detail},
+            )
+            return _Outcome(
+                refused=EventRefused(record.id, event, record.state, reason, expired_at)
+            )
+        new_data = {**model.data, **(data or {})}
+        fired = self._commit_transition(
+            conn, spec, record, event, model.state, actor, now, dict(detail), new_data
+        )
+        if in_tx is not None:
+            in_tx(Transaction(conn, now, fired.attempt, record.state, self))
+        return _Outcome(fired=fired)
+
+    def _commit_transition(
+        self,
+        conn: Connection,
+        spec: FlowSpec,
+        record: AttemptRecord,
+        event: str,
+        target: str,
+        actor: str,
+        now: datetime,
+        detail: dict[str, Any],
+        data: dict[str, Any],
+    ) -> Fired:
+        deadline = spec.deadlines.get(target)
+        if deadline is None:
+            deadline_at = None
+        elif not deadline.restart and record.deadline_at is not None:
+            deadline_at = record.deadline_at
+        else:
+            deadline_at = now + deadline.after
+        result = conn.execute(
+            update(attempt_t)
+            .where(attempt_t.c.id == record.id, attempt_t.c.version == record.version)
+            .values(
+                state=target,
+                version=record.version + 1,
+                updated_at=now,
+                deadline_at=deadline_at,
+                lease_until=None,
+                data=data,
+            )
+        )
+        if result.rowcount != 1:
+            raise ConflictError(record.id, event)
+        logged = self._log(conn, record.id, event, record.state, target, actor, now, True, detail)
+        after = AttemptRecord(
+            **{
+                **record.__dict__,
+                "state": target,
+                "version": record.version + 1,
+                "updated_at": now,
+                "deadline_at": deadline_at,
+                "lease_until": None,
+                "data": data,
+            }
+        )
+        return Fired(after, logged, record.state)
+
+    def _apply_deadline(
+        self, conn: Connection, spec: FlowSpec, record: AttemptRecord, now: datetime
+    ) -> Fired:
+        deadline = spec.deadlines[record.state]
+        target = spec.target_of(record.state, deadline.event)
+        assert target is not None  # FlowSpec checks this at definition time
+        return self._commit_transition(
+            conn,
+            spec,
+            record,
+            deadline.event,
+            target,
+            SYSTEM,
+            now,
+            {"deadline_at": record.deadline_at.isoformat() if record.deadline_at else None},
+            dict(record.data),
+        )
+
+    def _log(
+        self,
+        conn: Connection,
+        attempt_id: uuid.UUID,
+        event: str,
+        from_state: str | None,
+        to_state: str | None,
+        actor: str,
+        at: datetime,
+        accepted: bool,
+        detail: Mapping[str, Any],
+    ) -> EventRecord:
+        seq = conn.execute(
+            select(func.coalesce(func.max(event_t.c.seq), 0) + 1).where(
+                event_t.c.attempt_id == attempt_id
+            )
+        ).scalar_one()
+        record = EventRecord(seq, event, from_state, to_state, actor, at, accepted, dict(detail))
+        # A concurrent writer that took the same seq makes this insert fail;
+        # fire_sync turns that into ConflictError after rolling back.
+        conn.execute(insert(event_t).values(attempt_id=attempt_id, **record.__dict__))
+        return record
+
+    # -- reading -------------------------------------------------------
+
+    def _load(self, conn: Connection, attempt_id: uuid.UUID) -> AttemptRecord:
+        row = conn.execute(select(attempt_t).where(attempt_t.c.id == attempt_id)).first()
+        if row is None:
+            raise NotFound(attempt_id)
+        return AttemptRecord.from_row(row)
+
+    def _spec_for(self, record: AttemptRecord) -> FlowSpec:
+        spec = self.flows.get(record.flow)
+        if record.state not in spec.states:
+            raise StoredStateInvalid(record.id, record.flow, record.state)
+        return spec
+
+    def _overdue(self, record: AttemptRecord, now: datetime) -> bool:
+        return record.deadline_at is not None and record.deadline_at < now
+
+    def read_sync(self, attempt_id: uuid.UUID | str) -> AttemptRecord:
+        """The stored row as it is, deadline not applied (see `get_sync`)."""
+        attempt_id = parse_attempt_id(attempt_id)
+        with self.db.transaction(write=False) as conn:
+            record = self._load(conn, attempt_id)
+        self._spec_for(record)
+        return record
+
+    def get_sync(self, attempt_id: uuid.UUID | str) -> AttemptRecord:
+        """The attempt, moved by its deadline first if that has passed (persisted)."""
+        attempt_id = parse_attempt_id(attempt_id)
+        with self.db.transaction() as conn:
+            record = self._load(conn, attempt_id)
+            spec = self._spec_for(record)
+            if self._overdue(record, self.clock.now()):
+                record = self._apply_deadline(conn, spec, record, self.clock.now()).attempt
+        return record
+
+    def history_sync(self, attempt_id: uuid.UUID | str) -> list[EventRecord]:
+        """Every event fired at the attempt, in order."""
+        attempt_id = parse_attempt_id(attempt_id)
+        with self.db.transaction(write=False) as conn:
+            self._load(conn, attempt_id)
+            rows = conn.execute(
+                select(event_t).where(event_t.c.attempt_id == attempt_id).order_by(event_t.c.seq)
+            )
+            return [EventRecord.from_row(r) for r in rows]
+
+    def allowed_events(self, record: AttemptRecord) -> list[str]:
+        """Events with a transition out of the attempt's current state."""
+        return self._spec_for(record).events_from(record.state)
+
+    # -- deadlines in bulk ---------------------------------------------
+
+    def sweep_sync(self, batch_size: int = 5000) -> int:
+        """Apply every overdue deadline, set-based, one batch per transaction."""
+        total = 0
+        for spec in self.flows:
+            for state, deadline in spec.deadlines.items():
+                target = spec.target_of(state, deadline.event)
+                assert target is not None
+                while True:
+                    moved = self._sweep_batch(spec, state, target, deadline.event, batch_size)
+                    total += moved
+                    if moved < batch_size:
+                        break
+        return total
+
+    def _sweep_batch(
+        self, spec: FlowSpec, state: str, target: str, event: str, batch_size: int
+    ) -> int:
+        now = self.clock.now()
+        new_deadline = spec.deadlines.get(target)
+        with self.db.transaction() as conn:
+            pick = (
+                select(attempt_t.c.id)
+                .where(
+                    attempt_t.c.flow == spec.name,
+                    attempt_t.c.state == state,
+                    attempt_t.c.deadline_at < now,
+                )
+                .limit(batch_size)
+            )
+            if not self.db.is_sqlite:
+                pick = pick.with_for_update(skip_locked=True)
+            ids = list(conn.execute(pick).scalars())
+            if not ids:
+                return 0
+            seq = (
+                select(func.coalesce(func.max(event_t.c.seq), 0) + 1)
+                .where(event_t.c.attempt_id == attempt_t.c.id)
+                .scalar_subquery()
+            )
+            conn.execute(
+                insert(event_t).from_select(
+                    [
+                        "attempt_id",
+                        "seq",
+                        "event",
+                        "from_state",
+                        "to_state",
+                        "actor",
+                        "at",
+                        "accepted",
+                        "detail",
+                    ],
+                    select(
+                        attempt_t.c.id,
+                        seq,
+                        literal(event),
+                        attempt_t.c.state,
+                        literal(target),
+                        literal(SYSTEM),
+                        literal(now, type_=event_t.c.at.type),
+                        literal(True),
+                        literal({"sweep": True}, type_=event_t.c.detail.type),
+                    ).where(attempt_t.c.id.in_(ids)),
+                )
+            )
+            conn.execute(
+                update(attempt_t)
+                .where(attempt_t.c.id.in_(ids))
+                .values(
+                    state=target,
+                    version=attempt_t.c.version + 1,
+                    updated_at=now,
+                    deadline_at=now + new_deadline.after if new_deadline else None,
+                    lease_until=None,
+                )
+            )
+        return len(ids)
+
+    # -- claiming work -------------------------------------------------
+
+    def claim_sync(
+        self, flow: str, state: str, *, lease: timedelta, limit: int = 10
+    ) -> list[AttemptRecord]:
+        """Lease up to `limit` attempts waiting in `state`, oldest first.
+
+        A worker that dies while holding a lease leaves the attempt claimable
+        again when the lease runs out; PostgreSQL workers skip rows another
+        worker is claiming at the same moment.
+        """
+        spec = self.flows.get(flow)
+        now = self.clock.now()
+        with self.db.transaction() as conn:
+            pick = (
+                select(attempt_t)
+                .where(
+                    attempt_t.c.flow == spec.name,
+                    attempt_t.c.state == state,
+                    or_(attempt_t.c.lease_until.is_(None), attempt_t.c.lease_until < now),
+                )
+                .order_by(attempt_t.c.created_at)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                pick = pick.with_for_update(skip_locked=True)
+            records = [AttemptRecord.from_row(r) for r in conn.execute(pick)]
+            if not records:
+                return []
+            until = now + lease
+            conn.execute(
+                update(attempt_t)
+                .where(attempt_t.c.id.in_([r.id for r in records]))
+                .values(lease_until=until, version=attempt_t.c.version + 1)
+            )
+        return [
+            AttemptRecord(**{**r.__dict__, "lease_until": until, "version": r.version + 1})
+            for r in records
+        ]
+
+    def note_sync(
+        self,
+        attempt_id: uuid.UUID,
+        *,
+        data: Mapping[str, Any],
+        lease_until: datetime | None,
+        expected_version: int,
+    ) -> AttemptRecord:
+        """Merge facts into an attempt's data without a transition (optimistically locked)."""
+        with self.db.transaction() as conn:
+            record = self._load(conn, attempt_id)
+            if record.version != expected_version:
+                raise ConflictError(attempt_id, "note")
+            merged = {**record.data, **data}
+            result = conn.execute(
+                update(attempt_t)
+                .where(attempt_t.c.id == attempt_id, attempt_t.c.version == expected_version)
+                .values(data=merged, lease_until=lease_until, version=expected_version + 1)
+            )
+            if result.rowcount != 1:
+                raise ConflictError(attempt_id, "note")
+        return AttemptRecord(
+            **{
+                **record.__dict__,
+                "data": merged,
+                "lease_until": lease_until,
+                "version": expected_version + 1,
+            }
+        )
+
+    # -- outbox --------------------------------------------------------
+
+    def outbox_claim_sync(
+        self, kinds: Iterable[str], *, lease: timedelta, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """Lease pending outbox items of the given kinds (retried after `lease` if not done)."""
+        now = self.clock.now()
+        with self.db.transaction() as conn:
+            pick = (
+                select(outbox_t)
+                .where(
+                    outbox_t.c.kind.in_(list(kinds)),
+                    outbox_t.c.done_at.is_(None),
+                    outbox_t.c.available_at <= now,
+                )
+                .order_by(outbox_t.c.available_at)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                pick = pick.with_for_update(skip_locked=True)
+            items = [dict(r._mapping) for r in conn.execute(pick)]
+            if items:
+                conn.execute(
+                    update(outbox_t)
+                    .where(outbox_t.c.id.in_([i["id"] for i in items]))
+                    .values(available_at=now + lease, tries=outbox_t.c.tries + 1)
+                )
+        return items
+
+    def outbox_finish_sync(
+        self, item_id: int, *, error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
+        """Mark an outbox item done, or record its error and when to retry."""
+        values: dict[str, Any]
+        if error is None:
+            values = {"done_at": self.clock.now(), "last_error": None}
+        elif retry_at is None:
+            values = {"done_at": self.clock.now(), "last_error": error[:500]}
+        else:
+            values = {"available_at": retry_at, "last_error": error[:500]}
+        with self.db.transaction() as conn:
+            conn.execute(update(outbox_t).where(outbox_t.c.id == item_id).values(**values))
+
+    def outbox_pending_sync(self) -> int:
+        """How many outbox items wait to run."""
+        with self.db.transaction(write=False) as conn:
+            return conn.execute(
+                select(func.count()).select_from(outbox_t).where(outbox_t.c.done_at.is_(None))
+            ).scalar_one()
+
+
+def live_filter(spec: FlowSpec) -> Any:
+    """A WHERE clause matching attempts of `spec` that are not in a final state."""
+    return and_(attempt_t.c.flow == spec.name, attempt_t.c.state.not_in(spec.final_states))
