@@ -35,9 +35,10 @@ class PasswordRecovery(StateMachine):
     undeliverable = State(final=True)
 
     # -- transitions ---------------------------------------------------
+    # Throttles come first: they key on the address, whether or not it has an account.
     dispatch = (
-        requested.to(unknown_account, cond="account_unknown")
-        | requested.to(throttled, cond="over_limit")
+        requested.to(throttled, cond="over_limit")
+        | requested.to(unknown_account, cond="account_unknown")
         | requested.to(emailed, cond="mail_accepted")
     )
     bounce = requested.to(undeliverable)
@@ -51,11 +52,11 @@ class PasswordRecovery(StateMachine):
     supersede = emailed.to(superseded) | link_opened.to(superseded)
 
     # -- guards --------------------------------------------------------
-    def account_unknown(self, account_exists: bool = False) -> bool:
-        return not account_exists
-
     def over_limit(self, throttled: bool = False) -> bool:
         return throttled
+
+    def account_unknown(self, account_exists: bool = False) -> bool:
+        return not account_exists
 
     def mail_accepted(self, mail_accepted: bool = False) -> bool:
         return mail_accepted

@@ -1,0 +1,97 @@
+"""Tables of the recovery domain: accounts, link tokens, sessions, support keys, audit.
+
+Secrets are never stored: tokens, session tokens and support keys are kept as
+SHA-256 hex digests, passwords as Argon2id hashes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+
+class Account(SQLModel, table=True):
+    """A person who can sign in."""
+
+    __tablename__ = "account"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    email: str = Field(max_length=320)
+    # NFKC + case-folded in Python, so both databases compare the same bytes.
+    email_normalized: str = Field(max_length=320, unique=True, index=True)
+    name: str = Field(max_length=200)
+    birth_date: date | None = Field(default=None)
+    locale: str = Field(default="en", max_length=16)
+    password_hash: str = Field(max_length=255)
+    # The last five hashes, newest first (the current one included).
+    password_history: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    disabled: bool = Field(default=False)
+    created_at: datetime
+    password_changed_at: datetime
+
+
+class RecoveryToken(SQLModel, table=True):
+    """The hash of the token a recovery link carries, bound to one attempt and account."""
+
+    __tablename__ = "recovery_token"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    attempt_id: uuid.UUID = Field(index=True, unique=True)
+    account_id: uuid.UUID = Field(index=True)
+    created_at: datetime
+    used_at: datetime | None = Field(default=None)
+    revoked_at: datetime | None = Field(default=None)
+
+
+class LoginSession(SQLModel, table=True):
+    """A signed-in session; the bearer token's hash is the key."""
+
+    __tablename__ = "login_session"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    account_id: uuid.UUID = Field(index=True)
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = Field(default=None)
+
+
+class LoginFailure(SQLModel, table=True):
+    """One failed sign-in, keyed by the normalised address typed (account or not)."""
+
+    __tablename__ = "login_failure"
+    __table_args__ = (Index("ix_login_failure_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=320)
+    at: datetime
+
+
+class SupportKey(SQLModel, table=True):
+    """An API key for support agents, with its role; only the key's hash is kept."""
+
+    __tablename__ = "support_key"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(max_length=64, unique=True, index=True)
+    created_at: datetime
+    revoked_at: datetime | None = Field(default=None)
+
+
+class AuditEntry(SQLModel, table=True):
+    """One support query or action, with the key's name."""
+
+    __tablename__ = "support_audit"
+    __table_args__ = (Index("ix_support_audit_at", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key_name: str = Field(max_length=100)
+    action: str = Field(max_length=64)
+    target: str | None = Field(default=None, max_length=200)
+    at: datetime
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,120 @@
+"""The service's configuration: one frozen object read from `RECOVERY_*` variables.
+
+Nothing reads the environment at import time: `Settings()` does, when the
+command line or a test builds it, and a bad value fails there with a message
+naming the variable (`settings_from_env`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.db import normalise_url
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, with production defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOVERY_", frozen=True, extra="ignore")
+
+    database_url: str = "sqlite:///var/recovery.db"
+    public_base_url: str = "http://127.0.0.1:8000"
+    mail_url: str = "file://./var/mail"
+    mail_from: str = "Account recovery <no-reply@localhost>"
+    link_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    password_policy: Literal["classic", "nist"] = "classic"
+    redis_url: str | None = None
+
+    # Throttles (SPEC §4).
+    emails_per_hour: int = Field(default=3, ge=1)
+    resend_cooldown_seconds: int = Field(default=60, ge=0)
+    public_rate_limit_per_minute: int = Field(default=20, ge=1)
+    trusted_proxies: tuple[str, ...] = ()
+    login_free_failures: int = Field(default=5, ge=1)
+    login_failure_window_minutes: int = Field(default=15, ge=1)
+
+    # Mail delivery.
+    mail_max_tries: int = Field(default=5, ge=1)
+    mail_retry_base_seconds: float = Field(default=2.0, gt=0)
+    mail_timeout_seconds: float = Field(default=10.0, gt=0)
+    dispatch_lease_seconds: int = Field(default=60, ge=5)
+    dispatch_poll_seconds: float = Field(default=0.5, gt=0)
+
+    # Passwords and sessions.
+    max_concurrent_hashes: int = Field(default=2, ge=1)
+    session_ttl_minutes: int = Field(default=12 * 60, ge=1)
+
+    # HTTP.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    db_pool_size: int = Field(default=8, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        normalise_url(value)  # raises ValueError naming the scheme
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("mail_url")
+    @classmethod
+    def _mail_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "file":
+            if not (parts.netloc + parts.path):
+                raise ValueError("file:// needs a directory, e.g. file://./var/mail")
+        elif parts.scheme in ("smtp", "smtps"):
+            if not parts.hostname:
+                raise ValueError("smtp:// needs a host, e.g. smtp://user:pass@host:587?starttls=1")
+            query = parse_qs(parts.query)
+            for flag in ("starttls", "tls"):
+                if flag in query and query[flag][-1] not in ("0", "1", "true", "false"):
+                    raise ValueError(f"{flag} must be 0 or 1")
+        else:
+            raise ValueError("must start with smtp://, smtps:// or file://")
+        return value
+
+    @property
+    def public_host(self) -> str:
+        """The host name the service answers to (and builds links with)."""
+        host = urlsplit(self.public_base_url).hostname
+        assert host is not None
+        return host
+
+    @property
+    def mail_dir(self) -> Path | None:
+        """The directory of the file transport, or None for SMTP."""
+        parts = urlsplit(self.mail_url)
+        if parts.scheme != "file":
+            return None
+        return Path(parts.netloc + parts.path)
+
+
+class SettingsError(Exception):
+    """Configuration that cannot start the service; the message names the variable."""
+
+
+def settings_from_env(**overrides: object) -> Settings:
+    """Read `RECOVERY_*` now; turn validation errors into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"RECOVERY_{field.upper()}: {err['msg']}")
+        raise SettingsError("; ".join(lines)) from None

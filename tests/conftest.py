@@ -1,0 +1,125 @@
+"""Fixtures shared by every suite: one database per test, on SQLite and PostgreSQL.
+
+`db_url` is parametrised over both backends. PostgreSQL comes from a server the
+suite starts itself from the installed binaries; without them those tests skip
+with a reason, except under CI=true where that is a failure. The run ends with
+the line `backends: sqlite=N postgresql=M` (tests run per backend).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import create_engine
+from sqlmodel import SQLModel
+
+import engine.models  # noqa: F401  (registers the engine's tables)
+import flows.recovery.models  # noqa: F401  (registers the domain's tables)
+from engine import Database
+from tests.support.postgres import PostgresServer, find_pg_bin, running_postgres
+
+BACKENDS = ("sqlite", "postgresql")
+TEMPLATE_DB = "recovery_template"
+_backend_runs: Counter[str] = Counter()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run, with a template database holding the schema."""
+    if find_pg_bin() is None:
+        reason = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
+        if in_ci():
+            pytest.fail(f"{reason}, and CI=true requires them")
+        pytest.skip(reason)
+    with running_postgres() as server:
+        janitor = DatabaseJanitor(
+            user=server.user, host="127.0.0.1", port=server.port, dbname=TEMPLATE_DB,
+            as_template=True,
+        )
+        janitor.init()
+        engine_ = create_engine(server.url(TEMPLATE_DB).replace("postgresql:", "postgresql+psycopg:"))
+        SQLModel.metadata.create_all(engine_)
+        engine_.dispose()
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the database backend this test runs on."""
+    request.node.user_properties.append(("backend", request.param))
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh database holding the current schema (created from the models)."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        engine_ = create_engine(url)
+        SQLModel.metadata.create_all(engine_)
+        engine_.dispose()
+        yield url
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    dbname = f"t_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=server.user, host="127.0.0.1", port=server.port, dbname=dbname,
+        template_dbname=TEMPLATE_DB,
+    )
+    janitor.init()
+    try:
+        yield server.url(dbname)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh, empty database (no tables): for migration tests."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    dbname = f"e_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=server.user, host="127.0.0.1", port=server.port, dbname=dbname
+    )
+    janitor.init()
+    try:
+        yield server.url(dbname)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    """An engine `Database` on the fresh test database."""
+    db = Database(db_url, pool_size=4)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == "backend":
+            _backend_runs[value] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(
+        "backends: " + " ".join(f"{b}={_backend_runs[b]}" for b in BACKENDS)
+    )

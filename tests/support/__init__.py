@@ -1,0 +1,1 @@
+"""Real servers for tests and benchmarks: PostgreSQL, SMTP, the service itself."""
