@@ -43,11 +43,16 @@ def pg_server() -> Iterator[PostgresServer]:
         pytest.skip(reason)
     with running_postgres() as server:
         janitor = DatabaseJanitor(
-            user=server.user, host="127.0.0.1", port=server.port, dbname=TEMPLATE_DB,
+            user=server.user,
+            host="127.0.0.1",
+            port=server.port,
+            dbname=TEMPLATE_DB,
             as_template=True,
         )
         janitor.init()
-        engine_ = create_engine(server.url(TEMPLATE_DB).replace("postgresql:", "postgresql+psycopg:"))
+        engine_ = create_engine(
+            server.url(TEMPLATE_DB).replace("postgresql:", "postgresql+psycopg:")
+        )
         SQLModel.metadata.create_all(engine_)
         engine_.dispose()
         yield server
@@ -73,7 +78,10 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
     server: PostgresServer = request.getfixturevalue("pg_server")
     dbname = f"t_{uuid.uuid4().hex[:12]}"
     janitor = DatabaseJanitor(
-        user=server.user, host="127.0.0.1", port=server.port, dbname=dbname,
+        user=server.user,
+        host="127.0.0.1",
+        port=server.port,
+        dbname=dbname,
         template_dbname=TEMPLATE_DB,
     )
     janitor.init()
@@ -91,9 +99,7 @@ def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         return
     server: PostgresServer = request.getfixturevalue("pg_server")
     dbname = f"e_{uuid.uuid4().hex[:12]}"
-    janitor = DatabaseJanitor(
-        user=server.user, host="127.0.0.1", port=server.port, dbname=dbname
-    )
+    janitor = DatabaseJanitor(user=server.user, host="127.0.0.1", port=server.port, dbname=dbname)
     janitor.init()
     try:
         yield server.url(dbname)

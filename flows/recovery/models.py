@@ -28,7 +28,9 @@ class Account(SQLModel, table=True):
     locale: str = Field(default="en", max_length=16)
     password_hash: str = Field(max_length=255)
     # The last five hashes, newest first (the current one included).
-    password_history: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    password_history: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
     disabled: bool = Field(default=False)
     created_at: datetime
     password_changed_at: datetime

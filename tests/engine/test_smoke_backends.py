@@ -1,4 +1,5 @@
 """Temporary check that both backends come up."""
+
 from sqlalchemy import text
 
 

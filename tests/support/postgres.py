@@ -64,8 +64,15 @@ class PostgresServer:
             shutil.chown(self.root, "postgres", "postgres")
         if not (self.datadir / "PG_VERSION").exists():
             self._run(
-                "initdb", "-D", str(self.datadir), "--auth=trust", "-E", "UTF8",
-                "--locale=C.UTF-8", "-U", self.user,
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-U",
+                self.user,
             )
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} "
@@ -73,8 +80,17 @@ class PostgresServer:
             "-c max_connections=300 -c shared_buffers=128MB"
         )
         self._run(
-            "pg_ctl", "-w", "-t", "60", "start", "-D", str(self.datadir), "-o", options,
-            "-l", str(self.root / "server.log"),
+            "pg_ctl",
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-D",
+            str(self.datadir),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
         )
         return self
 
