@@ -1,0 +1,108 @@
+"""Errors of the recovery domain, each carrying what the HTTP layer needs to answer.
+
+`RecoveryError` is the base and never raised itself. Messages never contain a
+token, password, hash or session token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RecoveryError(Exception):
+    """Base of the domain's errors; never raised directly."""
+
+    code = "recovery_error"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class InvalidInput(RecoveryError):
+    """A field is not what it must be (wrong type, malformed, too long)."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, details=[{"field": field, "message": message}])
+        self.field = field
+
+
+class UnknownToken(RecoveryError):
+    """No link carries this token (never issued, or malformed)."""
+
+    code = "unknown_token"
+
+    def __init__(self) -> None:
+        super().__init__("this link is not valid")
+
+
+class LinkDead(RecoveryError):
+    """The link existed but can no longer be used: expired, superseded, cancelled or used."""
+
+    code = "link_dead"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"this link can no longer be used ({reason})")
+        self.reason = reason
+
+
+class LinkUsed(LinkDead):
+    """The link already set a password."""
+
+    code = "link_used"
+
+    def __init__(self) -> None:
+        super().__init__("used")
+
+
+class PolicyFailed(RecoveryError):
+    """The new password breaks one or more rules; `violations` lists every one."""
+
+    code = "password_policy"
+
+    def __init__(self, violations: list[Any], locale: str) -> None:
+        super().__init__(
+            "the new password does not meet the password rules",
+            details=[v.as_dict(locale) for v in violations],
+        )
+        self.violations = violations
+
+
+class LoginFailed(RecoveryError):
+    """Wrong address or password: one generic answer for both."""
+
+    code = "invalid_credentials"
+
+    def __init__(self) -> None:
+        super().__init__("the email address or password is incorrect")
+
+
+class LoginSlowedDown(RecoveryError):
+    """Too many recent failures for this address: try again after `retry_after` seconds."""
+
+    code = "login_slowed_down"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed attempts; try again in {retry_after} seconds")
+        self.retry_after = retry_after
+
+
+class SessionInvalid(RecoveryError):
+    """The session token is unknown, expired or revoked."""
+
+    code = "invalid_session"
+
+    def __init__(self) -> None:
+        super().__init__("not signed in")
+
+
+class AccountExists(RecoveryError):
+    """An account already has this (normalised) address."""
+
+    code = "account_exists"
+
+    def __init__(self) -> None:
+        super().__init__("an account with this email address already exists")

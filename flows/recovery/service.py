@@ -1,0 +1,561 @@
+"""The recovery journey and sign-in, as the HTTP layer and the command line call them.
+
+Each method gathers the facts a `password_recovery` event needs (is the token
+known, live, unused? does the new password pass the policy?), then fires the
+event through the engine; work that must commit with the transition (consume
+the token, store the hash, revoke sessions, queue the notification) runs in
+the engine's `in_tx` hook. Database work is sync code run on the database's
+threads; Argon2 runs on the hasher's bounded threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from engine import ConflictError, Engine, EventRefused, Transaction
+from engine.core import AttemptRecord, attempt_t
+from flows.password_recovery import LIVE_STATES, NAME
+from flows.recovery.errors import (
+    AccountExists,
+    InvalidInput,
+    LinkDead,
+    LinkUsed,
+    LoginFailed,
+    LoginSlowedDown,
+    PolicyFailed,
+    SessionInvalid,
+    UnknownToken,
+)
+from flows.recovery.identity import InvalidEmail, mask_email, normalise_email, support_reference
+from flows.recovery.models import Account, LoginFailure, LoginSession, RecoveryToken
+from flows.recovery.passwords import PasswordHasher
+from flows.recovery.policy import PasswordPolicy, PersonalData, check_history
+from flows.recovery.settings import Settings
+from flows.recovery.tokens import new_token, plausible_token, token_hash
+
+account_t = Account.__table__
+token_t = RecoveryToken.__table__
+session_t = LoginSession.__table__
+failure_t = LoginFailure.__table__
+
+PERSON = "person"
+HISTORY_SIZE = 5
+MAX_LOGIN_PASSWORD_CHARS = 4096
+MAX_USER_AGENT_CHARS = 256
+# A link opened this soon after sending, without cookies, is likely a mail scanner.
+AUTOMATED_OPEN_WINDOW = timedelta(seconds=10)
+LOGIN_DELAY_CAP_SECONDS = 300
+DEAD_REASONS = {
+    "expired": "expired",
+    "superseded": "superseded",
+    "cancelled": "cancelled",
+    "password_set": "used",
+    "logged_in": "used",
+}
+
+
+@dataclass(frozen=True)
+class OpenedLink:
+    """A link that was opened and is live."""
+
+    attempt: AttemptRecord
+    expires_at: datetime | None
+    reference: str
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A new session: the bearer token is shown once, then only its hash is kept."""
+
+    session_token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    email_masked: str
+    expires_at: datetime
+
+
+class RecoveryService:
+    """The person-facing operations of the recovery flow, plus sign-in and sessions."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        hasher: PasswordHasher,
+        policy: PasswordPolicy | None = None,
+    ) -> None:
+        self.engine = engine
+        self.db = engine.db
+        self.clock = engine.clock
+        self.settings = settings
+        self.hasher = hasher
+        self.policy = policy or PasswordPolicy(settings.password_policy)
+
+    # -- 1. "Forgot password?" -----------------------------------------
+
+    async def request(
+        self,
+        email: object,
+        *,
+        locale: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> AttemptRecord:
+        """Record a `requested` attempt; the same work whether or not the address has an account."""
+        try:
+            subject = normalise_email(email)
+        except InvalidEmail as exc:
+            raise InvalidInput("email", str(exc)) from None
+        assert isinstance(email, str)
+        return await self.engine.start(
+            NAME,
+            subject=subject,
+            locale=locale,
+            actor=PERSON,
+            data={
+                "email_submitted": email.strip()[:320],
+                "client_ip": client_ip,
+                "user_agent": (user_agent or "")[:MAX_USER_AGENT_CHARS],
+                "delivery": {"status": "queued", "tries": 0, "last_error": None, "sent_at": None},
+            },
+            detail={"client_ip": client_ip},
+        )
+
+    # -- 2. opening the link -------------------------------------------
+
+    async def open_link(
+        self, token: object, *, method: str = "GET", has_cookies: bool = True
+    ) -> OpenedLink:
+        """Validate a link's token and record the open; never consumes the token."""
+        row = await self._token_row(token)
+        attempt = await self.engine.get(row["attempt_id"])
+        sent_at = _parse_time(attempt.data.get("delivery", {}).get("sent_at"))
+        automated = method.upper() == "HEAD" or (
+            not has_cookies
+            and sent_at is not None
+            and self.clock.now() - sent_at <= AUTOMATED_OPEN_WINDOW
+        )
+        detail = {
+            "method": method.upper(),
+            "repeat": attempt.state == "link_opened",
+            "suspected_automated": automated,
+        }
+        fired = await self._fire_for_token(
+            row, attempt, "open_link", {"token_valid": _token_live(row)}, detail
+        )
+        return OpenedLink(
+            fired.attempt, fired.attempt.deadline_at, support_reference(fired.attempt.id)
+        )
+
+    # -- 3. the new password -------------------------------------------
+
+    async def set_password(
+        self, token: object, password: str, confirmation: str, *, locale: str
+    ) -> AttemptRecord:
+        """Check the new password, then store it and consume the token, exactly once."""
+        row = await self._token_row(token)
+        attempt = await self.engine.get(row["attempt_id"])
+        if attempt.state == "emailed":
+            # An API client may submit without verifying first: that is an open too.
+            attempt = (await self.open_link(token, method="POST")).attempt
+        account = await self.db.run(self._account_by_id, row["account_id"], write=False)
+        violations = self.policy.check(
+            password,
+            confirmation,
+            PersonalData(account.name, account.email, account.birth_date),
+        )
+        if not any(v.code == "too_long" for v in violations) and await check_history(
+            self.hasher, password, account.password_history
+        ):
+            violations.append(self.policy.reused_violation())
+        if violations:
+            await self._fire_for_token(
+                row,
+                attempt,
+                "set_password",
+                {"token_valid": _token_live(row), "password_accepted": False},
+                {"violations": [v.code for v in violations]},
+            )
+            raise PolicyFailed(violations, locale)
+        new_hash = await self.hasher.hash(password)
+
+        def apply(tx: Transaction) -> None:
+            self._store_new_password(tx, row, account, new_hash)
+
+        fired = await self._fire_for_token(
+            row,
+            attempt,
+            "set_password",
+            {"token_valid": _token_live(row), "password_accepted": True},
+            {},
+            in_tx=apply,
+        )
+        return fired.attempt
+
+    def _store_new_password(
+        self, tx: Transaction, row: dict[str, Any], account: Account, new_hash: str
+    ) -> None:
+        consumed = tx.conn.execute(
+            update(token_t)
+            .where(
+                token_t.c.token_hash == row["token_hash"],
+                token_t.c.used_at.is_(None),
+                token_t.c.revoked_at.is_(None),
+            )
+            .values(used_at=tx.now)
+        )
+        if consumed.rowcount != 1:
+            raise ConflictError(tx.attempt.id, "set_password")
+        tx.conn.execute(
+            update(account_t)
+            .where(account_t.c.id == account.id)
+            .values(
+                password_hash=new_hash,
+                password_history=[new_hash, *account.password_history][:HISTORY_SIZE],
+                password_changed_at=tx.now,
+            )
+        )
+        revoke_account_secrets(tx, account.id, keep_token=row["token_hash"])
+        others = tx.conn.execute(
+            select(attempt_t.c.id).where(
+                attempt_t.c.flow == NAME,
+                attempt_t.c.subject == tx.attempt.subject,
+                attempt_t.c.state.in_(LIVE_STATES),
+                attempt_t.c.id != tx.attempt.id,
+            )
+        ).scalars()
+        for other in list(others):
+            tx.fire(other, "supersede", detail={"reason": "password_changed"})
+        tx.enqueue(
+            "password_changed",
+            {
+                "account_id": str(account.id),
+                "attempt_id": str(tx.attempt.id),
+                "locale": tx.attempt.locale,
+            },
+        )
+
+    # -- "this wasn't me" ----------------------------------------------
+
+    async def cancel_by_token(self, token: object) -> AttemptRecord:
+        """The person says they did not ask: cancel the attempt and kill its link."""
+        row = await self._token_row(token)
+        attempt = await self.engine.get(row["attempt_id"])
+
+        def revoke(tx: Transaction) -> None:
+            tx.conn.execute(
+                update(token_t)
+                .where(token_t.c.token_hash == row["token_hash"], token_t.c.revoked_at.is_(None))
+                .values(revoked_at=tx.now)
+            )
+
+        fired = await self._fire_for_token(
+            row, attempt, "cancel", {}, {"via": "not_me_link"}, in_tx=revoke
+        )
+        return fired.attempt
+
+    # -- tokens ----------------------------------------------------------
+
+    async def _token_row(self, token: object) -> dict[str, Any]:
+        if not plausible_token(token):
+            raise UnknownToken()
+        assert isinstance(token, str)
+        row = await self.db.run(self._find_token, token_hash(token), write=False)
+        if row is None:
+            raise UnknownToken()
+        return row
+
+    def _find_token(self, digest: str) -> dict[str, Any] | None:
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(select(token_t).where(token_t.c.token_hash == digest)).first()
+            return dict(row._mapping) if row else None
+
+    async def _fire_for_token(
+        self,
+        row: dict[str, Any],
+        attempt: AttemptRecord,
+        event: str,
+        params: dict[str, Any],
+        detail: dict[str, Any],
+        in_tx: Any = None,
+    ) -> Any:
+        """Fire on the token's attempt; explain a refusal as a dead or used link."""
+        try:
+            return await self.engine.fire(
+                attempt.id,
+                event,
+                actor=PERSON,
+                params=params,
+                detail=detail,
+                in_tx=in_tx,
+                expected_version=attempt.version,
+            )
+        except EventRefused as refused:
+            if event == "set_password" and refused.state == "link_opened" and _token_live(row):
+                # Refused by the policy guard: the caller raises PolicyFailed.
+                return None
+            raise _dead_link(refused.state, row) from None
+        except ConflictError:
+            # Someone else moved the attempt first (a concurrent submission).
+            current = await self.engine.get(attempt.id)
+            if event == "open_link" and current.state == "link_opened":
+                return await self._fire_for_token(row, current, event, params, detail, in_tx)
+            if event == "set_password":
+                raise LinkUsed() from None
+            raise _dead_link(current.state, row) from None
+
+    def _account_by_id(self, account_id: uuid.UUID) -> Account:
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(select(account_t).where(account_t.c.id == account_id)).one()
+            return Account(**row._mapping)
+
+    # -- sign-in and sessions -------------------------------------------
+
+    async def login(self, email: object, password: object) -> SignedIn:
+        """Sign in: one generic failure for unknown address and wrong password alike."""
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise InvalidInput(
+                "email" if not isinstance(email, str) else "password", "must be a string"
+            )
+        if len(password) > MAX_LOGIN_PASSWORD_CHARS:
+            raise InvalidInput("password", "password is too long")
+        try:
+            key = normalise_email(email)
+        except InvalidEmail:
+            key = email.strip().casefold()[:320]
+        retry_after = await self.db.run(self._login_delay, key, write=False)
+        if retry_after > 0:
+            raise LoginSlowedDown(retry_after)
+        account = await self.db.run(self._account_by_email, key, write=False)
+        if account is None or account.disabled:
+            await self.hasher.verify_dummy(password)
+            await self.db.run(self._record_failure, key)
+            raise LoginFailed()
+        if not await self.hasher.verify(account.password_hash, password):
+            await self.db.run(self._record_failure, key)
+            raise LoginFailed()
+        rehashed = (
+            await self.hasher.hash(password)
+            if self.hasher.needs_rehash(account.password_hash)
+            else None
+        )
+        token = new_token()
+        expires_at = self.clock.now() + timedelta(minutes=self.settings.session_ttl_minutes)
+        attempt_id = await self.db.run(
+            self._open_session, account, key, token_hash(token), expires_at, rehashed
+        )
+        if attempt_id is not None:
+            # Another sign-in may have recorded it first: that is fine.
+            with contextlib.suppress(EventRefused, ConflictError):
+                await self.engine.fire(
+                    attempt_id, "log_in", actor=PERSON, params={"signed_in": True}
+                )
+        return SignedIn(token, expires_at)
+
+    def _login_delay(self, key: str) -> int:
+        """Seconds to wait before another try: 0, or growing after the free failures."""
+        now = self.clock.now()
+        since = now - timedelta(minutes=self.settings.login_failure_window_minutes)
+        with self.db.transaction(write=False) as conn:
+            count, last = conn.execute(
+                select(func.count(), func.max(failure_t.c.at)).where(
+                    failure_t.c.key == key, failure_t.c.at > since
+                )
+            ).one()
+        if count < self.settings.login_free_failures or last is None:
+            return 0
+        delay = min(2 ** (count - self.settings.login_free_failures), LOGIN_DELAY_CAP_SECONDS)
+        remaining = (_aware(last) + timedelta(seconds=delay) - now).total_seconds()
+        return max(0, math.ceil(remaining))
+
+    def _record_failure(self, key: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(insert(failure_t).values(key=key, at=self.clock.now()))
+
+    def _account_by_email(self, key: str) -> Account | None:
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(select(account_t).where(account_t.c.email_normalized == key)).first()
+            return Account(**row._mapping) if row else None
+
+    def _open_session(
+        self,
+        account: Account,
+        key: str,
+        digest: str,
+        expires_at: datetime,
+        rehashed: str | None,
+    ) -> uuid.UUID | None:
+        now = self.clock.now()
+        with self.db.transaction() as conn:
+            conn.execute(
+                insert(session_t).values(
+                    token_hash=digest, account_id=account.id, created_at=now, expires_at=expires_at
+                )
+            )
+            conn.execute(delete(failure_t).where(failure_t.c.key == key))
+            if rehashed is not None:
+                conn.execute(
+                    update(account_t)
+                    .where(account_t.c.id == account.id)
+                    .values(
+                        password_hash=rehashed,
+                        password_history=[rehashed, *account.password_history[1:]][:HISTORY_SIZE],
+                    )
+                )
+            return conn.execute(
+                select(attempt_t.c.id)
+                .where(
+                    attempt_t.c.flow == NAME,
+                    attempt_t.c.subject == account.email_normalized,
+                    attempt_t.c.state == "password_set",
+                )
+                .order_by(attempt_t.c.updated_at.desc())
+                .limit(1)
+            ).scalar()
+
+    async def logout(self, session_token: object) -> None:
+        """Revoke the session; `SessionInvalid` if it is not a live session."""
+        if not plausible_token(session_token):
+            raise SessionInvalid()
+        assert isinstance(session_token, str)
+        if not await self.db.run(self._revoke_session, token_hash(session_token)):
+            raise SessionInvalid()
+
+    def _revoke_session(self, digest: str) -> bool:
+        now = self.clock.now()
+        with self.db.transaction() as conn:
+            result = conn.execute(
+                update(session_t)
+                .where(
+                    session_t.c.token_hash == digest,
+                    session_t.c.revoked_at.is_(None),
+                    session_t.c.expires_at > now,
+                )
+                .values(revoked_at=now)
+            )
+            return result.rowcount == 1
+
+    async def session(self, session_token: object) -> SessionInfo:
+        """Who a live session belongs to (masked), or `SessionInvalid`."""
+        if not plausible_token(session_token):
+            raise SessionInvalid()
+        assert isinstance(session_token, str)
+        found = await self.db.run(self._session_info, token_hash(session_token), write=False)
+        if found is None:
+            raise SessionInvalid()
+        return found
+
+    def _session_info(self, digest: str) -> SessionInfo | None:
+        now = self.clock.now()
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(
+                select(account_t.c.email_normalized, session_t.c.expires_at)
+                .join(account_t, account_t.c.id == session_t.c.account_id)
+                .where(
+                    session_t.c.token_hash == digest,
+                    session_t.c.revoked_at.is_(None),
+                    session_t.c.expires_at > now,
+                )
+            ).first()
+        return SessionInfo(mask_email(row[0]), _aware(row[1])) if row else None
+
+    # -- accounts --------------------------------------------------------
+
+    def create_account_sync(
+        self,
+        *,
+        email: str,
+        name: str,
+        password: str,
+        birth_date: date | None = None,
+        locale: str = "en",
+    ) -> Account:
+        """Create an account (command line); the password must pass the policy."""
+        try:
+            normalised = normalise_email(email)
+        except InvalidEmail as exc:
+            raise InvalidInput("email", str(exc)) from None
+        if not name.strip():
+            raise InvalidInput("name", "name must not be empty")
+        if locale not in ("en", "fr"):
+            raise InvalidInput("locale", "locale must be en or fr")
+        violations = self.policy.check(password, password, PersonalData(name, email, birth_date))
+        if violations:
+            raise PolicyFailed(violations, locale)
+        digest = self.hasher.hash_sync(password)
+        now = self.clock.now()
+        account = Account(
+            email=email.strip(),
+            email_normalized=normalised,
+            name=name.strip(),
+            birth_date=birth_date,
+            locale=locale,
+            password_hash=digest,
+            password_history=[digest],
+            created_at=now,
+            password_changed_at=now,
+        )
+        with self.db.transaction() as conn:
+            exists = conn.execute(
+                select(account_t.c.id).where(account_t.c.email_normalized == normalised)
+            ).first()
+            if exists:
+                raise AccountExists()
+            conn.execute(insert(account_t).values(**account.model_dump()))
+        return account
+
+
+def revoke_account_secrets(tx: Transaction, account_id: uuid.UUID, keep_token: str) -> None:
+    """A password change kills every session and every other link of the account."""
+    tx.conn.execute(
+        update(session_t)
+        .where(session_t.c.account_id == account_id, session_t.c.revoked_at.is_(None))
+        .values(revoked_at=tx.now)
+    )
+    tx.conn.execute(
+        update(token_t)
+        .where(
+            token_t.c.account_id == account_id,
+            token_t.c.token_hash != keep_token,
+            token_t.c.used_at.is_(None),
+            token_t.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=tx.now)
+    )
+
+
+def _token_live(row: dict[str, Any]) -> bool:
+    return row["used_at"] is None and row["revoked_at"] is None
+
+
+def _dead_link(state: str, row: dict[str, Any]) -> LinkDead:
+    if state in ("password_set", "logged_in") or row["used_at"] is not None:
+        return LinkUsed()
+    return LinkDead(DEAD_REASONS.get(state, "revoked" if row["revoked_at"] else state))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value))
+    except ValueError:
+        return None
+
+
+__all__: Sequence[str] = ("OpenedLink", "RecoveryService", "SessionInfo", "SignedIn")
