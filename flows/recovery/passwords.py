@@ -1,0 +1,151 @@
+"""Password hashing: Argon2id through argon2-cffi, off the event loop, a bounded number at once.
+
+`PasswordHasher` is the protocol the service codes against; `Argon2Hasher` is
+the one implementation. Production uses argon2-cffi's `PasswordHasher()`
+defaults (RFC 9106 low-memory profile: Argon2id, t=3, m=64 MiB, p=4). Each
+hash or verification holds 64 MiB while it runs, so at most `max_concurrent`
+run at once, on the hasher's own worker threads (argon2-cffi releases the GIL,
+so the event loop keeps serving while they run).
+
+The cheap profile is reachable only through `Argon2Hasher.for_tests()`: no
+setting or environment variable selects it, so production cannot fall into
+it by accident.
+
+Passwords are NFKC-normalised before hashing and verifying, so the same
+password typed as NFC or NFD (or with full-width characters) gives the same
+bytes. They are encoded as UTF-8 with `surrogatepass`, so no string (not even
+one with a lone surrogate from a JSON body) makes hashing or verification raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import unicodedata
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar, runtime_checkable
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+__all__ = ["Argon2Hasher", "PasswordHasher", "normalise_password"]
+
+T = TypeVar("T")
+
+# argon2-cffi's documented cheap profile parameters ("only for testing").
+_TEST_PROFILE = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+
+
+def normalise_password(password: str) -> str:
+    """The NFKC form of `password`: what is hashed, verified, measured and checked."""
+    return unicodedata.normalize("NFKC", password)
+
+
+def _secret_bytes(password: str) -> bytes:
+    # surrogatepass: a lone surrogate (valid in JSON, invalid in UTF-8) must not
+    # turn a login into a 500; it simply hashes to bytes no real password gives.
+    return normalise_password(password).encode("utf-8", "surrogatepass")
+
+
+@runtime_checkable
+class PasswordHasher(Protocol):
+    """What the service needs from a password hasher."""
+
+    async def hash(self, password: str) -> str:
+        """A new encoded hash of `password` (random salt)."""
+        ...
+
+    async def verify(self, stored_hash: str, password: str) -> bool:
+        """Whether `password` matches; False on mismatch or a malformed hash, never raises."""
+        ...
+
+    async def verify_dummy(self, password: str) -> None:
+        """Spend exactly one real verification, against a fixed dummy hash."""
+        ...
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        """Whether `stored_hash` was made with other parameters than this hasher's."""
+        ...
+
+    def hash_sync(self, password: str) -> str:
+        """`hash` on the calling thread (command line)."""
+        ...
+
+    def verify_sync(self, stored_hash: str, password: str) -> bool:
+        """`verify` on the calling thread (command line)."""
+        ...
+
+
+class Argon2Hasher:
+    """Argon2id with argon2-cffi, run on at most `max_concurrent` dedicated threads."""
+
+    def __init__(self, max_concurrent: int = 2) -> None:
+        """The production hasher: argon2-cffi `PasswordHasher()` defaults."""
+        self._setup(argon2.PasswordHasher(), max_concurrent)
+
+    @classmethod
+    def for_tests(cls, max_concurrent: int = 4) -> Argon2Hasher:
+        """The cheap profile (t=1, m=8 KiB, p=1): fast, worthless as protection, tests only."""
+        hasher = cls.__new__(cls)
+        hasher._setup(argon2.PasswordHasher(**_TEST_PROFILE), max_concurrent)
+        return hasher
+
+    def _setup(self, ph: argon2.PasswordHasher, max_concurrent: int) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self._ph = ph
+        self.max_concurrent = max_concurrent
+        # A dedicated pool bounds the memory in flight for the whole process,
+        # whichever event loop asks; callers beyond the bound wait in its queue.
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="argon2")
+        weakref.finalize(self, self._pool.shutdown, wait=False)
+        # Made once, with this hasher's own parameters, so a dummy verification
+        # costs what a real one does. The password is random and thrown away.
+        self._dummy_hash = ph.hash(secrets.token_urlsafe(32))
+
+    @property
+    def parameters(self) -> argon2.Parameters:
+        """The Argon2 parameters new hashes are made with."""
+        return argon2.extract_parameters(self._dummy_hash)
+
+    # -- blocking work: run on the pool; a subclass may wrap these to observe them --
+
+    def _hash_blocking(self, secret: bytes) -> str:
+        return self._ph.hash(secret)
+
+    def _verify_blocking(self, stored_hash: str, secret: bytes) -> bool:
+        try:
+            return self._ph.verify(stored_hash, secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            # Mismatch, a corrupt hash or another algorithm's hash: all simply "no".
+            return False
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    # -- the protocol -----------------------------------------------------------
+
+    async def hash(self, password: str) -> str:
+        return await self._run(self._hash_blocking, _secret_bytes(password))
+
+    async def verify(self, stored_hash: str, password: str) -> bool:
+        return await self._run(self._verify_blocking, stored_hash, _secret_bytes(password))
+
+    async def verify_dummy(self, password: str) -> None:
+        await self._run(self._verify_blocking, self._dummy_hash, _secret_bytes(password))
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        try:
+            return self._ph.check_needs_rehash(stored_hash)
+        except InvalidHashError:
+            # Not a hash we can read: replacing it is the only sensible answer.
+            return True
+
+    def hash_sync(self, password: str) -> str:
+        return self._hash_blocking(_secret_bytes(password))
+
+    def verify_sync(self, stored_hash: str, password: str) -> bool:
+        return self._verify_blocking(stored_hash, _secret_bytes(password))
