@@ -119,3 +119,17 @@ class ConflictError(EngineError):
         )
         self.attempt_id = attempt_id
         self.event = event
+
+
+class GraphvizMissing(EngineError):
+    """Rendering SVG or PNG needs Graphviz's `dot` program, and it is not on PATH."""
+
+    code = "graphviz_missing"
+
+    def __init__(self, program: str = "dot") -> None:
+        super().__init__(
+            f"Graphviz's {program!r} program was not found on PATH; install Graphviz "
+            "(Debian package 'graphviz') to render SVG or PNG, or ask for DOT or Mermaid",
+            program=program,
+        )
+        self.program = program
