@@ -1,0 +1,411 @@
+"""The recovery journey and sign-in at the service layer, on SQLite and PostgreSQL.
+
+Real parts throughout: the engine on a real database, the dispatcher writing
+real .eml files that the tests read the link from, real Argon2 (cheap test
+profile unless a test needs the production one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import re
+import unicodedata
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import func, select
+
+from engine import Database, Engine
+from engine.core import attempt_t, event_t, outbox_t
+from flows import registry
+from flows.recovery.dispatch import Dispatcher
+from flows.recovery.errors import (
+    InvalidInput,
+    LinkDead,
+    LinkUsed,
+    LoginFailed,
+    LoginSlowedDown,
+    PolicyFailed,
+    SessionInvalid,
+    UnknownToken,
+)
+from flows.recovery.mail import FileTransport
+from flows.recovery.models import Account, RecoveryToken
+from flows.recovery.passwords import Argon2Hasher
+from flows.recovery.service import RecoveryService
+from flows.recovery.settings import Settings
+
+OLD_PASSWORD = "Correct-Horse-Battery-42"
+NEW_PASSWORD = "Lilac-Umbrella-Sonata-97!"
+T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
+
+
+class CountingHasher(Argon2Hasher):
+    """The cheap Argon2 profile, counting real verifications (dummy ones included)."""
+
+    verifications = 0
+
+    async def verify(self, stored_hash: str, password: str) -> bool:
+        self.verifications += 1
+        return await super().verify(stored_hash, password)
+
+    async def verify_dummy(self, password: str) -> None:
+        self.verifications += 1
+        await super().verify_dummy(password)
+
+
+class World:
+    """A service, its dispatcher writing mail to a folder, and helpers to read that mail."""
+
+    def __init__(self, db_url: str, mailbox: Path, hasher: Argon2Hasher | None = None) -> None:
+        self.settings = Settings(
+            database_url=db_url,
+            mail_url=f"file://{mailbox}",
+            public_base_url="https://accounts.example.test",
+        )
+        self.db = Database(db_url, pool_size=8)
+        self.engine = Engine(self.db, registry())
+        self.hasher = hasher or CountingHasher.for_tests(max_concurrent=8)
+        self.service = RecoveryService(self.engine, self.settings, self.hasher)
+        self.mailbox = mailbox
+        self.dispatcher = Dispatcher(self.engine, self.settings, FileTransport(mailbox))
+
+    def account(self, address: str = "Jane.Doe@Example.com", locale: str = "en") -> Account:
+        return self.service.create_account_sync(
+            email=address, name="Jane Doe", password=OLD_PASSWORD, locale=locale
+        )
+
+    def tokens_sent(self) -> list[str]:
+        found = []
+        for path in sorted(self.mailbox.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            body = message.get_body(preferencelist=("plain",)).get_content()
+            found += re.findall(r"/recovery/reset\?token=([A-Za-z0-9_-]+)", body)
+        return found
+
+    async def emailed_token(self, address: str = "jane.doe@example.com", locale: str = "en") -> str:
+        before = len(self.tokens_sent())
+        await self.service.request(address, locale=locale, client_ip="192.0.2.1", user_agent="t")
+        await self.dispatcher.run_once()
+        sent = self.tokens_sent()
+        assert len(sent) == before + 1, "the dispatcher should have sent exactly one email"
+        return sent[-1]
+
+    def count(self, table: object, *where: object) -> int:
+        with self.db.transaction(write=False) as conn:
+            return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+@pytest.fixture
+async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    w = World(db_url, tmp_path / "mail")
+    yield w
+    w.db.close()
+
+
+async def test_request_records_the_same_attempt_whether_or_not_the_address_has_an_account(
+    world: World,
+) -> None:
+    world.account()
+    known = await world.service.request("JANE.doe@example.com", locale="fr", client_ip="192.0.2.9")
+    unknown = await world.service.request("nobody@example.com", locale="fr", client_ip="192.0.2.9")
+    assert known.state == unknown.state == "requested"
+    assert set(known.data) == set(unknown.data)
+    assert known.subject == "jane.doe@example.com"
+    assert known.locale == "fr"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["a@example.com"],
+        {"email": "a@example.com"},
+        "a@example.com,b@example.com",
+        "a@example.com\r\nBcc: b@example.com",
+        "",
+        42,
+    ],
+)
+async def test_request_refuses_anything_but_one_address_and_writes_nothing(
+    world: World, bad: object
+) -> None:
+    with pytest.raises(InvalidInput):
+        await world.service.request(bad, locale="en")
+    assert world.count(attempt_t) == 0
+
+
+async def test_mail_goes_to_the_stored_address_not_the_typed_variant(world: World) -> None:
+    world.account("Jane.Doe@Example.com")
+    await world.emailed_token("  JANE.DOE@example.COM ")
+    (path,) = world.mailbox.glob("*.eml")
+    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert message["To"].addresses[0].addr_spec == "Jane.Doe@Example.com"
+
+
+async def test_twenty_concurrent_submissions_of_one_token_set_the_password_exactly_once(
+    world: World,
+) -> None:
+    world.account()
+    token = await world.emailed_token()
+    await world.service.open_link(token)
+    results = await asyncio.gather(
+        *[
+            world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+            for _ in range(20)
+        ],
+        return_exceptions=True,
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, LinkUsed) for r in losers), losers
+    assert world.count(event_t, event_t.c.event == "set_password", event_t.c.accepted) == 1
+    assert world.count(RecoveryToken.__table__, RecoveryToken.__table__.c.used_at.is_not(None)) == 1
+
+
+async def test_the_link_is_live_at_sixty_minutes_and_dead_one_second_later(world: World) -> None:
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        live = await world.emailed_token()
+        frozen.move_to(T0 + timedelta(minutes=60))
+        opened = await world.service.open_link(live)
+        assert opened.attempt.state == "link_opened"
+
+        frozen.move_to(T0 + timedelta(minutes=62))
+        dead = await world.emailed_token()  # a new attempt, emailed at 62:00
+        frozen.move_to(T0 + timedelta(minutes=62 + 60, seconds=1))
+        with pytest.raises(LinkDead) as info:
+            await world.service.open_link(dead)
+        assert info.value.reason == "expired"
+
+
+async def test_opening_a_link_never_consumes_it_and_flags_automated_opens(world: World) -> None:
+    world.account()
+    token = await world.emailed_token()
+    head = await world.service.open_link(token, method="HEAD", has_cookies=False)
+    again = await world.service.open_link(token, method="GET", has_cookies=True)
+    assert head.attempt.state == again.attempt.state == "link_opened"
+    history = await world.engine.history(head.attempt.id)
+    opens = [e for e in history if e.event == "open_link"]
+    assert [e.detail["suspected_automated"] for e in opens] == [True, False]
+    assert [e.detail["repeat"] for e in opens] == [False, True]
+    done = await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert done.state == "password_set"
+
+
+async def test_a_newer_email_supersedes_the_older_link(world: World) -> None:
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        older = await world.emailed_token()
+        frozen.tick(timedelta(seconds=61))  # past the resend cooldown
+        newer = await world.emailed_token()
+        with pytest.raises(LinkDead) as info:
+            await world.service.open_link(older)
+        assert info.value.reason == "superseded"
+        assert (await world.service.open_link(newer)).attempt.state == "link_opened"
+
+
+async def test_this_was_not_me_cancels_the_attempt_and_kills_the_link(world: World) -> None:
+    world.account()
+    token = await world.emailed_token()
+    cancelled = await world.service.cancel_by_token(token)
+    assert cancelled.state == "cancelled"
+    with pytest.raises(LinkDead) as info:
+        await world.service.open_link(token)
+    assert info.value.reason == "cancelled"
+    with pytest.raises(LinkDead):
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+
+
+async def test_a_used_link_answers_used_and_unknown_tokens_are_unknown(world: World) -> None:
+    world.account()
+    token = await world.emailed_token()
+    await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    with pytest.raises(LinkUsed):
+        await world.service.set_password(token, NEW_PASSWORD + "x", NEW_PASSWORD + "x", locale="en")
+    with pytest.raises(LinkUsed):
+        await world.service.open_link(token)
+    for bogus in ["x" * 43, "not a token!", ["list"], None, "A" * 5000]:
+        with pytest.raises(UnknownToken):
+            await world.service.open_link(bogus)
+
+
+async def test_a_policy_failure_is_recorded_as_refused_and_changes_nothing(world: World) -> None:
+    account = world.account()
+    token = await world.emailed_token()
+    await world.service.open_link(token)
+    with pytest.raises(PolicyFailed) as info:
+        await world.service.set_password(token, "short", "shorter", locale="fr")
+    codes = {(d["code"], d["field"]) for d in info.value.details}
+    assert ("too_short", "password") in codes
+    assert ("confirmation_mismatch", "password_confirm") in codes
+    with pytest.raises(PolicyFailed) as reused:
+        await world.service.set_password(token, OLD_PASSWORD, OLD_PASSWORD, locale="en")
+    assert [d["code"] for d in reused.value.details] == ["reused_password"]
+    refused = [e for e in await world.engine.history(_attempt_of(world, token)) if not e.accepted]
+    assert [e.detail["reason"] for e in refused] == ["guard_failed", "guard_failed"]
+    assert "too_short" in refused[0].detail["violations"]
+    assert world.service.hasher.verify_sync(_account_hash(world, account.id), OLD_PASSWORD)
+    assert world.count(RecoveryToken.__table__, RecoveryToken.__table__.c.used_at.is_(None)) == 1
+
+
+async def test_a_reset_revokes_every_session_and_queues_the_notification(world: World) -> None:
+    world.account(locale="fr")
+    session = await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+    assert (await world.service.session(session.session_token)).email_masked == "j***e@e***e.com"
+    token = await world.emailed_token(locale="fr")
+    await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="fr")
+    with pytest.raises(SessionInvalid):
+        await world.service.session(session.session_token)
+    with world.db.transaction(write=False) as conn:
+        (payload,) = conn.execute(
+            select(outbox_t.c.payload).where(outbox_t.c.kind == "password_changed")
+        ).scalars()
+    assert payload["locale"] == "fr"
+    assert NEW_PASSWORD not in str(payload)
+
+
+async def test_no_automatic_login_and_the_first_login_after_the_reset_logs_the_attempt_in(
+    world: World,
+) -> None:
+    world.account()
+    token = await world.emailed_token()
+    done = await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert done.state == "password_set"
+    with pytest.raises(LoginFailed):
+        await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+    await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+    assert (await world.engine.get(done.id)).state == "logged_in"
+    await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+    states = [e.to_state for e in await world.engine.history(done.id) if e.accepted]
+    assert states == ["requested", "emailed", "link_opened", "password_set", "logged_in"]
+
+
+async def test_unknown_address_and_wrong_password_fail_alike_and_both_cost_a_verification(
+    world: World,
+) -> None:
+    world.account()
+    hasher = world.hasher
+    assert isinstance(hasher, CountingHasher)
+    before = hasher.verifications
+    with pytest.raises(LoginFailed) as unknown:
+        await world.service.login("nobody@example.com", OLD_PASSWORD)
+    with pytest.raises(LoginFailed) as wrong:
+        await world.service.login("jane.doe@example.com", "Wrong-Password-123!")
+    assert hasher.verifications == before + 2
+    assert (unknown.value.code, unknown.value.message) == (wrong.value.code, wrong.value.message)
+
+
+async def test_login_delays_grow_after_five_failures_relax_and_never_block_a_reset(
+    world: World,
+) -> None:
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        for _ in range(5):
+            frozen.tick(timedelta(seconds=1))
+            with pytest.raises(LoginFailed):
+                await world.service.login("jane.doe@example.com", "Wrong-Password-123!")
+        delays = []
+        for _ in range(3):
+            with pytest.raises(LoginSlowedDown) as slowed:
+                await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+            delays.append(slowed.value.retry_after)
+            frozen.tick(timedelta(seconds=slowed.value.retry_after))
+            with pytest.raises(LoginFailed):
+                await world.service.login("jane.doe@example.com", "Wrong-Password-123!")
+        assert delays[0] >= 1 and delays == sorted(delays) and delays[-1] > delays[0]
+
+        # A reset still works while slowed down, and signing in with it is not blocked
+        # once the window has passed.
+        token = await world.emailed_token()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        frozen.tick(timedelta(minutes=16))
+        signed_in = await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+        assert signed_in.session_token
+
+
+async def test_the_same_password_typed_in_nfc_or_nfd_signs_in(world: World) -> None:
+    password = "Crème-Brûlée-Ça-Va-2024"
+    token_world = world
+    token_world.account()
+    token = await token_world.emailed_token()
+    nfd = unicodedata.normalize("NFD", password)
+    await token_world.service.set_password(token, nfd, nfd, locale="en")
+    nfc = unicodedata.normalize("NFC", password)
+    assert nfc != nfd
+    assert (await token_world.service.login("jane.doe@example.com", nfc)).session_token
+
+
+async def test_login_rehashes_a_hash_made_with_other_parameters(
+    db_url: str, tmp_path: Path
+) -> None:
+    cheap = World(db_url, tmp_path / "mail")
+    account = cheap.account()
+    production = World(db_url, tmp_path / "mail", hasher=Argon2Hasher())
+    try:
+        await production.service.login("jane.doe@example.com", OLD_PASSWORD)
+        stored = _account_hash(production, account.id)
+        assert stored != account.password_hash
+        assert not production.hasher.needs_rehash(stored)
+    finally:
+        cheap.db.close()
+        production.db.close()
+
+
+async def test_logout_revokes_the_session(world: World) -> None:
+    world.account()
+    signed_in = await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+    await world.service.logout(signed_in.session_token)
+    with pytest.raises(SessionInvalid):
+        await world.service.session(signed_in.session_token)
+    with pytest.raises(SessionInvalid):
+        await world.service.logout(signed_in.session_token)
+
+
+async def test_no_secret_reaches_the_event_log_or_attempt_data(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = world.account()
+    token = await world.emailed_token()
+    await world.service.open_link(token)
+    with pytest.raises(PolicyFailed):
+        await world.service.set_password(token, "Qz7!tiny", "Qz7!tiny", locale="en")
+    await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    session = await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+    with world.db.transaction(write=False) as conn:
+        stored = " ".join(
+            str(r) for r in conn.execute(select(event_t.c.detail, attempt_t.c.data).join(attempt_t))
+        )
+    secrets_seen = [
+        token,
+        NEW_PASSWORD,
+        "Qz7!tiny",
+        session.session_token,
+        account.password_hash,
+        _account_hash(world, account.id),
+    ]
+    for secret in secrets_seen:
+        assert secret not in stored
+        assert secret not in caplog.text
+
+
+def _attempt_of(world: World, token: str) -> object:
+    from flows.recovery.tokens import token_hash
+
+    with world.db.transaction(write=False) as conn:
+        return conn.execute(
+            select(RecoveryToken.__table__.c.attempt_id).where(
+                RecoveryToken.__table__.c.token_hash == token_hash(token)
+            )
+        ).scalar_one()
+
+
+def _account_hash(world: World, account_id: object) -> str:
+    with world.db.transaction(write=False) as conn:
+        return conn.execute(
+            select(Account.__table__.c.password_hash).where(Account.__table__.c.id == account_id)
+        ).scalar_one()
