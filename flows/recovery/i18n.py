@@ -26,6 +26,7 @@ __all__ = [
     "gettext",
     "load_translations",
     "pick_locale",
+    "render",
     "translations",
 ]
 
@@ -124,11 +125,16 @@ def gettext(locale: str, message: str, **params: object) -> str:
     If a translation's placeholders do not fit the params (a broken catalog), the
     English text is used rather than failing the request.
     """
-    text = translations(locale).gettext(message)
+    return render(translations(locale).gettext(message), message, params)
+
+
+def render(text: str, message: str, params: dict[str, object]) -> str:
+    """`text` (a translation of `message`) with `params` filled in; `message` itself when
+    the translation's placeholders do not fit."""
     if not params:
         return text
     try:
         return text.format(**params)
     except (KeyError, IndexError, ValueError):
-        log.warning("translation of %r into %s does not fit its parameters", message, locale)
+        log.warning("a translation of %r does not fit its parameters", message)
         return message.format(**params)
