@@ -1,0 +1,265 @@
+"""Building the application: services from settings, then the Litestar app around them.
+
+`create_app(settings)` builds everything per call, so each test (and each
+server process) gets its own database pool, stores and metrics registry;
+nothing lives at module level. Schema creation is not done here: `recovery
+serve` applies migrations first, and tests create tables with fixtures.
+
+What wraps every request:
+- access log (outermost, so 404s are logged too): method, path without query,
+  status, duration, request id (`api.logs`);
+- security headers on every answer, and `Cache-Control: no-store` on the
+  recovery, login and session answers (a `before_send` hook);
+- allowed hosts (Litestar's middleware, answering in the JSON error shape);
+- per-IP, per-endpoint rate limits on public POSTs (`api.ratelimit`);
+- a body size cap (`request_max_body_size`), and one exception table
+  (`api.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Litestar
+from litestar.config.allowed_hosts import AllowedHostsConfig
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.di import Provide
+from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Message, Receive, Scope, Send
+
+import flows
+from api.errors import InvalidHost, exception_handlers
+from api.logs import AccessLogMiddleware
+from api.ratelimit import STORE_NAME, rate_limit_config, rate_limit_store
+from engine import Database, Engine
+from engine.clock import Clock
+from flows.recovery.dispatch import Dispatcher
+from flows.recovery.mail import transport_from_url
+from flows.recovery.passwords import Argon2Hasher, PasswordHasher
+from flows.recovery.service import RecoveryService
+from flows.recovery.settings import Settings
+from flows.recovery.support import SupportService
+
+log = logging.getLogger("api.app")
+
+# A route sets this opt to skip the host check (health probes use whatever
+# name reaches the container; they build no links).
+SKIP_HOST_CHECK = "skip_host_check"
+# Host names that cannot belong to someone else on the internet: loopback
+# names, and `.local` (mDNS, never delegated). They let a health probe on the
+# machine and Litestar's TestClient (testserver.local) in; a link is never built
+# from the Host header anyway (it comes from public_base_url), so they forge nothing.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver.local")
+
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+}
+# Answers that can hold a token, a session or a person's data: never cached.
+NO_STORE_PREFIXES = ("/api/recovery", "/api/login", "/api/logout", "/api/session", "/api/support")
+NO_STORE_PAGES = ("/recovery", "/login")
+
+
+@dataclass
+class Services:
+    """Everything the handlers use, built once per application."""
+
+    settings: Settings
+    engine: Engine
+    recovery: RecoveryService
+    support: SupportService
+    hasher: PasswordHasher
+    dispatcher: Dispatcher | None
+
+
+def build_services(
+    settings: Settings,
+    *,
+    hasher: PasswordHasher | None = None,
+    clock: Clock | None = None,
+) -> Services:
+    """The database, engine, domain services and mail dispatcher for `settings`."""
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    engine = Engine(db, flows.registry(settings.link_ttl_minutes), clock)
+    hasher = hasher or Argon2Hasher(settings.max_concurrent_hashes)
+    transport = transport_from_url(settings.mail_url, settings.mail_timeout_seconds)
+    return Services(
+        settings=settings,
+        engine=engine,
+        recovery=RecoveryService(engine, settings, hasher),
+        support=SupportService(engine),
+        hasher=hasher,
+        dispatcher=Dispatcher(engine, settings, transport),
+    )
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The host names the service answers to: the public one, plus names local to the machine."""
+    return sorted({settings.public_host, *LOCAL_HOSTS})
+
+
+def _hostname(host_header: str) -> str:
+    """`example.com:8000` → `example.com`; `[::1]:8000` → `::1`."""
+    try:
+        return urlsplit(f"//{host_header}").hostname or ""
+    except ValueError:
+        return ""
+
+
+class HostGuard(AllowedHostsMiddleware):
+    """Litestar's allowed-hosts middleware, matching the name without its port, and
+    refusing with an exception so the answer has the JSON error shape."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allowed_hosts_regex is not None:
+            host = MutableScopeHeaders(scope=scope).get("host") or ""
+            name = _hostname(host)
+            if not name or not self.allowed_hosts_regex.fullmatch(name):
+                raise InvalidHost()
+        await self.app(scope, receive, send)
+
+
+def _needs_no_store(path: str) -> bool:
+    if path.startswith(NO_STORE_PREFIXES):
+        return True
+    return any(path == p or path.startswith(p + "/") for p in NO_STORE_PAGES)
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """Security headers on every response (a route may set a stricter CSP itself)."""
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
+    if _needs_no_store(scope.get("path", "")):
+        headers["cache-control"] = "no-store"
+
+
+def openapi_config() -> OpenAPIConfig:
+    """OpenAPI at /schema/openapi.json (JSON only: the browsable UIs load third-party assets)."""
+    return OpenAPIConfig(
+        title="Account recovery",
+        version="1.0.0",
+        description=(
+            '"Forgot password?" as a persisted state machine: the public recovery and '
+            "sign-in API, the support API, flow diagrams and operations endpoints. Every "
+            'error answers {"error": {"code", "message", "details"}}.'
+        ),
+        path="/schema",
+        render_plugins=[JsonRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "support_key": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A support key (recovery support-key create); role read or write",
+                ),
+                "session": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="The session_token returned by POST /api/login",
+                ),
+            }
+        ),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    run_dispatcher: bool = False,
+    hasher: PasswordHasher | None = None,
+    clock: Clock | None = None,
+) -> Litestar:
+    """The application for `settings`.
+
+    Services passed in belong to the caller (who closes them); services built
+    here are closed when the application shuts down. With `run_dispatcher`,
+    the mail dispatcher runs as a background task between startup and shutdown.
+    """
+    # Imported here: the route modules import `Services` from this module.
+    from api import flows as flow_routes
+    from api import ops, public, support
+
+    owned = services is None
+    if services is None:
+        services = build_services(settings, hasher=hasher, clock=clock)
+    svc = services
+    metrics = ops.Metrics(svc)
+    if svc.dispatcher is not None and svc.dispatcher.on_send is None:
+        svc.dispatcher.on_send = metrics.observe_send
+
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start_dispatcher() -> None:
+        if run_dispatcher and svc.dispatcher is not None:
+            stop.clear()
+            tasks.append(asyncio.create_task(svc.dispatcher.run_forever(stop)))
+            log.info("mail dispatcher started")
+
+    async def stop_dispatcher() -> None:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tasks.clear()
+
+    async def close_database() -> None:
+        if owned:
+            svc.engine.db.close()
+
+    route_handlers: list[Any] = [
+        *public.route_handlers,
+        *support.route_handlers,
+        *flow_routes.route_handlers,
+        *ops.route_handlers,
+    ]
+    template_config = csrf_config = None
+    # -- HTML pages: integration point (api/pages.py, owned by the pages helper) --
+    # from api import pages  (then:)
+    # route_handlers += pages.route_handlers
+    # template_config, csrf_config = pages.template_config(), pages.csrf_config(settings)
+
+    rate_limit = rate_limit_config(settings.public_rate_limit_per_minute, settings.trusted_proxies)
+    host_config = AllowedHostsConfig(
+        allowed_hosts=allowed_hosts(settings),
+        exclude_opt_key=SKIP_HOST_CHECK,
+        www_redirect=False,
+    )
+    app = Litestar(
+        route_handlers=route_handlers,
+        dependencies={"services": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers(),
+        middleware=[DefineMiddleware(HostGuard, config=host_config), rate_limit.middleware],
+        before_send=[add_security_headers],
+        on_startup=[start_dispatcher],
+        on_shutdown=[stop_dispatcher, close_database],
+        openapi_config=openapi_config(),
+        stores={STORE_NAME: rate_limit_store(settings.redis_url)},
+        request_max_body_size=settings.max_body_bytes,
+        template_config=template_config,
+        csrf_config=csrf_config,
+        state=State({"services": svc, "metrics": metrics}),
+        logging_config=None,
+        debug=False,
+    )
+    # Outermost, around Litestar's router: unmatched paths (404) are logged too.
+    app.asgi_handler = AccessLogMiddleware(app.asgi_handler)
+    return app

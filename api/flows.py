@@ -1,0 +1,98 @@
+"""The flows endpoints: the registered flows, each described as JSON, and their diagrams.
+
+Mermaid and DOT are text made in Python; SVG and PNG are rendered by
+Graphviz's `dot` program on a worker thread, and without Graphviz the answer
+is a 501 that says so (and suggests the text formats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from litestar import Response, Router, get
+from litestar.params import Parameter
+
+from api.app import Services
+from api.errors import documented
+from api.schemas import FlowList, FlowSummary
+from engine import diagrams
+from engine.flow import FlowSpec
+from flows.recovery.errors import InvalidInput
+
+MEDIA_TYPES = {
+    "svg": "image/svg+xml",
+    "png": "image/png",
+    "dot": "text/vnd.graphviz; charset=utf-8",
+    "mermaid": "text/plain; charset=utf-8",
+}
+ALL_FORMATS = tuple(MEDIA_TYPES)
+
+
+def check_format(value: str, allowed: Sequence[str] = ALL_FORMATS) -> str:
+    """`value` if it is one of `allowed`, else `InvalidInput` (400)."""
+    fmt = value.strip().lower()
+    if fmt not in allowed:
+        raise InvalidInput("format", f"format must be one of: {', '.join(allowed)}")
+    return fmt
+
+
+async def render_diagram(
+    spec: FlowSpec,
+    fmt: str,
+    *,
+    current: str | None = None,
+    path: Sequence[tuple[str | None, str, str]] = (),
+) -> Response[bytes]:
+    """The diagram as a response; `GraphvizMissing` (501) for svg/png without Graphviz."""
+    if fmt == "mermaid":
+        body = diagrams.mermaid(spec, current=current, path=path).encode()
+    elif fmt == "dot":
+        body = diagrams.dot(spec, current=current, path=path).encode()
+    else:
+        render = diagrams.svg if fmt == "svg" else diagrams.png
+        # Graphviz is a subprocess: keep the event loop free while it runs.
+        body = await asyncio.to_thread(render, spec, current=current, path=path)
+    return Response(content=body, media_type=MEDIA_TYPES[fmt], status_code=200)
+
+
+@get("/", summary="The registered flows")
+async def list_flows(services: Services) -> FlowList:
+    return FlowList(
+        items=[
+            FlowSummary(name=spec.name, version=spec.version, description=spec.description)
+            for spec in services.engine.flows
+        ]
+    )
+
+
+@get(
+    "/{name:str}",
+    summary="A flow's states, events, transitions and deadlines",
+    responses=documented(404),
+)
+async def describe_flow(services: Services, name: str) -> dict[str, Any]:
+    return services.engine.flows.get(name).describe()
+
+
+@get(
+    "/{name:str}/diagram",
+    summary="A flow's diagram",
+    responses=documented(400, 404, 501),
+    media_type="text/plain",
+)
+async def flow_diagram(
+    services: Services,
+    name: str,
+    format: Annotated[str, Parameter(description="svg | png | dot | mermaid")] = "svg",
+) -> Response[bytes]:
+    spec = services.engine.flows.get(name)
+    return await render_diagram(spec, check_format(format))
+
+
+router = Router(
+    path="/api/flows", route_handlers=[list_flows, describe_flow, flow_diagram], tags=["flows"]
+)
+
+route_handlers: list[Any] = [router]

@@ -1,0 +1,170 @@
+"""The public JSON API: "Forgot password?", the link, the new password, sign-in, sessions.
+
+Handlers stay thin: the body is parsed into a strict struct (a list or object
+where a string belongs is a 400 before the handler runs), the recovery
+service does the work, and the answer is shaped here. Errors are not caught:
+`api.errors` maps them. Tokens travel in JSON bodies, never in these URLs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Router, get, post
+from litestar.params import Parameter
+
+from api.app import Services
+from api.errors import CONSUMES_TOKEN, documented
+from api.ratelimit import client_ip, parse_networks
+from api.schemas import (
+    Accepted,
+    LoginBody,
+    PasswordBody,
+    RecoveryRequest,
+    SessionAnswer,
+    SessionCreated,
+    StateAnswer,
+    TokenBody,
+    Verified,
+)
+from flows.recovery.errors import SessionInvalid
+from flows.recovery.i18n import pick_locale
+
+Lang = Annotated[
+    str | None,
+    Parameter(query="lang", description="en or fr; otherwise Accept-Language decides"),
+]
+
+
+def request_locale(request: Request[Any, Any, Any], lang: str | None) -> str:
+    """The request's language: `?lang=` if supported, else Accept-Language, else English."""
+    return pick_locale(request.headers.get("accept-language"), lang)
+
+
+def bearer(request: Request[Any, Any, Any]) -> str:
+    """The bearer token of the Authorization header, or `SessionInvalid` (401)."""
+    scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise SessionInvalid()
+    return value.strip()
+
+
+@post(
+    "/recovery",
+    status_code=202,
+    summary='"Forgot password?": ask for a recovery link',
+    description=(
+        "Always 202 for a well-formed address, whether or not it has an account, is "
+        "throttled or undeliverable: the answer and the work done are identical. The "
+        "language of the emails is fixed from ?lang= or Accept-Language."
+    ),
+    responses=documented(400, 413, 429),
+)
+async def request_recovery(
+    request: Request[Any, Any, Any], data: RecoveryRequest, services: Services, lang: Lang = None
+) -> Accepted:
+    await services.recovery.request(
+        data.email,
+        locale=request_locale(request, lang),
+        client_ip=client_ip(request, parse_networks(services.settings.trusted_proxies)),
+        user_agent=request.headers.get("user-agent"),
+    )
+    return Accepted()
+
+
+@post(
+    "/recovery/verify",
+    status_code=200,
+    summary="Check a link's token (records the open; never consumes it)",
+    responses=documented(400, 410, 413, 429),
+)
+async def verify_link(data: TokenBody, services: Services) -> Verified:
+    # A JSON POST is a client app acting for the person, not a mail scanner's prefetch.
+    opened = await services.recovery.open_link(data.token, method="POST", has_cookies=True)
+    return Verified(
+        attempt_id=str(opened.attempt.id),
+        state=opened.attempt.state,
+        expires_at=opened.expires_at,
+        reference=opened.reference,
+    )
+
+
+@post(
+    "/recovery/password",
+    status_code=200,
+    summary="Set the new password (consumes the token, exactly once)",
+    description="422 lists every policy violation in the request's language.",
+    opt={CONSUMES_TOKEN: True},
+    responses=documented(400, 409, 410, 413, 422, 429),
+)
+async def set_password(
+    request: Request[Any, Any, Any], data: PasswordBody, services: Services, lang: Lang = None
+) -> StateAnswer:
+    attempt = await services.recovery.set_password(
+        data.token, data.password, data.password_confirm, locale=request_locale(request, lang)
+    )
+    return StateAnswer(state=attempt.state)
+
+
+@post(
+    "/recovery/cancel",
+    status_code=200,
+    summary='"This wasn\'t me": cancel the attempt and kill its link',
+    responses=documented(400, 409, 410, 413, 429),
+)
+async def cancel_attempt(data: TokenBody, services: Services) -> StateAnswer:
+    attempt = await services.recovery.cancel_by_token(data.token)
+    return StateAnswer(state=attempt.state)
+
+
+@post(
+    "/login",
+    status_code=200,
+    summary="Sign in (moves a reset attempt to logged_in)",
+    description="401 is the same for an unknown address and a wrong password.",
+    responses=documented(400, 401, 413, 429),
+)
+async def login(data: LoginBody, services: Services) -> SessionCreated:
+    signed_in = await services.recovery.login(data.email, data.password)
+    return SessionCreated(session_token=signed_in.session_token, expires_at=signed_in.expires_at)
+
+
+@post(
+    "/logout",
+    status_code=204,
+    summary="Revoke the bearer session",
+    security=[{"session": []}],
+    responses=documented(401, 429),
+)
+async def logout(request: Request[Any, Any, Any], services: Services) -> None:
+    await services.recovery.logout(bearer(request))
+
+
+@get(
+    "/session",
+    summary="Who the bearer session belongs to (401 once revoked or expired)",
+    security=[{"session": []}],
+    responses=documented(401),
+)
+async def session(request: Request[Any, Any, Any], services: Services) -> SessionAnswer:
+    info = await services.recovery.session(bearer(request))
+    return SessionAnswer(email_masked=info.email_masked, expires_at=info.expires_at)
+
+
+router = Router(
+    path="/api",
+    route_handlers=[
+        request_recovery,
+        verify_link,
+        set_password,
+        cancel_attempt,
+        login,
+        logout,
+        session,
+    ],
+    tags=["public"],
+    # JSON clients send no CSRF cookie; these endpoints take no ambient credentials.
+    opt={"exclude_from_csrf": True},
+)
+
+route_handlers: list[Any] = [router]

@@ -1,0 +1,215 @@
+"""The JSON bodies the API reads and writes, as strict msgspec structs.
+
+Request bodies forbid unknown fields, and each field has exactly one type, so
+a list or an object where a string belongs is a 400 before any handler runs.
+Response structs double as the OpenAPI schema. Nothing here carries a
+password hash, a link token's hash, or a support key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+# Bounds that keep a hostile body cheap; the real checks (email syntax, token
+# shape, password policy) happen in the domain, which reports them clearly.
+EmailField = Annotated[str, Meta(max_length=1024, description="one email address")]
+TokenField = Annotated[str, Meta(max_length=1024, description="the token from the emailed link")]
+PasswordField = Annotated[str, Meta(description="the new password (NFKC-normalised, 12-128 chars)")]
+
+
+class _Strict(Struct, forbid_unknown_fields=True, frozen=True):
+    """A request body: unknown fields are refused."""
+
+
+# -- errors ---------------------------------------------------------------
+
+
+class ErrorDetail(Struct, frozen=True):
+    """One specific problem (a field, a policy rule, ...)."""
+
+    code: str | None = None
+    field: str | None = None
+    message: str | None = None
+
+
+class ErrorInfo(Struct, frozen=True):
+    code: Annotated[str, Meta(description="stable, machine-readable error code")]
+    message: Annotated[str, Meta(description="a sentence for people; never carries a secret")]
+    details: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ErrorBody(Struct, frozen=True):
+    """The one shape of every JSON error."""
+
+    error: ErrorInfo
+
+
+# -- public API -----------------------------------------------------------
+
+
+class RecoveryRequest(_Strict):
+    email: EmailField
+
+
+class TokenBody(_Strict):
+    token: TokenField
+
+
+class PasswordBody(_Strict):
+    token: TokenField
+    password: PasswordField
+    password_confirm: PasswordField
+
+
+class LoginBody(_Strict):
+    email: EmailField
+    password: Annotated[str, Meta(description="the account's password")]
+
+
+class Accepted(Struct, frozen=True):
+    status: str = "accepted"
+
+
+class Verified(Struct, frozen=True):
+    attempt_id: str
+    state: str
+    expires_at: datetime | None
+    reference: Annotated[str, Meta(description="short code a person can read out to support")]
+
+
+class StateAnswer(Struct, frozen=True):
+    state: str
+
+
+class SessionCreated(Struct, frozen=True):
+    session_token: Annotated[str, Meta(description="bearer token for /api/session, /api/logout")]
+    expires_at: datetime
+
+
+class SessionAnswer(Struct, frozen=True):
+    email_masked: str
+    expires_at: datetime
+
+
+# -- support API ----------------------------------------------------------
+
+
+class CancelBody(_Strict):
+    reason: Annotated[str, Meta(min_length=1, max_length=500)]
+
+
+class AttemptItem(Struct, frozen=True):
+    id: str
+    reference: str
+    flow: str
+    state: str
+    email_masked: str
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime | None
+
+
+class AttemptPage(Struct, frozen=True):
+    items: list[AttemptItem]
+    next_cursor: str | None
+
+
+class Delivery(Struct, frozen=True):
+    status: Annotated[str, Meta(description="queued | retrying | sent | failed | none")]
+    tries: int
+    last_error: str | None
+    sent_at: str | None
+
+
+class TimelineEntry(Struct, frozen=True):
+    seq: int
+    event: str
+    from_: str | None = msgspec.field(name="from")
+    to: str | None = None
+    actor: str = ""
+    at: datetime | None = None
+    accepted: bool = True
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class SupportAttempt(Struct, frozen=True):
+    id: str
+    flow: str
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime | None
+    email_masked: str
+    locale: str
+    client_ip: str | None
+    user_agent: str | None
+    delivery: Delivery
+    timeline: list[TimelineEntry]
+    allowed_events: list[str]
+    reference: str
+
+
+class ResendAnswer(Struct, frozen=True):
+    attempt_id: str
+    state: str
+    reference: str
+    resend_of: str
+
+
+class FunnelStep(Struct, frozen=True):
+    step: str
+    count: int
+    conversion: Annotated[
+        float | None, Meta(description="share of the previous step that reached this one")
+    ]
+    median_seconds: Annotated[
+        float | None, Meta(description="median time from the previous step to this one")
+    ]
+
+
+class Stats(Struct, frozen=True):
+    since: datetime
+    until: datetime
+    total: int
+    states: dict[str, int]
+    funnel: list[FunnelStep]
+
+
+class AuditItem(Struct, frozen=True):
+    id: int
+    key_name: str
+    action: str
+    target: str | None
+    at: datetime
+    detail: dict[str, Any]
+
+
+class AuditPage(Struct, frozen=True):
+    items: list[AuditItem]
+
+
+# -- flows and operations -------------------------------------------------
+
+
+class FlowSummary(Struct, frozen=True):
+    name: str
+    version: int
+    description: str
+
+
+class FlowList(Struct, frozen=True):
+    items: list[FlowSummary]
+
+
+class Health(Struct, frozen=True):
+    status: str
+
+
+class Ready(Struct, frozen=True):
+    status: str
+    database: bool
+    migrations: bool

@@ -1,0 +1,218 @@
+"""The support API: attempts (list, detail, diagram), cancel, resend, stats, audit log.
+
+Every route needs `Authorization: Bearer <support key>`. A guard checks the
+key (401 without a valid one) and the route's role (403 when a `read` key
+calls a `write` route) and leaves the key's name on the connection; the
+handlers pass it to `SupportService`, which records every query and action
+under that name. Emails are masked; no password, token, hash or link is
+ever part of an answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
+
+from api.app import Services
+from api.errors import documented
+from api.flows import check_format, render_diagram
+from api.schemas import (
+    AttemptPage,
+    AuditPage,
+    CancelBody,
+    ResendAnswer,
+    StateAnswer,
+    Stats,
+    SupportAttempt,
+)
+from flows.recovery.identity import support_reference
+from flows.recovery.support import DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE
+
+ROLE_OPT = "support_role"
+ROLE_RANK = {"read": 0, "write": 1}
+
+
+async def require_support_key(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """401 without a valid key, 403 when its role is below the route's."""
+    scheme, _, key = (connection.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise NotAuthorizedException()
+    services: Services = connection.app.state["services"]
+    found = await services.support.authenticate(key.strip())
+    if found is None:
+        raise NotAuthorizedException()
+    name, role = found
+    needed = handler.opt.get(ROLE_OPT, "write")
+    if ROLE_RANK.get(role, -1) < ROLE_RANK[needed]:
+        raise PermissionDeniedException()
+    connection.state["support_key_name"] = name
+
+
+def key_name(request: Request[Any, Any, Any]) -> str:
+    """The name of the key the guard accepted."""
+    return str(request.state["support_key_name"])
+
+
+READ = {ROLE_OPT: "read"}
+WRITE = {ROLE_OPT: "write"}
+AttemptId = Annotated[str, Parameter(description="the attempt's id (a UUID)")]
+
+
+@get(
+    "/attempts",
+    opt=READ,
+    summary="Attempts, newest first, masked, one keyset page at a time",
+    responses=documented(400, 401, 403),
+)
+async def list_attempts(
+    request: Request[Any, Any, Any],
+    services: Services,
+    state_filter: Annotated[
+        str | None, Parameter(query="state", description="only attempts in this state")
+    ] = None,
+    email: Annotated[str | None, Parameter(description="exact address (normalised)")] = None,
+    reference: Annotated[
+        str | None, Parameter(description="the short reference a person reads out")
+    ] = None,
+    since: Annotated[datetime | None, Parameter(description="created at or after")] = None,
+    until: Annotated[datetime | None, Parameter(description="created before")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+) -> AttemptPage:
+    page = await services.support.list_attempts(
+        key_name(request),
+        state=state_filter,
+        email=email,
+        reference=reference,
+        since=since,
+        until=until,
+        limit=limit,
+        cursor=cursor,
+    )
+    return msgspec.convert({"items": page.items, "next_cursor": page.next_cursor}, AttemptPage)
+
+
+@get(
+    "/attempts/{attempt_id:str}",
+    opt=READ,
+    summary="One attempt: its state, delivery facts, full timeline, allowed events",
+    responses=documented(400, 401, 403, 404),
+)
+async def attempt_detail(
+    request: Request[Any, Any, Any], services: Services, attempt_id: AttemptId
+) -> SupportAttempt:
+    detail = await services.support.attempt(key_name(request), attempt_id)
+    return msgspec.convert(detail, SupportAttempt)
+
+
+@get(
+    "/attempts/{attempt_id:str}/diagram",
+    opt=READ,
+    summary="The flow diagram with this attempt's state and path highlighted",
+    responses=documented(400, 401, 403, 404, 501),
+    media_type="text/plain",
+)
+async def attempt_diagram(
+    request: Request[Any, Any, Any],
+    services: Services,
+    attempt_id: AttemptId,
+    format: Annotated[str, Parameter(description="svg | dot | mermaid")] = "svg",
+) -> Response[bytes]:
+    fmt = check_format(format, allowed=("svg", "dot", "mermaid"))
+    flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
+    spec = services.engine.flows.get(flow)
+    return await render_diagram(spec, fmt, current=current, path=path)
+
+
+@post(
+    "/attempts/{attempt_id:str}/cancel",
+    status_code=200,
+    opt=WRITE,
+    summary="Cancel the attempt (kills its link); 409 when not allowed in its state",
+    responses=documented(400, 401, 403, 404, 409, 413),
+)
+async def cancel_attempt(
+    request: Request[Any, Any, Any], services: Services, attempt_id: AttemptId, data: CancelBody
+) -> StateAnswer:
+    state = await services.support.cancel(key_name(request), attempt_id, data.reason)
+    return StateAnswer(state=state)
+
+
+@post(
+    "/attempts/{attempt_id:str}/resend",
+    status_code=202,
+    opt=WRITE,
+    summary="Start a new attempt for the same address; once emailed it supersedes older links",
+    responses=documented(400, 401, 403, 404),
+)
+async def resend(
+    request: Request[Any, Any, Any], services: Services, attempt_id: AttemptId
+) -> ResendAnswer:
+    record = await services.support.resend(key_name(request), attempt_id)
+    return ResendAnswer(
+        attempt_id=str(record.id),
+        state=record.state,
+        reference=support_reference(record.id),
+        resend_of=str(record.data.get("resend_of", "")),
+    )
+
+
+@get(
+    "/stats",
+    opt=READ,
+    summary="Counts per state, and the funnel with conversion and median time between steps",
+    description="Over attempts created in [since, until); the default window is the last 7 days.",
+    responses=documented(400, 401, 403),
+)
+async def stats(
+    request: Request[Any, Any, Any],
+    services: Services,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Stats:
+    found = await services.support.stats(key_name(request), since, until)
+    return msgspec.convert(found, Stats)
+
+
+@get(
+    "/audit",
+    opt=READ,
+    summary="Support queries and actions with the key's name, newest first",
+    responses=documented(400, 401, 403),
+)
+async def audit(
+    request: Request[Any, Any, Any],
+    services: Services,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_AUDIT_PAGE)] = 100,
+) -> AuditPage:
+    items = await services.support.audit(key_name(request), limit)
+    return msgspec.convert({"items": items}, AuditPage)
+
+
+router = Router(
+    path="/api/support",
+    route_handlers=[
+        list_attempts,
+        attempt_detail,
+        attempt_diagram,
+        cancel_attempt,
+        resend,
+        stats,
+        audit,
+    ],
+    guards=[require_support_key],
+    security=[{"support_key": []}],
+    tags=["support"],
+    opt={"exclude_from_csrf": True},
+)
+
+route_handlers: list[Any] = [router]
