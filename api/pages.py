@@ -1,0 +1,609 @@
+"""The server-rendered HTML pages: sign-in, "Forgot password?", the reset form, "this wasn't me".
+
+The pages drive the same `RecoveryService` as the JSON API, render with Jinja
+(templates in `api/templates/`, our own CSS in `api/static/`, no script, no
+third-party asset) in English or French, and post their forms under Litestar's
+double-submit CSRF cookie.
+
+The link's token never stays in the address bar: `GET /recovery/reset?token=…`
+validates it, keeps it in an HttpOnly SameSite=Strict cookie scoped to
+`/recovery`, and redirects to the token-free `/recovery/reset` (as Django does),
+so it cannot leak through the Referer header, the history or a screenshot. The
+"this wasn't me" link does the same, and cancels only on the POST of its
+confirmation form: mail scanners prefetch links with GET and HEAD.
+
+Pages are the one place where domain errors render as HTML forms rather than
+JSON: every handler hands a caught `RecoveryError` (or engine conflict) to
+`error_page`, which picks the page, the status and what to show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
+from litestar import Request, Router, get, post, route
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import Cookie
+from litestar.enums import HttpMethod
+from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Response, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from api.ratelimit import client_ip, parse_networks
+from engine import ConflictError, EngineError
+from flows.recovery.errors import (
+    InvalidInput,
+    LinkDead,
+    LinkUsed,
+    LoginFailed,
+    LoginSlowedDown,
+    PolicyFailed,
+    RecoveryError,
+    UnknownToken,
+)
+from flows.recovery.i18n import SUPPORTED, pick_locale, translations
+from flows.recovery.identity import support_reference
+from flows.recovery.service import RecoveryService
+from flows.recovery.settings import Settings
+from flows.recovery.tokens import plausible_token
+
+__all__ = [
+    "CSRF_COOKIE",
+    "SESSION_COOKIE",
+    "TOKEN_COOKIE",
+    "csrf_config",
+    "error_page",
+    "route_handlers",
+    "template_config",
+]
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+TOKEN_COOKIE = "recovery_token"
+TOKEN_COOKIE_PATH = "/recovery"
+SESSION_COOKIE = "session"
+CSRF_COOKIE = "csrftoken"
+
+# Paths the CSRF middleware leaves alone: JSON clients carry no cookies of ours
+# (bearer tokens instead), and operations endpoints take no form.
+CSRF_EXEMPT = (r"^/api(/|$)", r"^/schema(/|$)", r"^/health$", r"^/ready$", r"^/metrics$")
+
+# Every page: nothing cached (forms carry a CSRF token, token pages a secret
+# context), and no Referer sent from here on (a token page's URL never leaves).
+PAGE_HEADERS: Mapping[str, str] = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+# Why a link no longer works, as the dead-link page tells it.
+DEAD_REASONS = ("expired", "used", "superseded", "cancelled", "revoked", "unknown", "missing")
+# Marks the navigation the "one more step" page starts (see `_missing_link`).
+RESUME_PARAM = "resume"
+# One string per field: a bigger form value is refused before it reaches the domain.
+MAX_FIELD_CHARS = 4096
+
+
+# -- configuration handed to Litestar(...) by api.app -------------------------------
+
+
+@pass_context
+def _gettext(context: Context, message: str) -> str:
+    """`_()` in templates: the message in the page's language (`locale` in the context)."""
+    return translations(context.get("locale", "en")).gettext(message)
+
+
+@pass_context
+def _ngettext(context: Context, singular: str, plural: str, n: int) -> str:
+    """`ngettext()` in templates, in the page's language (French plural rules included)."""
+    return translations(context.get("locale", "en")).ngettext(singular, plural, n)
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """Jinja over `api/templates`, autoescaped, with gettext bound to each page's locale.
+
+    The translation callables read `locale` from the render context rather than
+    being installed per request: one shared environment serves concurrent
+    requests in different languages without a race.
+    """
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=StrictUndefined,
+        extensions=["jinja2.ext.i18n", "jinja2.ext.do"],
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=_gettext, ngettext=_ngettext, newstyle=True
+    )
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
+
+
+def csrf_config(settings: Settings) -> CSRFConfig:
+    """Double-submit CSRF cookie for the forms; the JSON API and operations are exempt.
+
+    The HMAC secret is `settings.csrf_secret` when the settings carry one
+    (several processes must share it); otherwise a random one per process, so
+    a form posted to another process than the one that rendered it fails
+    cleanly (403 page) rather than being accepted.
+    """
+    secret = getattr(settings, "csrf_secret", None)
+    if hasattr(secret, "get_secret_value"):
+        secret = secret.get_secret_value()
+    return CSRFConfig(
+        secret=str(secret) if secret else secrets.token_hex(32),
+        cookie_name=CSRF_COOKIE,
+        cookie_path="/",
+        cookie_secure=_https(settings),
+        cookie_httponly=True,  # read from the form field, never by a script
+        cookie_samesite="lax",
+        exclude=list(CSRF_EXEMPT),
+    )
+
+
+# -- per-request helpers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """What every page needs to know about its request: language and links."""
+
+    locale: str
+    # The language the browser asks for; links carry `?lang=` only when the page differs.
+    browser_locale: str
+    path: str
+
+    def url(self, path: str, **query: str) -> str:
+        """A link to one of our pages that keeps the page's language."""
+        if self.locale != self.browser_locale:
+            query = {"lang": self.locale, **query}
+        return f"{path}?{urlencode(query)}" if query else path
+
+    @property
+    def other_locale(self) -> str:
+        return next(code for code in SUPPORTED if code != self.locale)
+
+    @property
+    def switch_url(self) -> str:
+        """This page in the other language (the switch link)."""
+        return f"{self.path}?{urlencode({'lang': self.other_locale})}"
+
+
+def _page(request: Request[Any, Any, Any], locale: str | None = None) -> Page:
+    """`?lang=` wins, then `Accept-Language`; `locale` overrides both (the attempt's language)."""
+    accept = request.headers.get("accept-language")
+    browser = pick_locale(accept)
+    chosen = locale or pick_locale(accept, request.query_params.get("lang"))
+    return Page(locale=chosen, browser_locale=browser, path=request.url.path)
+
+
+def _settings(request: Request[Any, Any, Any]) -> Settings:
+    settings: Settings = request.app.state.services.settings
+    return settings
+
+
+def _service(request: Request[Any, Any, Any]) -> RecoveryService:
+    service: RecoveryService = request.app.state.services.recovery
+    return service
+
+
+def _https(settings: Settings) -> bool:
+    return urlsplit(settings.public_base_url).scheme == "https"
+
+
+def _client_ip(request: Request[Any, Any, Any]) -> str:
+    """Who sent the request, trusted proxies applied (the same rule as the rate limits)."""
+    return client_ip(request, parse_networks(_settings(request).trusted_proxies))
+
+
+def render(
+    page: Page,
+    template: str,
+    *,
+    status: int = 200,
+    cookies: Sequence[Cookie] = (),
+    headers: Mapping[str, str] | None = None,
+    **context: Any,
+) -> Template:
+    """A page in `page.locale`, with the page headers every page sends."""
+    return Template(
+        template_name=template,
+        context={"page": page, "locale": page.locale, **context},
+        status_code=status,
+        headers={**PAGE_HEADERS, **(headers or {})},
+        cookies=list(cookies),
+        media_type="text/html",
+    )
+
+
+def _redirect(location: str, *, cookies: Sequence[Cookie] = ()) -> Redirect:
+    return Redirect(location, status_code=303, headers=dict(PAGE_HEADERS), cookies=list(cookies))
+
+
+def _token_cookie(settings: Settings, token: str, max_age: int) -> Cookie:
+    return Cookie(
+        key=TOKEN_COOKIE,
+        value=token,
+        path=TOKEN_COOKIE_PATH,
+        max_age=max(max_age, 0),
+        httponly=True,
+        samesite="strict",
+        secure=_https(settings),
+    )
+
+
+def _clear_token_cookie(settings: Settings) -> Cookie:
+    return _token_cookie(settings, "", 0)
+
+
+async def _fields(
+    request: Request[Any, Any, Any], names: Sequence[str]
+) -> dict[str, str] | InvalidInput:
+    """Each named form field as exactly one string, or the first field that is not.
+
+    A repeated field (`email=a&email=b`) is refused here, before anything else
+    sees it: it must never become a message to a second address.
+    """
+    form = await request.form()
+    values: dict[str, str] = {}
+    for name in names:
+        found = form.getall(name) if name in form else []
+        if len(found) != 1 or not isinstance(found[0], str):
+            return InvalidInput(name, "repeated" if len(found) > 1 else "missing")
+        if len(found[0]) > MAX_FIELD_CHARS:
+            return InvalidInput(name, "too_long")
+        values[name] = found[0]
+    return values
+
+
+# -- the one place where domain errors become HTML ---------------------------------------
+
+
+def error_page(
+    request: Request[Any, Any, Any],
+    page: Page,
+    exc: RecoveryError | EngineError,
+    *,
+    form: str,
+    values: Mapping[str, str] | None = None,
+) -> Template:
+    """The page to show when a service call refused: the form again with its errors,
+    or the dead-link page saying why the link no longer works.
+
+    `form` names the page the request came from (`login`, `recovery`, `reset`,
+    `cancel`); `values` are what the person typed that is safe to show again
+    (never a password).
+    """
+    shown = dict(values or {})
+    if isinstance(exc, PolicyFailed):
+        violations: dict[str, list[str]] = {"password": [], "password_confirm": []}
+        for violation in exc.violations:
+            violations.setdefault(violation.field, []).append(violation.message(page.locale))
+        return _reset_form(request, page, status=422, violations=violations)
+    if isinstance(exc, LoginSlowedDown):
+        return render(
+            page,
+            "login.html",
+            status=429,
+            headers={"Retry-After": str(exc.retry_after)},
+            error="slowed_down",
+            retry_after=exc.retry_after,
+            values=shown,
+        )
+    if isinstance(exc, LoginFailed):
+        return render(page, "login.html", status=401, error="invalid_credentials", values=shown)
+    if isinstance(exc, InvalidInput):
+        if form == "reset":
+            # A field missing or repeated: the form again, nothing typed shown back.
+            return _reset_form(request, page, status=400, form_error="invalid_form")
+        template = {"login": "login.html", "recovery": "recovery.html"}.get(form, "error.html")
+        return render(page, template, status=400, error=f"invalid_{exc.field}", values=shown)
+    if isinstance(exc, (LinkDead, UnknownToken)):
+        if isinstance(exc, UnknownToken):
+            reason = "unknown"
+        elif isinstance(exc, LinkUsed):
+            reason = "used"
+        else:
+            reason = exc.reason if exc.reason in DEAD_REASONS else "revoked"
+        # A dead token from the cookie is forgotten; one from a URL leaves the cookie be.
+        from_cookie = "token" not in request.query_params
+        return render(
+            page,
+            "dead.html",
+            status=400 if reason == "unknown" else 410,
+            cookies=[_clear_token_cookie(_settings(request))] if from_cookie else [],
+            reason=reason,
+            # Shown when the domain tells which attempt the link belonged to.
+            reference=getattr(exc, "reference", None),
+        )
+    if isinstance(exc, ConflictError):
+        return render(page, "error.html", status=409, error="conflict")
+    return render(page, "error.html", status=400, error="refused")
+
+
+def _reset_form(
+    request: Request[Any, Any, Any],
+    page: Page,
+    *,
+    status: int = 200,
+    violations: Mapping[str, list[str]] | None = None,
+    form_error: str | None = None,
+) -> Template:
+    """The new-password form, the rules stated before anything is typed."""
+    violations = violations or {}
+    return render(
+        page,
+        "reset.html",
+        status=status,
+        rules=_service(request).policy.rules(page.locale),
+        violations={"password": [], "password_confirm": [], **violations},
+        form_error=form_error,
+    )
+
+
+# -- sign-in -----------------------------------------------------------------------------
+
+
+@get("/login", name="page_login")
+async def login_form(request: Request[Any, Any, Any]) -> Template:
+    """The sign-in form, with the "Forgot password?" link."""
+    return render(_page(request), "login.html", error=None, values={})
+
+
+@post("/login", name="page_login_submit")
+async def login_submit(request: Request[Any, Any, Any]) -> Template:
+    """Sign in; on success a session cookie and the signed-in page, else the generic error."""
+    page = _page(request)
+    settings = _settings(request)
+    fields = await _fields(request, ("email", "password"))
+    if isinstance(fields, InvalidInput):
+        return error_page(request, page, fields, form="login")
+    email = fields["email"].strip()
+    service = _service(request)
+    try:
+        signed = await service.login(email, fields["password"])
+        info = await service.session(signed.session_token)
+    except (RecoveryError, EngineError) as exc:
+        return error_page(request, page, exc, form="login", values={"email": email})
+    cookie = Cookie(
+        key=SESSION_COOKIE,
+        value=signed.session_token,
+        path="/",
+        max_age=_seconds_until(signed.expires_at, service),
+        httponly=True,
+        samesite="strict",
+        secure=_https(settings),
+    )
+    return render(
+        page,
+        "signed_in.html",
+        cookies=[cookie],
+        email_masked=info.email_masked,
+        expires_at=signed.expires_at,
+    )
+
+
+@post("/logout", name="page_logout")
+async def logout_submit(request: Request[Any, Any, Any]) -> Redirect:
+    """Sign out: revoke the session (if it is still live) and forget its cookie."""
+    page = _page(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        # Already revoked or expired: signing out is done either way.
+        with contextlib.suppress(RecoveryError):
+            await _service(request).logout(token)
+    gone = Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)
+    return _redirect(page.url("/login"), cookies=[gone])
+
+
+def _seconds_until(moment: datetime | None, service: RecoveryService) -> int:
+    if moment is None:
+        return 0
+    return max(0, int((moment - service.clock.now()).total_seconds()))
+
+
+# -- "Forgot password?" ------------------------------------------------------------------
+
+
+@get("/recovery", name="page_recovery")
+async def recovery_form(request: Request[Any, Any, Any]) -> Template:
+    """The email form."""
+    return render(_page(request), "recovery.html", error=None, values={})
+
+
+@post("/recovery", name="page_recovery_submit")
+async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
+    """Record the request; the same "check your inbox" page for every address."""
+    page = _page(request)
+    fields = await _fields(request, ("email",))
+    if isinstance(fields, InvalidInput):
+        return error_page(request, page, fields, form="recovery")
+    try:
+        attempt = await _service(request).request(
+            fields["email"],
+            locale=page.locale,
+            client_ip=_client_ip(request),
+            user_agent=request.headers.get("user-agent"),
+        )
+    except (RecoveryError, EngineError) as exc:
+        # Only the shape of the address can be refused here: show it again to fix it.
+        shown = {"email": fields["email"][:320]}
+        return error_page(request, page, exc, form="recovery", values=shown)
+    return render(
+        page,
+        "inbox.html",
+        reference=support_reference(attempt.id),
+        link_minutes=_settings(request).link_ttl_minutes,
+    )
+
+
+# -- the emailed link and the new password -----------------------------------------------
+
+
+def _missing_link(request: Request[Any, Any, Any], page: Page, action: str) -> Template:
+    """No token cookie: either the browser withheld it, or there is no link at all.
+
+    A SameSite=Strict cookie is not sent on a redirect that a click in another
+    site (a webmail) started, so the request right after our 303 arrives
+    without it, marked `Sec-Fetch-Site: cross-site`. A navigation started by
+    our own page does carry it: offer one, automatic (meta refresh) and as a
+    button. `resume` marks that navigation, so a browser that still sends no
+    cookie gets the "open the link from your email" page, not a loop.
+    """
+    cross_site = request.headers.get("sec-fetch-site") == "cross-site"
+    if cross_site and RESUME_PARAM not in request.query_params:
+        return render(page, "continue.html", continue_url=page.url(action, **{RESUME_PARAM: "1"}))
+    return render(page, "dead.html", status=400, reason="missing", reference=None)
+
+
+@route(
+    "/recovery/reset",
+    http_method=[HttpMethod.GET, HttpMethod.HEAD],
+    name="page_reset",
+)
+async def reset_page(request: Request[Any, Any, Any], token: str | None = None) -> Response[Any]:
+    """With `?token=`: check the link, move the token into a cookie, 303 to the bare URL.
+    Without: the new-password form (the token comes from the cookie)."""
+    settings = _settings(request)
+    service = _service(request)
+    if token is not None:
+        try:
+            opened = await service.open_link(
+                token, method=request.method, has_cookies=bool(request.cookies)
+            )
+        except (RecoveryError, EngineError) as exc:
+            return error_page(request, _page(request), exc, form="reset")
+        # The language chosen when the link was requested, unless the URL says otherwise.
+        explicit = request.query_params.get("lang")
+        page = _page(request, None if explicit else opened.attempt.locale)
+        cookie = _token_cookie(settings, token, _seconds_until(opened.expires_at, service))
+        return _redirect(page.url("/recovery/reset"), cookies=[cookie])
+    page = _page(request)
+    if not request.cookies.get(TOKEN_COOKIE):
+        return _missing_link(request, page, "/recovery/reset")
+    return _reset_form(request, page)
+
+
+@post("/recovery/reset", name="page_reset_submit")
+async def reset_submit(request: Request[Any, Any, Any]) -> Template:
+    """Set the new password once; every violation next to its field, or the success page."""
+    page = _page(request)
+    settings = _settings(request)
+    token = request.cookies.get(TOKEN_COOKIE)
+    if not token:
+        return _missing_link(request, page, "/recovery/reset")
+    fields = await _fields(request, ("password", "password_confirm"))
+    if isinstance(fields, InvalidInput):
+        return error_page(request, page, fields, form="reset")
+    try:
+        attempt = await _service(request).set_password(
+            token, fields["password"], fields["password_confirm"], locale=page.locale
+        )
+    except (RecoveryError, EngineError) as exc:
+        return error_page(request, page, exc, form="reset")
+    return render(
+        page,
+        "done.html",
+        cookies=[_clear_token_cookie(settings)],
+        reference=support_reference(attempt.id),
+    )
+
+
+# -- "this wasn't me" --------------------------------------------------------------------
+
+
+@get("/recovery/cancel", name="page_cancel")
+async def cancel_page(request: Request[Any, Any, Any], token: str | None = None) -> Response[Any]:
+    """With `?token=`: keep it in the cookie and 303 to the bare URL. Without: the
+    confirmation form. A GET never cancels (mail scanners prefetch links)."""
+    settings = _settings(request)
+    page = _page(request)
+    if token is not None:
+        if not plausible_token(token):
+            return error_page(request, page, UnknownToken(), form="cancel")
+        # Not looked up here (a lookup would be recorded as an open): the POST decides.
+        cookie = _token_cookie(settings, token, settings.link_ttl_minutes * 60)
+        return _redirect(page.url("/recovery/cancel"), cookies=[cookie])
+    if not request.cookies.get(TOKEN_COOKIE):
+        return _missing_link(request, page, "/recovery/cancel")
+    return render(page, "cancel.html")
+
+
+@post("/recovery/cancel", name="page_cancel_submit")
+async def cancel_submit(request: Request[Any, Any, Any]) -> Template:
+    """Cancel the attempt the link belongs to; its link stops working."""
+    page = _page(request)
+    settings = _settings(request)
+    token = request.cookies.get(TOKEN_COOKIE)
+    if not token:
+        return _missing_link(request, page, "/recovery/cancel")
+    try:
+        attempt = await _service(request).cancel_by_token(token)
+    except (RecoveryError, EngineError) as exc:
+        return error_page(request, page, exc, form="cancel")
+    return render(
+        page,
+        "cancelled.html",
+        cookies=[_clear_token_cookie(settings)],
+        reference=support_reference(attempt.id),
+    )
+
+
+# -- HTTP errors raised around the handlers (CSRF, body size, rate limit) -----------------
+
+
+def http_error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """An error on a page route that no handler turned into a page (a failed CSRF
+    check, a body too large, a rate limit, a crash) as a page in the person's
+    language rather than JSON. Nothing of the exception's text is shown."""
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "retry-after"}
+    else:
+        status, headers = 500, {}
+    error = {403: "csrf", 413: "too_large", 429: "rate_limited", 500: "server"}.get(status, "http")
+    return render(_page(request), "error.html", status=status, headers=headers, error=error)
+
+
+# Status codes first: Litestar prefers a status-code handler (perhaps the app's
+# JSON one) over a class handler, so the codes pages meet are named too.
+_PAGE_EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
+    HTTPException: http_error_page,
+    Exception: http_error_page,
+    **dict.fromkeys((400, 403, 404, 405, 413, 429, 500), http_error_page),
+}
+
+pages_router = Router(
+    path="/",
+    route_handlers=[
+        login_form,
+        login_submit,
+        logout_submit,
+        recovery_form,
+        recovery_submit,
+        reset_page,
+        reset_submit,
+        cancel_page,
+        cancel_submit,
+    ],
+    exception_handlers=_PAGE_EXCEPTION_HANDLERS,
+    include_in_schema=False,
+)
+
+static_router = create_static_files_router(
+    path="/static", directories=[STATIC_DIR], name="static", include_in_schema=False
+)
+
+route_handlers: list[Router] = [pages_router, static_router]
