@@ -10,6 +10,7 @@ threads; Argon2 runs on the hasher's bounded threads.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import uuid
@@ -170,7 +171,9 @@ class RecoveryService:
             # An API client may submit without verifying first: that is an open too.
             attempt = (await self.open_link(token, method="POST")).attempt
         account = await self.db.run(self._account_by_id, row["account_id"], write=False)
-        violations = self.policy.check(
+        # zxcvbn costs up to ~25 ms: keep it off the event loop (the policy is thread-safe).
+        violations = await asyncio.to_thread(
+            self.policy.check,
             password,
             confirmation,
             PersonalData(account.name, account.email, account.birth_date),
