@@ -1,0 +1,236 @@
+"""Mail transports: where a rendered `EmailMessage` goes.
+
+Two real transports sit behind one small protocol:
+
+- `SmtpTransport` hands the message to an SMTP server through aiosmtplib
+  (plain, STARTTLS or implicit TLS, with login when the URL carries a user);
+- `FileTransport` writes one `.eml` file per message into a directory, which
+  is what development, the demo command and the default configuration use.
+
+Errors come in two kinds the dispatcher acts on: `TemporaryMailError` (the
+server is down, slow, or answered 4xx: try again later) and
+`PermanentMailError` (the server answered 5xx: never retry). Their messages
+carry the SMTP code and the server's reply, never the message body, because
+the body holds the recovery link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.message
+import email.policy
+import itertools
+import os
+import secrets
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+from engine.clock import Clock, SystemClock
+
+MAX_ERROR_CHARS = 300
+DEFAULT_MAIL_DIR = Path("var/mail")
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+class MailError(Exception):
+    """Base of the transport errors; never raised itself."""
+
+
+class TemporaryMailError(MailError):
+    """The message was not accepted yet (connection refused, timeout, 4xx): retry later."""
+
+
+class PermanentMailError(MailError):
+    """The server refused the message for good (5xx): retrying cannot help."""
+
+
+class MailTransport(Protocol):
+    """Something that accepts a finished message for delivery, or raises a `MailError`."""
+
+    async def send(self, message: email.message.EmailMessage) -> None: ...
+
+
+def envelope(message: email.message.EmailMessage) -> tuple[str, str]:
+    """The envelope sender and the single envelope recipient of a message.
+
+    The recipient is exactly the To header's one address: a message naming
+    several recipients, or Cc/Bcc ones, is refused rather than sent to more
+    people than the one account it was built for.
+    """
+    to_headers = message.get_all("To") or []
+    if len(to_headers) != 1:
+        raise ValueError("a message must have exactly one To address")
+    header = to_headers[0]
+    if hasattr(header, "addresses"):
+        # A parsed header (policy.default): a malformed list is refused, not guessed at.
+        if header.defects:
+            raise ValueError("a message must have exactly one To address")
+        recipients = [a.addr_spec for a in header.addresses]
+    else:
+        recipients = [addr for _name, addr in getaddresses([str(header)])]
+    if len(recipients) != 1 or "@" not in recipients[0] or any(c.isspace() for c in recipients[0]):
+        raise ValueError("a message must have exactly one To address")
+    if message.get_all("Cc") or message.get_all("Bcc"):
+        raise ValueError("a message must not carry Cc or Bcc recipients")
+    sender = parseaddr(str(message.get("From", "")))[1]
+    if "@" not in sender:
+        raise ValueError("a message must have a From address")
+    return sender, recipients[0]
+
+
+def _clean(text: str) -> str:
+    """A server reply made safe for logs and stored facts: one line, bounded."""
+    one_line = " ".join(str(text).split())
+    return one_line[:MAX_ERROR_CHARS]
+
+
+class FileTransport:
+    """Writes each message to `<directory>/<time>-<seq>-<random>.eml`, atomically.
+
+    Names sort by the time they were written (then by a per-process counter),
+    and the random part keeps several processes from colliding. The file is
+    written under a hidden temporary name and renamed into place, so a reader
+    globbing `*.eml` never sees half a message.
+    """
+
+    def __init__(self, directory: Path = DEFAULT_MAIL_DIR, clock: Clock | None = None) -> None:
+        self.directory = Path(directory)
+        self.clock = clock or SystemClock()
+        self._counter = itertools.count()
+
+    def _name(self) -> str:
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{stamp}-{next(self._counter) % 1_000_000:06d}-{secrets.token_hex(4)}.eml"
+
+    def _write(self, name: str, data: bytes) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+    async def send(self, message: email.message.EmailMessage) -> None:
+        envelope(message)  # the same one-recipient rule as SMTP
+        data = message.as_bytes(policy=email.policy.SMTP)
+        try:
+            await asyncio.to_thread(self._write, self._name(), data)
+        except OSError as exc:
+            # A full disk or a missing permission may be fixed: retry later.
+            raise TemporaryMailError(
+                f"cannot write mail file: {_clean(exc.strerror or str(exc))}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"FileTransport({str(self.directory)!r})"
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    if name not in query:
+        return False
+    value = query[name][-1].lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"mail URL: {name} must be 0 or 1")
+
+
+class SmtpTransport:
+    """Sends through an SMTP server described by a URL.
+
+    `smtp://user:pass@host:587?starttls=1` upgrades with STARTTLS (and fails
+    if the server cannot); `smtps://host` or `?tls=1` speaks TLS from the
+    first byte. Without either the connection stays plain: opportunistic
+    upgrades against relays with self-signed certificates fail in ways an
+    operator does not expect, so TLS is asked for explicitly.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("mail URL must start with smtp:// or smtps://")
+        if not parts.hostname:
+            raise ValueError("mail URL needs a host, e.g. smtp://user:pass@host:587?starttls=1")
+        if timeout <= 0:
+            raise ValueError("mail timeout must be positive")
+        query = parse_qs(parts.query)
+        self.use_tls = parts.scheme == "smtps" or _flag(query, "tls")
+        self.start_tls = _flag(query, "starttls")
+        if self.use_tls and self.start_tls:
+            raise ValueError("mail URL: choose STARTTLS or implicit TLS, not both")
+        self.host = parts.hostname
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("mail URL: the port must be a number from 1 to 65535") from None
+        self.port = port or (465 if self.use_tls else 587 if self.start_tls else 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        self.timeout = timeout
+
+    async def send(self, message: email.message.EmailMessage) -> None:
+        sender, recipient = envelope(message)
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=sender,
+                recipients=[recipient],
+                hostname=self.host,
+                port=self.port,
+                username=self.username,
+                password=self._password,
+                use_tls=self.use_tls,
+                start_tls=self.start_tls,
+                timeout=self.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            code = refused.code if refused else 0
+            raise _by_code(code, refused.message if refused else "recipient refused") from None
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # Wrong credentials are our configuration, not the recipient's
+            # fault: keep the mail and retry once an operator fixes them.
+            raise TemporaryMailError(f"SMTP login refused ({exc.code})") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _by_code(exc.code, exc.message) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # Connection refused or reset, timeouts, TLS failures, a server
+            # that hung up: all may pass.
+            raise TemporaryMailError(
+                f"SMTP {type(exc).__name__}: {_clean(str(exc))}".rstrip(": ")
+            ) from None
+
+    def __repr__(self) -> str:
+        # Never the password.
+        return f"SmtpTransport(host={self.host!r}, port={self.port}, user={self.username!r})"
+
+
+def _by_code(code: int, reply: str) -> MailError:
+    text = f"SMTP {code}: {_clean(reply)}"
+    if 500 <= code <= 599:
+        return PermanentMailError(text)
+    return TemporaryMailError(text)
+
+
+def transport_from_url(url: str, timeout: float = 10.0) -> MailTransport:
+    """The transport a `RECOVERY_MAIL_URL` names: `file://DIR` or `smtp[s]://...`."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        directory = unquote(parts.netloc + parts.path)
+        if not directory:
+            raise ValueError("file:// needs a directory, e.g. file://./var/mail")
+        return FileTransport(Path(directory))
+    if parts.scheme in ("smtp", "smtps"):
+        return SmtpTransport(url, timeout=timeout)
+    raise ValueError("mail URL must start with smtp://, smtps:// or file://")
