@@ -18,6 +18,7 @@ Firing an event:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,14 +49,19 @@ SYSTEM = "system"
 START_EVENT = "start"
 
 
+# The canonical spelling only. `uuid.UUID()` alone also takes braces, "urn:uuid:",
+# misplaced hyphens, underscores and non-ASCII digits, so one attempt could be
+# named many ways (and "1234_678..." even names a different one).
+_ATTEMPT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
 def parse_attempt_id(value: str | uuid.UUID) -> uuid.UUID:
-    """A UUID from user input, or `InvalidAttemptId`."""
+    """A UUID from user input in its canonical 8-4-4-4-12 hex form, or `InvalidAttemptId`."""
     if isinstance(value, uuid.UUID):
         return value
-    try:
-        return uuid.UUID(str(value))
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidAttemptId(str(value)) from None
+    if not isinstance(value, str) or not _ATTEMPT_ID.fullmatch(value):
+        raise InvalidAttemptId(str(value))
+    return uuid.UUID(value)
 
 
 @dataclass(frozen=True)
