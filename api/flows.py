@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from litestar import Response, Router, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
 
 from api.app import Services
 from api.errors import documented
@@ -58,7 +59,7 @@ async def render_diagram(
 
 
 @get("/", summary="The registered flows")
-async def list_flows(services: Services) -> FlowList:
+async def list_flows(services: NamedDependency[Services]) -> FlowList:
     return FlowList(
         items=[
             FlowSummary(name=spec.name, version=spec.version, description=spec.description)
@@ -72,7 +73,7 @@ async def list_flows(services: Services) -> FlowList:
     summary="A flow's states, events, transitions and deadlines",
     responses=documented(404),
 )
-async def describe_flow(services: Services, name: str) -> dict[str, Any]:
+async def describe_flow(services: NamedDependency[Services], name: FromPath[str]) -> dict[str, Any]:
     return services.engine.flows.get(name).describe()
 
 
@@ -83,9 +84,9 @@ async def describe_flow(services: Services, name: str) -> dict[str, Any]:
     media_type="text/plain",
 )
 async def flow_diagram(
-    services: Services,
-    name: str,
-    format: Annotated[str, Parameter(description="svg | png | dot | mermaid")] = "svg",
+    services: NamedDependency[Services],
+    name: FromPath[str],
+    format: Annotated[str, QueryParameter(description="svg | png | dot | mermaid")] = "svg",
 ) -> Response[bytes]:
     spec = services.engine.flows.get(name)
     return await render_diagram(spec, check_format(format))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -133,7 +134,7 @@ def _migrations_current(services: Services) -> bool:
     tags=["operations"],
     responses={503: ResponseSpec(data_container=Ready, description="Not ready")},
 )
-async def ready(services: Services) -> Response[Ready]:
+async def ready(services: NamedDependency[Services]) -> Response[Ready]:
     database = await services.engine.db.run(_database_answers, services, write=False)
     migrations = database and await asyncio.to_thread(_migrations_current, services)
     ok = database and migrations
@@ -144,7 +145,9 @@ async def ready(services: Services) -> Response[Ready]:
 
 
 @get("/metrics", opt=OPS_OPT, summary="Prometheus metrics", tags=["operations"])
-async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
+async def metrics(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> Response[bytes]:
     registry: Metrics = request.app.state["metrics"]
     body = await services.engine.db.run(registry.render, write=False)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
 
 from api.app import Services
 from api.errors import CONSUMES_TOKEN, documented
@@ -32,7 +33,7 @@ from flows.recovery.i18n import pick_locale
 
 Lang = Annotated[
     str | None,
-    Parameter(query="lang", description="en or fr; otherwise Accept-Language decides"),
+    QueryParameter(name="lang", description="en or fr; otherwise Accept-Language decides"),
 ]
 
 
@@ -61,7 +62,10 @@ def bearer(request: Request[Any, Any, Any]) -> str:
     responses=documented(400, 413, 429),
 )
 async def request_recovery(
-    request: Request[Any, Any, Any], data: RecoveryRequest, services: Services, lang: Lang = None
+    request: Request[Any, Any, Any],
+    data: JSONBody[RecoveryRequest],
+    services: NamedDependency[Services],
+    lang: Lang = None,
 ) -> Accepted:
     await services.recovery.request(
         data.email,
@@ -78,7 +82,7 @@ async def request_recovery(
     summary="Check a link's token (records the open; never consumes it)",
     responses=documented(400, 410, 413, 429),
 )
-async def verify_link(data: TokenBody, services: Services) -> Verified:
+async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Services]) -> Verified:
     # A JSON POST is a client app acting for the person, not a mail scanner's prefetch.
     opened = await services.recovery.open_link(data.token, method="POST", has_cookies=True)
     return Verified(
@@ -98,7 +102,10 @@ async def verify_link(data: TokenBody, services: Services) -> Verified:
     responses=documented(400, 409, 410, 413, 422, 429),
 )
 async def set_password(
-    request: Request[Any, Any, Any], data: PasswordBody, services: Services, lang: Lang = None
+    request: Request[Any, Any, Any],
+    data: JSONBody[PasswordBody],
+    services: NamedDependency[Services],
+    lang: Lang = None,
 ) -> StateAnswer:
     attempt = await services.recovery.set_password(
         data.token, data.password, data.password_confirm, locale=request_locale(request, lang)
@@ -112,7 +119,9 @@ async def set_password(
     summary='"This wasn\'t me": cancel the attempt and kill its link',
     responses=documented(400, 409, 410, 413, 429),
 )
-async def cancel_attempt(data: TokenBody, services: Services) -> StateAnswer:
+async def cancel_attempt(
+    data: JSONBody[TokenBody], services: NamedDependency[Services]
+) -> StateAnswer:
     attempt = await services.recovery.cancel_by_token(data.token)
     return StateAnswer(state=attempt.state)
 
@@ -124,7 +133,7 @@ async def cancel_attempt(data: TokenBody, services: Services) -> StateAnswer:
     description="401 is the same for an unknown address and a wrong password.",
     responses=documented(400, 401, 413, 429),
 )
-async def login(data: LoginBody, services: Services) -> SessionCreated:
+async def login(data: JSONBody[LoginBody], services: NamedDependency[Services]) -> SessionCreated:
     signed_in = await services.recovery.login(data.email, data.password)
     return SessionCreated(session_token=signed_in.session_token, expires_at=signed_in.expires_at)
 
@@ -136,7 +145,7 @@ async def login(data: LoginBody, services: Services) -> SessionCreated:
     security=[{"session": []}],
     responses=documented(401, 429),
 )
-async def logout(request: Request[Any, Any, Any], services: Services) -> None:
+async def logout(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> None:
     await services.recovery.logout(bearer(request))
 
 
@@ -146,7 +155,9 @@ async def logout(request: Request[Any, Any, Any], services: Services) -> None:
     security=[{"session": []}],
     responses=documented(401),
 )
-async def session(request: Request[Any, Any, Any], services: Services) -> SessionAnswer:
+async def session(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> SessionAnswer:
     info = await services.recovery.session(bearer(request))
     return SessionAnswer(email_masked=info.email_masked, expires_at=info.expires_at)
 

@@ -16,9 +16,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
 from api.app import Services
 from api.errors import documented
@@ -64,7 +65,7 @@ def key_name(request: Request[Any, Any, Any]) -> str:
 
 READ = {ROLE_OPT: "read"}
 WRITE = {ROLE_OPT: "write"}
-AttemptId = Annotated[str, Parameter(description="the attempt's id (a UUID)")]
+AttemptId = Annotated[str, PathParameter(description="the attempt's id (a UUID)")]
 
 
 @get(
@@ -75,18 +76,20 @@ AttemptId = Annotated[str, Parameter(description="the attempt's id (a UUID)")]
 )
 async def list_attempts(
     request: Request[Any, Any, Any],
-    services: Services,
+    services: NamedDependency[Services],
     state_filter: Annotated[
-        str | None, Parameter(query="state", description="only attempts in this state")
+        str | None, QueryParameter(name="state", description="only attempts in this state")
     ] = None,
-    email: Annotated[str | None, Parameter(description="exact address (normalised)")] = None,
+    email: Annotated[str | None, QueryParameter(description="exact address (normalised)")] = None,
     reference: Annotated[
-        str | None, Parameter(description="the short reference a person reads out")
+        str | None, QueryParameter(description="the short reference a person reads out")
     ] = None,
-    since: Annotated[datetime | None, Parameter(description="created at or after")] = None,
-    until: Annotated[datetime | None, Parameter(description="created before")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
-    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    since: Annotated[datetime | None, QueryParameter(description="created at or after")] = None,
+    until: Annotated[datetime | None, QueryParameter(description="created before")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None, QueryParameter(description="next_cursor of the previous page")
+    ] = None,
 ) -> AttemptPage:
     page = await services.support.list_attempts(
         key_name(request),
@@ -108,7 +111,7 @@ async def list_attempts(
     responses=documented(400, 401, 403, 404),
 )
 async def attempt_detail(
-    request: Request[Any, Any, Any], services: Services, attempt_id: AttemptId
+    request: Request[Any, Any, Any], services: NamedDependency[Services], attempt_id: AttemptId
 ) -> SupportAttempt:
     detail = await services.support.attempt(key_name(request), attempt_id)
     return msgspec.convert(detail, SupportAttempt)
@@ -123,9 +126,9 @@ async def attempt_detail(
 )
 async def attempt_diagram(
     request: Request[Any, Any, Any],
-    services: Services,
+    services: NamedDependency[Services],
     attempt_id: AttemptId,
-    format: Annotated[str, Parameter(description="svg | dot | mermaid")] = "svg",
+    format: Annotated[str, QueryParameter(description="svg | dot | mermaid")] = "svg",
 ) -> Response[bytes]:
     fmt = check_format(format, allowed=("svg", "dot", "mermaid"))
     flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
@@ -141,7 +144,10 @@ async def attempt_diagram(
     responses=documented(400, 401, 403, 404, 409, 413),
 )
 async def cancel_attempt(
-    request: Request[Any, Any, Any], services: Services, attempt_id: AttemptId, data: CancelBody
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    attempt_id: AttemptId,
+    data: JSONBody[CancelBody],
 ) -> StateAnswer:
     state = await services.support.cancel(key_name(request), attempt_id, data.reason)
     return StateAnswer(state=state)
@@ -155,7 +161,7 @@ async def cancel_attempt(
     responses=documented(400, 401, 403, 404),
 )
 async def resend(
-    request: Request[Any, Any, Any], services: Services, attempt_id: AttemptId
+    request: Request[Any, Any, Any], services: NamedDependency[Services], attempt_id: AttemptId
 ) -> ResendAnswer:
     record = await services.support.resend(key_name(request), attempt_id)
     return ResendAnswer(
@@ -175,9 +181,9 @@ async def resend(
 )
 async def stats(
     request: Request[Any, Any, Any],
-    services: Services,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    services: NamedDependency[Services],
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
 ) -> Stats:
     found = await services.support.stats(key_name(request), since, until)
     return msgspec.convert(found, Stats)
@@ -191,8 +197,8 @@ async def stats(
 )
 async def audit(
     request: Request[Any, Any, Any],
-    services: Services,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_AUDIT_PAGE)] = 100,
+    services: NamedDependency[Services],
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_AUDIT_PAGE)] = 100,
 ) -> AuditPage:
     items = await services.support.audit(key_name(request), limit)
     return msgspec.convert({"items": items}, AuditPage)
