@@ -195,7 +195,7 @@ def create_app(
     """
     # Imported here: the route modules import `Services` from this module.
     from api import flows as flow_routes
-    from api import ops, public, support
+    from api import ops, pages, public, support
 
     owned = services is None
     if services is None:
@@ -231,11 +231,10 @@ def create_app(
         *flow_routes.route_handlers,
         *ops.route_handlers,
     ]
-    template_config = csrf_config = None
-    # -- HTML pages: integration point (api/pages.py, owned by the pages helper) --
-    # from api import pages  (then:)
-    # route_handlers += pages.route_handlers
-    # template_config, csrf_config = pages.template_config(), pages.csrf_config(settings)
+    # The HTML pages (api/pages.py) bring their templates and the CSRF cookie of their forms.
+    route_handlers.extend(pages.route_handlers)
+    template_config = pages.template_config()
+    csrf_config = pages.csrf_config(settings)
 
     rate_limit = rate_limit_config(settings.public_rate_limit_per_minute, settings.trusted_proxies)
     host_config = AllowedHostsConfig(
