@@ -22,6 +22,7 @@ import email.policy
 import itertools
 import os
 import secrets
+import socket
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import Protocol
@@ -178,6 +179,20 @@ class SmtpTransport:
         self.username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self.timeout = timeout
+        self._local_hostname: str | None = None
+
+    async def _ehlo_name(self) -> str:
+        """This host's name for EHLO, looked up once.
+
+        aiosmtplib would resolve it on every send; where DNS is slow or broken
+        that lookup can take seconds each time.
+        """
+        if self._local_hostname is None:
+            name = await asyncio.to_thread(socket.getfqdn)
+            # EHLO takes one ASCII word.
+            usable = name.isascii() and name.isprintable() and " " not in name
+            self._local_hostname = name if name and usable else "localhost"
+        return self._local_hostname
 
     async def send(self, message: email.message.EmailMessage) -> None:
         sender, recipient = envelope(message)
@@ -188,6 +203,7 @@ class SmtpTransport:
                 recipients=[recipient],
                 hostname=self.host,
                 port=self.port,
+                local_hostname=await self._ehlo_name(),
                 username=self.username,
                 password=self._password,
                 use_tls=self.use_tls,

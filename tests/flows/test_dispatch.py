@@ -845,6 +845,39 @@ async def test_run_forever_dispatches_until_stopped(
     assert after.data["delivery"]["last_error"] == "transport failed: RuntimeError"
 
 
+async def test_sends_run_concurrently_but_bounded(
+    db_url: str, database: Database, engine: Engine, smtp_sink: SmtpSink
+) -> None:
+    """Ten due attempts for ten addresses are mailed a few at a time, never more than the bound."""
+
+    class Counting:
+        """The real SMTP transport, counting the sends in flight."""
+
+        def __init__(self) -> None:
+            self.inner = SmtpTransport(smtp_sink.url)
+            self.in_flight = 0
+            self.most = 0
+
+        async def send(self, message: EmailMessage) -> None:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            try:
+                await asyncio.sleep(0.02)  # a slower relay, so overlaps show
+                await self.inner.send(message)
+            finally:
+                self.in_flight -= 1
+
+    transport = Counting()
+    settings = make_settings(db_url, smtp_sink)
+    dispatcher = Dispatcher(engine, settings, transport, max_concurrent_sends=3)
+    for i in range(10):
+        add_account(database, f"user{i}@example.com")
+        request(engine, f"user{i}@example.com")
+    assert await dispatcher.run_once() == 10
+    assert len(smtp_sink.wait_for(10)) == 10
+    assert 1 < transport.most <= 3
+
+
 def test_dispatcher_rejects_nonsense_sizes(engine: Engine, settings: Settings) -> None:
     """A batch or concurrency below one is a clear error."""
     with pytest.raises(ValueError, match="at least 1"):
