@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.db import normalise_url
@@ -88,6 +88,17 @@ class Settings(BaseSettings):
             raise ValueError("must start with smtp://, smtps:// or file://")
         return value
 
+    @model_validator(mode="after")
+    def _lease_outlives_a_send(self) -> Settings:
+        # A worker's claim must outlast one SMTP send, or a slow send is claimed
+        # and sent again by another worker.
+        if self.dispatch_lease_seconds < 2 * self.mail_timeout_seconds:
+            raise ValueError(
+                "RECOVERY_DISPATCH_LEASE_SECONDS must be at least twice "
+                "RECOVERY_MAIL_TIMEOUT_SECONDS"
+            )
+        return self
+
     @property
     def public_host(self) -> str:
         """The host name the service answers to (and builds links with)."""
@@ -115,6 +126,9 @@ def settings_from_env(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            lines.append(f"RECOVERY_{field.upper()}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["loc"]:
+                lines.append(f"RECOVERY_{str(err['loc'][0]).upper()}: {message}")
+            else:
+                lines.append(message)  # a rule across variables names them itself
         raise SettingsError("; ".join(lines)) from None
