@@ -89,7 +89,6 @@ async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Servi
         attempt_id=str(opened.attempt.id),
         state=opened.attempt.state,
         expires_at=opened.expires_at,
-        reference=opened.reference,
     )
 
 

@@ -78,7 +78,6 @@ class Verified(Struct, frozen=True):
     attempt_id: str
     state: str
     expires_at: datetime | None
-    reference: Annotated[str, Meta(description="short code a person can read out to support")]
 
 
 class StateAnswer(Struct, frozen=True):
@@ -150,7 +149,6 @@ class SupportAttempt(Struct, frozen=True):
     delivery: Delivery
     timeline: list[TimelineEntry]
     allowed_events: list[str]
-    reference: str
 
 
 class ResendAnswer(Struct, frozen=True):

@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -25,13 +24,18 @@ from api.app import Services
 from api.errors import documented
 from api.flows import check_format, render_diagram
 from api.schemas import (
+    AttemptItem,
     AttemptPage,
+    AuditItem,
     AuditPage,
     CancelBody,
+    Delivery,
+    FunnelStep,
     ResendAnswer,
     StateAnswer,
     Stats,
     SupportAttempt,
+    TimelineEntry,
 )
 from flows.recovery.identity import support_reference
 from flows.recovery.support import DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE
@@ -101,7 +105,7 @@ async def list_attempts(
         limit=limit,
         cursor=cursor,
     )
-    return msgspec.convert({"items": page.items, "next_cursor": page.next_cursor}, AttemptPage)
+    return AttemptPage(items=[AttemptItem(**i) for i in page.items], next_cursor=page.next_cursor)
 
 
 @get(
@@ -114,7 +118,12 @@ async def attempt_detail(
     request: Request[Any, Any, Any], services: NamedDependency[Services], attempt_id: AttemptId
 ) -> SupportAttempt:
     detail = await services.support.attempt(key_name(request), attempt_id)
-    return msgspec.convert(detail, SupportAttempt)
+    timeline = [
+        TimelineEntry(**{("from_" if k == "from" else k): v for k, v in entry.items()})
+        for entry in detail.pop("timeline")
+    ]
+    delivery = Delivery(**detail.pop("delivery"))
+    return SupportAttempt(**detail, delivery=delivery, timeline=timeline)
 
 
 @get(
@@ -186,7 +195,8 @@ async def stats(
     until: FromQuery[datetime | None] = None,
 ) -> Stats:
     found = await services.support.stats(key_name(request), since, until)
-    return msgspec.convert(found, Stats)
+    funnel = [FunnelStep(**step) for step in found.pop("funnel")]
+    return Stats(**found, funnel=funnel)
 
 
 @get(
@@ -201,7 +211,7 @@ async def audit(
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_AUDIT_PAGE)] = 100,
 ) -> AuditPage:
     items = await services.support.audit(key_name(request), limit)
-    return msgspec.convert({"items": items}, AuditPage)
+    return AuditPage(items=[AuditItem(**i) for i in items])
 
 
 router = Router(

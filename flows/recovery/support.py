@@ -314,8 +314,10 @@ class SupportService:
     def _detail(self, attempt_id: str | uuid.UUID) -> dict[str, Any]:
         record = self.engine.get_sync(attempt_id)
         history = self.engine.history_sync(record.id)
+        item = _item(record)
+        del item["reference"]  # the detail has the fixed shape of SPEC §5
         return {
-            **_item(record),
+            **item,
             "locale": record.locale,
             "client_ip": _text(record.data.get("client_ip")),
             "user_agent": _text(record.data.get("user_agent")),

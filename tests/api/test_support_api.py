@@ -1,0 +1,441 @@
+"""The support API over HTTP, on SQLite and PostgreSQL: keys and roles, masked lists with
+keyset pagination and filters, the attempt detail, cancel, resend, stats, the audit log,
+and that support never sees a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from flows.recovery.identity import support_reference
+from flows.recovery.models import Account, SupportKey
+from flows.recovery.tokens import token_hash
+from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, Api, assert_error
+
+T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
+DETAIL_KEYS = {
+    "id",
+    "flow",
+    "state",
+    "created_at",
+    "updated_at",
+    "deadline_at",
+    "email_masked",
+    "locale",
+    "client_ip",
+    "user_agent",
+    "delivery",
+    "timeline",
+    "allowed_events",
+}
+
+
+def _request(api: Api, address: str, locale: str = "en") -> None:
+    """A "Forgot password?" request straight through the service (no HTTP rate limit)."""
+    asyncio.run(
+        api.services.recovery.request(
+            address, locale=locale, client_ip="198.51.100.7", user_agent="agent/1.0"
+        )
+    )
+
+
+def _password(token: str, password: str = NEW_PASSWORD) -> dict[str, str]:
+    return {"token": token, "password": password, "password_confirm": password}
+
+
+# -- keys and roles ----------------------------------------------------------------------------
+
+
+def test_support_keys_are_stored_hashed_and_shown_once(api: Api) -> None:
+    key = api.services.support.create_key_sync("alice", "read")
+    with api.services.engine.db.transaction(write=False) as conn:
+        row = conn.execute(select(SupportKey.__table__)).one()
+    assert row.name == "alice" and row.role == "read"
+    assert key not in str(tuple(row)) and len(row.key_hash) == 64
+    assert api.services.support.authenticate_sync(key) == ("alice", "read")
+    assert api.services.support.authenticate_sync(key + "x") is None
+
+
+def test_no_or_unknown_key_is_401_and_a_read_key_on_a_write_route_is_403(api: Api) -> None:
+    reader = api.support_headers("read")
+    writer = api.support_headers("write")
+    some_id = "00000000-0000-4000-8000-000000000000"
+    reads = [
+        ("get", "/api/support/attempts"),
+        ("get", f"/api/support/attempts/{some_id}"),
+        ("get", f"/api/support/attempts/{some_id}/diagram?format=mermaid"),
+        ("get", "/api/support/stats"),
+        ("get", "/api/support/audit"),
+    ]
+    writes = [
+        ("post", f"/api/support/attempts/{some_id}/cancel"),
+        ("post", f"/api/support/attempts/{some_id}/resend"),
+    ]
+    for method, path in reads + writes:
+        for headers in (
+            {},
+            {"Authorization": "Bearer rsk_not-a-key"},
+            {"Authorization": "Basic YWxpY2U6cGFzcw=="},
+        ):
+            if method == "get":
+                answer = api.client.get(path, headers=headers)
+            else:
+                answer = api.client.post(path, headers=headers, json={"reason": "r"})
+            assert_error(answer, 401, "unauthorized")
+            assert answer.headers["www-authenticate"] == "Bearer"
+    for _, path in writes:
+        answer = api.client.post(path, headers=reader, json={"reason": "r"})
+        assert_error(answer, 403, "forbidden")
+    for method, path in reads:
+        assert getattr(api.client, method)(path, headers=writer).status_code in (200, 404)
+    # Nothing was done by the refused requests.
+    assert api.attempts() == []
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+
+def test_lists_are_masked_newest_first_and_paged_by_keyset_cursor(api: Api) -> None:
+    reader = api.support_headers("read")
+    with freeze_time(T0, real_asyncio=True) as clock:
+        for i in range(7):
+            _request(api, f"person{i}@example.com")
+            clock.tick(1 if i != 3 else 0)  # two attempts share one instant
+        seen: list[dict[str, Any]] = []
+        cursor = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": 3}
+            if cursor:
+                params["cursor"] = cursor
+            answer = api.client.get("/api/support/attempts", params=params, headers=reader)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert set(body) == {"items", "next_cursor"}
+            seen += body["items"]
+            pages += 1
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+    assert pages == 3
+    assert len(seen) == 7 and len({i["id"] for i in seen}) == 7
+    keys = [(i["created_at"], i["id"]) for i in seen]
+    assert keys == sorted(keys, reverse=True)
+    for item in seen:
+        assert set(item) == {
+            "id",
+            "reference",
+            "flow",
+            "state",
+            "email_masked",
+            "created_at",
+            "updated_at",
+            "deadline_at",
+        }
+        assert "@example.com" not in item["email_masked"] and "***" in item["email_masked"]
+        assert "person" not in item["email_masked"]
+
+
+def test_lists_filter_by_state_email_reference_and_time(api: Api) -> None:
+    reader = api.support_headers("read")
+    api.account("known@example.com")
+    with freeze_time(T0, real_asyncio=True) as clock:
+        _request(api, "Known@Example.com")
+        clock.tick(10)
+        _request(api, "other@example.com")
+        api.dispatch()
+        clock.tick(10)
+        _request(api, "third@example.com")
+
+        def ids(**params: Any) -> list[str]:
+            answer = api.client.get("/api/support/attempts", params=params, headers=reader)
+            assert answer.status_code == 200, answer.text
+            return [i["state"] + ":" + i["email_masked"] for i in answer.json()["items"]]
+
+        assert ids(state="emailed") == ["emailed:k***n@e***e.com"]
+        assert ids(state="unknown_account") == ["unknown_account:o***r@e***e.com"]
+        assert ids(email="KNOWN@example.com") == ["emailed:k***n@e***e.com"]
+        assert ids(since=(T0 + timedelta(seconds=5)).isoformat()) == [
+            "requested:t***d@e***e.com",
+            "unknown_account:o***r@e***e.com",
+        ]
+        assert ids(until=(T0 + timedelta(seconds=5)).isoformat()) == ["emailed:k***n@e***e.com"]
+        newest = api.client.get("/api/support/attempts", headers=reader).json()["items"][0]
+        assert newest["reference"] == support_reference(__import__("uuid").UUID(newest["id"]))
+        by_ref = api.client.get(
+            "/api/support/attempts",
+            params={"reference": newest["reference"].lower()},
+            headers=reader,
+        ).json()["items"]
+        assert [i["id"] for i in by_ref] == [newest["id"]]
+
+
+def test_bad_filters_and_ids_are_400_or_404_in_the_error_shape(api: Api) -> None:
+    reader = api.support_headers("read")
+    writer = api.support_headers("write")
+    for params in (
+        {"state": "bogus"},
+        {"email": "not an address"},
+        {"email": "a@example.com,b@example.com"},
+        {"reference": "nope"},
+        {"limit": 0},
+        {"limit": 201},
+        {"limit": "many"},
+        {"cursor": "garbage!"},
+        {"cursor": "eyJhIjoxfQ"},
+        {"since": "yesterday"},
+    ):
+        answer = api.client.get("/api/support/attempts", params=params, headers=reader)
+        assert_error(answer, 400)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert_error(api.client.get(f"/api/support/attempts/{unknown}", headers=reader), 404)
+    for bad in ("not-a-uuid", "1", "%0Aid"):
+        assert_error(api.client.get(f"/api/support/attempts/{bad}", headers=reader), 400)
+        assert_error(
+            api.client.post(
+                f"/api/support/attempts/{bad}/cancel", json={"reason": "r"}, headers=writer
+            ),
+            400,
+        )
+    _request(api, "a@example.com")
+    [attempt] = api.attempts()
+    base = f"/api/support/attempts/{attempt.id}"
+    assert_error(api.client.get(f"{base}/diagram?format=gif", headers=reader), 400)
+    for body in ({}, {"reason": ""}, {"reason": ["x"]}, {"reason": "x", "extra": 1}):
+        assert_error(api.client.post(f"{base}/cancel", json=body, headers=writer), 400)
+    assert_error(api.client.get("/api/support/audit?limit=0", headers=reader), 400)
+    assert_error(api.client.get("/api/support/stats?since=tomorrow", headers=reader), 400)
+    assert api.attempts()[0].state == "requested"
+
+
+# -- one attempt ----------------------------------------------------------------------------------
+
+
+def test_the_attempt_detail_has_the_fixed_shape_and_the_whole_timeline(api: Api) -> None:
+    reader = api.support_headers("read")
+    api.account()
+    token = api.link_token(**{"User-Agent": "Mozilla/5.0 test"})
+    api.client.post("/api/recovery/verify", json={"token": token})
+    [attempt] = api.attempts()
+    answer = api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert set(body) == DETAIL_KEYS
+    assert body["state"] == "link_opened"
+    assert body["email_masked"] == "j***e@e***e.com"
+    assert (body["locale"], body["client_ip"], body["user_agent"]) == (
+        "en",
+        "testclient",
+        "Mozilla/5.0 test",
+    )
+    assert set(body["delivery"]) == {"status", "tries", "last_error", "sent_at"}
+    assert body["delivery"]["status"] == "sent" and body["delivery"]["tries"] == 1
+    events = [(e["seq"], e["event"], e["from"], e["to"], e["actor"]) for e in body["timeline"]]
+    assert events == [
+        (1, "start", None, "requested", "person"),
+        (2, "dispatch", "requested", "emailed", "system"),
+        (3, "open_link", "emailed", "link_opened", "person"),
+    ]
+    for entry in body["timeline"]:
+        assert set(entry) == {"seq", "event", "from", "to", "actor", "at", "accepted", "detail"}
+    assert body["allowed_events"] == ["open_link", "set_password", "expire", "cancel", "supersede"]
+
+
+def test_reading_an_overdue_attempt_applies_its_deadline(api: Api) -> None:
+    reader = api.support_headers("read")
+    api.account()
+    with freeze_time(T0, real_asyncio=True) as clock:
+        api.link_token()
+        [attempt] = api.attempts()
+        clock.tick(timedelta(minutes=60, seconds=1))
+        answer = api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["state"] == "expired"
+    assert body["timeline"][-1]["event"] == "expire"
+    assert body["allowed_events"] == []
+
+
+def test_the_attempt_diagram_highlights_its_state_and_path(api: Api) -> None:
+    reader = api.support_headers("read")
+    api.account()
+    api.link_token()
+    [attempt] = api.attempts()
+    answer = api.client.get(
+        f"/api/support/attempts/{attempt.id}/diagram?format=mermaid", headers=reader
+    )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert "class emailed current" in answer.text
+    assert "class requested visited" in answer.text
+    assert "dispatch [mail_accepted] (1)" in answer.text
+    dot = api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=dot", headers=reader)
+    assert dot.status_code == 200 and dot.text.startswith("digraph")
+    svg = api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=svg", headers=reader)
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    assert b"<svg" in svg.content
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+def test_support_cancel_kills_the_link_and_is_409_when_not_allowed(api: Api) -> None:
+    writer = api.support_headers("write", name="bob")
+    api.account()
+    token = api.link_token()
+    [attempt] = api.attempts()
+    url = f"/api/support/attempts/{attempt.id}/cancel"
+    answer = api.client.post(url, json={"reason": "caller asked on the phone"}, headers=writer)
+    assert (answer.status_code, answer.json()) == (200, {"state": "cancelled"})
+    assert_error(api.client.post("/api/recovery/verify", json={"token": token}), 410)
+    again = api.client.post(url, json={"reason": "twice"}, headers=writer)
+    error = assert_error(again, 409, "event_refused")
+    assert error["details"] == [{"event": "cancel", "state": "cancelled", "reason": "wrong_state"}]
+    timeline = api.services.engine.history_sync(attempt.id)
+    cancel = next(e for e in timeline if e.event == "cancel" and e.accepted)
+    assert cancel.actor == "support:bob"
+    assert cancel.detail["reason"] == "caller asked on the phone"
+
+
+def test_support_resend_starts_a_new_attempt_whose_email_supersedes_the_old_link(
+    api: Api,
+) -> None:
+    writer = api.support_headers("write", name="carol")
+    api.account(locale="fr")
+    with freeze_time(T0, real_asyncio=True) as clock:
+        first = api.link_token(**{"Accept-Language": "fr"})
+        [old] = api.attempts()
+        clock.tick(61)  # past the resend cooldown, as a person calling support would be
+        answer = api.client.post(f"/api/support/attempts/{old.id}/resend", headers=writer)
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        assert set(body) == {"attempt_id", "state", "reference", "resend_of"}
+        assert body["state"] == "requested" and body["resend_of"] == str(old.id)
+        api.dispatch()
+        states = {str(a.id): (a.state, a.locale, a.subject) for a in api.attempts()}
+        assert states[str(old.id)][0] == "superseded"
+        assert states[body["attempt_id"]] == ("emailed", "fr", "jane.doe@example.com")
+        error = assert_error(api.client.post("/api/recovery/verify", json={"token": first}), 410)
+        assert error["details"] == [{"reason": "superseded"}]
+        second = api.tokens_sent()[-1]
+        assert api.client.post("/api/recovery/verify", json={"token": second}).status_code == 200
+    start = api.services.engine.history_sync(body["attempt_id"])[0]
+    assert start.actor == "support:carol"
+
+
+# -- audit, stats ---------------------------------------------------------------------------------
+
+
+def test_every_support_query_and_action_is_audited_with_the_keys_name(api: Api) -> None:
+    reader = api.support_headers("read", name="reader-ann")
+    writer = api.support_headers("write", name="writer-bo")
+    _request(api, "someone@example.com")
+    [attempt] = api.attempts()
+    api.client.get("/api/support/attempts?state=requested", headers=reader)
+    api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader)
+    api.client.get("/api/support/attempts/00000000-0000-4000-8000-000000000000", headers=reader)
+    api.client.post(
+        f"/api/support/attempts/{attempt.id}/cancel", json={"reason": "fraud"}, headers=writer
+    )
+    api.client.post(
+        f"/api/support/attempts/{attempt.id}/cancel", json={"reason": "again"}, headers=writer
+    )
+    api.client.get("/api/support/stats", headers=reader)
+    answer = api.client.get("/api/support/audit?limit=10", headers=reader)
+    assert answer.status_code == 200
+    items = answer.json()["items"]
+    summary = [(i["key_name"], i["action"], i["detail"].get("outcome")) for i in items]
+    assert summary == [
+        ("reader-ann", "audit", "ok"),
+        ("reader-ann", "stats", "ok"),
+        ("writer-bo", "cancel", "event_refused"),
+        ("writer-bo", "cancel", "ok"),
+        ("reader-ann", "view_attempt", "not_found"),
+        ("reader-ann", "view_attempt", "ok"),
+        ("reader-ann", "list_attempts", "ok"),
+    ]
+    assert items[3]["target"] == str(attempt.id)
+    assert items[3]["detail"]["reason"] == "fraud"
+    assert items[-1]["detail"]["state"] == "requested"
+
+
+def test_stats_count_states_and_the_funnel_with_conversion_and_median_times(api: Api) -> None:
+    reader = api.support_headers("read")
+    for address in ("a@example.com", "b@example.com", "d@example.com"):
+        api.account(address)
+    with freeze_time(T0, real_asyncio=True) as clock:
+        for address in ("a@example.com", "b@example.com", "c@example.com", "d@example.com"):
+            _request(api, address)
+        clock.tick(10)
+        api.dispatch()  # a, b, d emailed after 10 s; c has no account
+        tokens = {}
+        for message, token in zip(api.messages(), api.tokens_sent(), strict=True):
+            tokens[str(message["To"]).split("<")[-1].rstrip(">")] = token
+        clock.tick(60)
+        api.client.post("/api/recovery/verify", json={"token": tokens["a@example.com"]})
+        clock.tick(60)
+        api.client.post("/api/recovery/verify", json={"token": tokens["b@example.com"]})
+        clock.tick(60)
+        api.client.post("/api/recovery/password", json=_password(tokens["a@example.com"]))
+        clock.tick(60)
+        api.client.post("/api/login", json={"email": "a@example.com", "password": NEW_PASSWORD})
+        answer = api.client.get(
+            "/api/support/stats",
+            params={
+                "since": (T0 - timedelta(minutes=1)).isoformat(),
+                "until": (T0 + timedelta(hours=1)).isoformat(),
+            },
+            headers=reader,
+        )
+    assert answer.status_code == 200, answer.text
+    stats = answer.json()
+    assert stats["total"] == 4
+    assert stats["states"] == {
+        "emailed": 1,
+        "link_opened": 1,
+        "logged_in": 1,
+        "unknown_account": 1,
+    }
+    assert [
+        (s["step"], s["count"], s["conversion"], s["median_seconds"]) for s in stats["funnel"]
+    ] == [
+        ("requested", 4, None, None),
+        ("emailed", 3, 0.75, 10.0),
+        ("link_opened", 2, 0.6667, 90.0),
+        ("password_set", 1, 0.5, 120.0),
+        ("logged_in", 1, 1.0, 60.0),
+    ]
+
+
+def test_support_never_sees_a_password_token_hash_or_link(api: Api) -> None:
+    reader = api.support_headers("read")
+    writer = api.support_headers("write")
+    api.account()
+    token = api.link_token()
+    api.client.post("/api/recovery/password", json=_password(token, "qwerty7"))
+    api.client.post("/api/recovery/password", json=_password(token))
+    session = api.client.post(
+        "/api/login", json={"email": "jane.doe@example.com", "password": NEW_PASSWORD}
+    ).json()["session_token"]
+    [attempt] = api.attempts()
+    with api.services.engine.db.transaction(write=False) as conn:
+        hashes = conn.execute(select(Account.__table__.c.password_history)).scalar_one()
+    answers = [
+        api.client.get("/api/support/attempts", headers=reader),
+        api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader),
+        api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=dot", headers=reader),
+        api.client.get("/api/support/stats", headers=reader),
+        api.client.post(f"/api/support/attempts/{attempt.id}/resend", headers=writer),
+        api.client.get("/api/support/audit", headers=reader),
+    ]
+    secrets_ = [token, token_hash(token), NEW_PASSWORD, OLD_PASSWORD, "qwerty7", session, *hashes]
+    for answer in answers:
+        assert answer.status_code < 300, answer.text
+        for secret in secrets_:
+            assert secret not in answer.text
+        assert "/recovery/reset" not in answer.text and "$argon2" not in answer.text
