@@ -144,13 +144,23 @@ async def ready(services: NamedDependency[Services]) -> Response[Ready]:
     )
 
 
-@get("/metrics", opt=OPS_OPT, summary="Prometheus metrics", tags=["operations"])
+@get(
+    "/metrics",
+    opt=OPS_OPT,
+    summary="Prometheus metrics",
+    tags=["operations"],
+    media_type="text/plain",
+)
 async def metrics(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> Response[bytes]:
     registry: Metrics = request.app.state["metrics"]
     body = await services.engine.db.run(registry.render, write=False)
-    return Response(content=body, media_type=CONTENT_TYPE_LATEST)
+    # Given as a header, the exposition format's type is sent as is: as a media
+    # type, Litestar appends a second `charset` to it, which scrapers refuse.
+    return Response(
+        content=body, media_type="text/plain", headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 route_handlers: list[Any] = [health, ready, metrics]
