@@ -35,6 +35,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import Cookie
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
+from litestar.params import FromQuery
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Response, Template
 from litestar.static_files import create_static_files_router
@@ -91,8 +92,6 @@ PAGE_HEADERS: Mapping[str, str] = {
 DEAD_REASONS = ("expired", "used", "superseded", "cancelled", "revoked", "unknown", "missing")
 # Marks the navigation the "one more step" page starts (see `_missing_link`).
 RESUME_PARAM = "resume"
-# One string per field: a bigger form value is refused before it reaches the domain.
-MAX_FIELD_CHARS = 4096
 
 
 # -- configuration handed to Litestar(...) by api.app -------------------------------
@@ -254,7 +253,9 @@ async def _fields(
     """Each named form field as exactly one string, or the first field that is not.
 
     A repeated field (`email=a&email=b`) is refused here, before anything else
-    sees it: it must never become a message to a second address.
+    sees it: it must never become a message to a second address. Lengths are
+    the domain's to judge (a too-long password is a policy violation shown
+    next to its field); the app's body cap bounds them all.
     """
     form = await request.form()
     values: dict[str, str] = {}
@@ -262,8 +263,6 @@ async def _fields(
         found = form.getall(name) if name in form else []
         if len(found) != 1 or not isinstance(found[0], str):
             return InvalidInput(name, "repeated" if len(found) > 1 else "missing")
-        if len(found[0]) > MAX_FIELD_CHARS:
-            return InvalidInput(name, "too_long")
         values[name] = found[0]
     return values
 
@@ -473,7 +472,9 @@ def _missing_link(request: Request[Any, Any, Any], page: Page, action: str) -> T
     http_method=[HttpMethod.GET, HttpMethod.HEAD],
     name="page_reset",
 )
-async def reset_page(request: Request[Any, Any, Any], token: str | None = None) -> Response[Any]:
+async def reset_page(
+    request: Request[Any, Any, Any], token: FromQuery[str | None] = None
+) -> Response[Any]:
     """With `?token=`: check the link, move the token into a cookie, 303 to the bare URL.
     Without: the new-password form (the token comes from the cookie)."""
     settings = _settings(request)
@@ -525,7 +526,9 @@ async def reset_submit(request: Request[Any, Any, Any]) -> Template:
 
 
 @get("/recovery/cancel", name="page_cancel")
-async def cancel_page(request: Request[Any, Any, Any], token: str | None = None) -> Response[Any]:
+async def cancel_page(
+    request: Request[Any, Any, Any], token: FromQuery[str | None] = None
+) -> Response[Any]:
     """With `?token=`: keep it in the cookie and 303 to the bare URL. Without: the
     confirmation form. A GET never cancels (mail scanners prefetch links)."""
     settings = _settings(request)
