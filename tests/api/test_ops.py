@@ -1,0 +1,226 @@
+"""Operations: /health, /ready, /metrics, the in-process mail dispatcher, the 500 answer,
+and logging without secrets (the access log and the redacting filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from api import migrate
+from api.app import create_app
+from api.logs import (
+    ACCESS_LOGGER,
+    RedactingFilter,
+    RedactingFormatter,
+    configure_logging,
+    escape,
+    redact,
+)
+from flows.recovery.passwords import Argon2Hasher
+from flows.recovery.settings import Settings
+from tests.api.conftest import Api, api_settings, assert_error
+
+# Nothing listens on port 1: connecting is refused at once.
+UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/nothing"
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+# -- health and readiness ----------------------------------------------------------------------
+
+
+def test_health_answers_200_whatever_host_name_reaches_it(api: Api) -> None:
+    for host in ("testserver.local", "10.0.0.7:8000", "pod-1234"):
+        answer = api.client.get("/health", headers={"Host": host})
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+def test_ready_is_503_until_migrations_are_applied_then_200(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    settings = api_settings(empty_db_url, tmp_path / "mail")
+    app = create_app(settings, hasher=Argon2Hasher.for_tests())
+    with TestClient(app) as client:
+        answer = client.get("/ready")
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "unavailable", "database": True, "migrations": False}
+        migrate.upgrade(empty_db_url)
+        answer = client.get("/ready")
+        assert (answer.status_code, answer.json()) == (
+            200,
+            {"status": "ok", "database": True, "migrations": True},
+        )
+
+
+def test_ready_is_503_when_the_database_does_not_answer(tmp_path: Path) -> None:
+    settings = Settings(database_url=UNREACHABLE_DB, mail_url=f"file://{tmp_path}")
+    with TestClient(create_app(settings, hasher=Argon2Hasher.for_tests())) as client:
+        answer = client.get("/ready")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unavailable", "database": False, "migrations": False}
+
+
+def test_an_unexpected_failure_is_a_generic_500_and_its_log_names_only_the_error_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(database_url=UNREACHABLE_DB, mail_url=f"file://{tmp_path}")
+    with TestClient(create_app(settings, hasher=Argon2Hasher.for_tests())) as client:
+        answer = client.post("/api/recovery", json={"email": "someone@example.com"})
+    error = assert_error(answer, 500, "internal_error")
+    assert error["details"] == [] and "127.0.0.1" not in answer.text
+    [logged] = [r for r in caplog.records if r.name == "api.errors"]
+    assert "OperationalError" in logged.getMessage()
+    assert "someone@example.com" not in logged.getMessage()
+    assert "nobody" not in logged.getMessage()  # the connection string stays out
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_report_attempts_by_state_transitions_queue_depth_and_mail_latency(
+    api: Api,
+) -> None:
+    api.account()
+    api.client.post("/api/recovery", json={"email": "jane.doe@example.com"})
+    api.client.post("/api/recovery", json={"email": "nobody@example.com"})
+    before = _samples(api.client.get("/metrics").text)
+    assert before[("recovery_dispatch_queue_depth", ())] == 2
+    api.dispatch()  # the app's own dispatcher, as `recovery serve` runs it
+    answer = api.client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    metrics = _samples(answer.text)
+    flow = ("flow", "password_recovery")
+
+    def state(name: str) -> float:
+        return metrics[("recovery_attempts", (flow, ("state", name)))]
+
+    assert (state("emailed"), state("unknown_account"), state("requested")) == (1, 1, 0)
+    dispatched = ("recovery_transitions_total", (("accepted", "true"), ("event", "dispatch"), flow))
+    assert metrics[dispatched] == 2
+    assert metrics[("recovery_dispatch_queue_depth", ())] == 0
+    sent = (("outcome", "sent"),)
+    assert metrics[("recovery_mail_send_seconds_count", sent)] == 1
+    assert metrics[("recovery_mail_send_seconds_sum", sent)] > 0
+
+
+def test_each_app_has_its_own_metrics_registry(make_api: Callable[..., Api]) -> None:
+    first, second = make_api(), make_api()
+    first.account()
+    first.link_token()
+    count = ("recovery_mail_send_seconds_count", (("outcome", "sent"),))
+    assert _samples(first.client.get("/metrics").text)[count] == 1
+    assert count not in _samples(second.client.get("/metrics").text)
+
+
+# -- the dispatcher inside the server ----------------------------------------------------------
+
+
+def test_run_dispatcher_emails_requests_in_the_background_and_stops_on_shutdown(
+    db_url: str, tmp_path: Path
+) -> None:
+    settings = api_settings(db_url, tmp_path / "mail", dispatch_poll_seconds=0.05)
+    app = create_app(settings, run_dispatcher=True, hasher=Argon2Hasher.for_tests())
+    services = app.state["services"]
+    services.recovery.create_account_sync(
+        email="jane.doe@example.com", name="Jane Doe", password="Correct-Horse-Battery-42"
+    )
+    with TestClient(app) as client:
+        assert client.post("/api/recovery", json={"email": "jane.doe@example.com"}).status_code
+        deadline = time.monotonic() + 10
+        while not list((tmp_path / "mail").glob("*.eml")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
+    # Shutdown stopped the task and closed the database the app built itself.
+    with pytest.raises(RuntimeError, match="shutdown"):
+        asyncio.run(services.engine.db.run(lambda: None))
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+def test_the_access_log_leaves_out_query_strings_and_escapes_line_breaks(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    token = "Tk" * 22
+    answer = api.client.get(f"/recovery/reset?token={token}")
+    api.client.get("/api/nothing%0D%0AFAKE%20200%20line")
+    lines = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert len(lines) == 2
+    assert lines[0].startswith("GET /recovery/reset ") and token not in lines[0]
+    assert f"id={answer.headers['x-request-id']}" in lines[0]
+    assert "\r" not in lines[1] and "\n" not in lines[1]
+    assert "\\r\\nFAKE 200 line" in lines[1] and " 404 " in lines[1]
+
+
+def test_redaction_hides_anything_that_looks_like_a_secret() -> None:
+    token = "abcDEF123_-" * 4
+    argon = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+    text = (
+        f"GET /recovery/reset?token={token} Authorization: Bearer sk_live_1 "
+        f'{{"password": "Hunter2!!", "password_confirm":"Hunter2!!"}} hash {argon} '
+        f"digest {'ab' * 32}"
+    )
+    cleaned = redact(text)
+    for secret in (token, "sk_live_1", "Hunter2!!", argon, "ab" * 32):
+        assert secret not in cleaned
+    assert "GET /recovery/reset?token=[redacted]" in cleaned
+    assert redact("attempt 0b7c9a4e-2f7e-4c36-9b1e-3f0e2a1d9c55 emailed") == (
+        "attempt 0b7c9a4e-2f7e-4c36-9b1e-3f0e2a1d9c55 emailed"
+    )
+    assert escape("a\r\nb\x00c") == "a\\r\\nb\\x00c"
+
+
+def test_the_filter_and_formatter_redact_messages_arguments_and_tracebacks() -> None:
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "login with %s", ("password=Hunter2!!",), None
+    )
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == "login with password=[redacted]"
+    try:
+        raise ValueError("token=" + "Z" * 43)
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
+    assert "Z" * 43 not in RedactingFormatter().format(failed)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    access = logging.getLogger("uvicorn.access")
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    access.disabled = False
+    access.propagate = True
+
+
+def test_configure_logging_writes_redacted_lines_and_silences_uvicorns_access_log(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")
+    configure_logging("INFO")  # idempotent: one handler, not two
+    logging.getLogger("api.test").info("session Bearer %s", "s3cr3t-session")
+    logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /recovery/reset?token=abc"')
+    logging.getLogger("api.test").debug("not at INFO")
+    err = capsys.readouterr().err
+    assert err.count("api.test") == 1
+    assert "Bearer [redacted]" in err and "s3cr3t-session" not in err
+    assert "token=abc" not in err
