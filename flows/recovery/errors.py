@@ -44,9 +44,11 @@ class LinkDead(RecoveryError):
 
     code = "link_dead"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, reference: str | None = None) -> None:
         super().__init__(f"this link can no longer be used ({reason})")
         self.reason = reason
+        # The attempt's support reference, so the page can show it.
+        self.reference = reference
 
 
 class LinkUsed(LinkDead):
@@ -54,8 +56,8 @@ class LinkUsed(LinkDead):
 
     code = "link_used"
 
-    def __init__(self) -> None:
-        super().__init__("used")
+    def __init__(self, reference: str | None = None) -> None:
+        super().__init__("used", reference)
 
 
 class PolicyFailed(RecoveryError):

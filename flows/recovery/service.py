@@ -315,7 +315,7 @@ class RecoveryService:
             if event == "open_link" and current.state == "link_opened":
                 return await self._fire_for_token(row, current, event, params, detail, in_tx)
             if event == "set_password":
-                raise LinkUsed() from None
+                raise LinkUsed(support_reference(attempt.id)) from None
             raise _dead_link(current.state, row) from None
 
     def _account_by_id(self, account_id: uuid.UUID) -> Account:
@@ -543,9 +543,11 @@ def _token_live(row: dict[str, Any]) -> bool:
 
 
 def _dead_link(state: str, row: dict[str, Any]) -> LinkDead:
+    reference = support_reference(row["attempt_id"])
     if state in ("password_set", "logged_in") or row["used_at"] is not None:
-        return LinkUsed()
-    return LinkDead(DEAD_REASONS.get(state, "revoked" if row["revoked_at"] else state))
+        return LinkUsed(reference)
+    reason = DEAD_REASONS.get(state, "revoked" if row["revoked_at"] else state)
+    return LinkDead(reason, reference)
 
 
 def _aware(value: datetime) -> datetime:

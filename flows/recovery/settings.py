@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.db import normalise_url
@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     max_concurrent_hashes: int = Field(default=2, ge=1)
     session_ttl_minutes: int = Field(default=12 * 60, ge=1)
 
-    # HTTP.
+    # HTTP. Several API processes must share the CSRF secret of the forms.
+    csrf_secret: SecretStr | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=8, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
