@@ -22,7 +22,7 @@ from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
 from api.app import Services
 from api.errors import documented
-from api.flows import check_format, render_diagram
+from api.flows import DiagramOperation, check_format, render_diagram
 from api.schemas import (
     AttemptItem,
     AttemptPage,
@@ -132,6 +132,7 @@ async def attempt_detail(
     summary="The flow diagram with this attempt's state and path highlighted",
     responses=documented(400, 401, 403, 404, 501),
     media_type="text/plain",
+    operation_class=DiagramOperation,
 )
 async def attempt_diagram(
     request: Request[Any, Any, Any],
