@@ -27,7 +27,8 @@ from engine.core import AttemptRecord
 from flows.recovery.models import Account
 from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.settings import Settings
-from tests.support.smtp import smtp_sink  # noqa: F401  (a fixture, used by the enumeration test)
+from tests.support.redis import redis_server  # noqa: F401  (a fixture: shared rate limits)
+from tests.support.smtp import smtp_sink  # noqa: F401  (a fixture: the enumeration test)
 
 OLD_PASSWORD = "Correct-Horse-Battery-42"
 NEW_PASSWORD = "Lilac-Umbrella-Sonata-97!"
