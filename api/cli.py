@@ -1,0 +1,582 @@
+"""The `recovery` command line: serve, worker, migrate, sweep, diagrams, accounts, keys, demo.
+
+Every command reads the same `RECOVERY_*` environment as the server
+(`settings_from_env`), when it runs and never at import. Exit status: 0 on
+success, 2 on bad usage (argparse), 1 on failure with a one-line reason on
+stderr. Heavy imports happen inside the commands, so `recovery --help` and
+usage errors answer at once.
+
+`serve` applies the migrations, then runs uvicorn with the mail dispatcher
+in-process; `worker` runs the dispatcher alone, for deployments with several
+processes. Both stop cleanly on SIGTERM or SIGINT: the dispatcher finishes its
+batch, the database threads and connections are closed, and the exit status
+is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from engine import Engine
+    from flows.recovery.settings import Settings
+
+PROG = "recovery"
+# Read by `app_factory` in each uvicorn worker process: whether that process
+# runs the dispatcher. `serve` sets it before uvicorn spawns the workers.
+DISPATCHER_ENV = "RECOVERY_SERVE_DISPATCHER"
+# How long `serve` lets open requests finish after SIGTERM before closing them.
+GRACEFUL_SHUTDOWN_SECONDS = 10
+DEMO_TIMEOUT_SECONDS = 30.0
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A failure the command explains in one line (exit status 1)."""
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def _birthdate(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date of the form YYYY-MM-DD: {value!r}") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _positive(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError("must be at most 65535")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (SPEC §7)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Account-recovery engine. Configuration comes from RECOVERY_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="apply migrations, then serve the API and pages (mail worker in-process)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="server processes (PostgreSQL advised)"
+    )
+    serve.add_argument(
+        "--no-dispatcher",
+        action="store_true",
+        help="do not send mail from this process (run `recovery worker` instead)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run the mail dispatcher alone until stopped")
+    worker.set_defaults(handler=_worker)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(handler=_migrate)
+
+    sweep = commands.add_parser("sweep", help="expire overdue attempts in bulk")
+    sweep.set_defaults(handler=_sweep)
+
+    diagrams = commands.add_parser(
+        "diagrams", help="write each flow as .mmd and .dot (and .svg with Graphviz)"
+    )
+    diagrams.add_argument("--out", default="diagrams", type=Path)
+    diagrams.set_defaults(handler=_diagrams)
+
+    accounts = commands.add_parser("accounts", help="manage accounts")
+    account_commands = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create_account = account_commands.add_parser(
+        "create", help="create an account; the password is read from standard input"
+    )
+    create_account.add_argument("--email", required=True)
+    create_account.add_argument("--name", required=True)
+    create_account.add_argument("--birthdate", type=_birthdate, metavar="YYYY-MM-DD")
+    create_account.add_argument("--locale", choices=("en", "fr"), default="en")
+    create_account.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input (one line)",
+    )
+    create_account.set_defaults(handler=_create_account)
+
+    keys = commands.add_parser("support-key", help="manage support API keys")
+    key_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create_key = key_commands.add_parser(
+        "create", help="create a key; it is printed once, as the last line"
+    )
+    create_key.add_argument("--name", required=True)
+    create_key.add_argument("--role", required=True, choices=("read", "write"))
+    create_key.set_defaults(handler=_create_key)
+
+    attempts = commands.add_parser("attempts", help="inspect recovery attempts")
+    attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = attempt_commands.add_parser(
+        "show", help="an attempt's state, timeline and allowed events"
+    )
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    show.set_defaults(handler=_show_attempt)
+
+    demo = commands.add_parser(
+        "demo", help="walk the five steps of a recovery against a running server"
+    )
+    demo.add_argument("--base-url", help="the server (default: RECOVERY_PUBLIC_BASE_URL)")
+    demo.add_argument(
+        "--mailbox", type=Path, help="the file transport's directory (default: RECOVERY_MAIL_URL)"
+    )
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=DEMO_TIMEOUT_SECONDS,
+        help="seconds to wait for each step (default: %(default)s)",
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+# -- running -------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status (argparse exits with 2 itself on bad usage)."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        reason = _explain(exc)
+        if reason is None:
+            raise
+        _fail(reason)
+
+
+def _fail(reason: str) -> NoReturn:
+    # One line, whatever the error carried: scripts read the first line.
+    print(f"{PROG}: {' '.join(reason.split())}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _explain(exc: Exception) -> str | None:
+    """The one-line reason for an expected failure, or None for a bug (traceback)."""
+    from alembic.util import CommandError as AlembicError
+    from pydantic_settings.exceptions import SettingsError as EnvParsingError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from engine.errors import EngineError, InvalidAttemptId
+    from flows.recovery.errors import PolicyFailed, RecoveryError
+    from flows.recovery.settings import SettingsError
+
+    if isinstance(exc, CommandError):
+        return str(exc)
+    if isinstance(exc, SettingsError):
+        return f"bad configuration: {exc}"
+    if isinstance(exc, EnvParsingError):
+        # pydantic-settings fails before validation on a list that is not JSON,
+        # naming the field rather than the variable.
+        found = re.search(r'field "(\w+)"', str(exc))
+        variable = f"RECOVERY_{found.group(1).upper()}" if found else "a RECOVERY_* variable"
+        return f'bad configuration: {variable}: cannot be parsed (a list is JSON: ["a", "b"])'
+    if isinstance(exc, PolicyFailed):
+        reasons = "; ".join(f"{d['code']} ({d['message'].rstrip('.')})" for d in exc.details)
+        return f"password refused: {reasons}"
+    if isinstance(exc, InvalidAttemptId):
+        return f"{exc.message} {exc.fields.get('value', '')!r}: expected a UUID"
+    if isinstance(exc, RecoveryError | EngineError):
+        return exc.message
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error: {_database_error(exc)} (is the database reachable and migrated?)"
+    if isinstance(exc, AlembicError):
+        return f"migration failed: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return None
+
+
+def _database_error(exc: Any) -> str:
+    """What went wrong, without the statement's parameters (they can hold hashes)."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return type(exc).__name__
+    # The driver's first line names the problem; later lines may quote row values.
+    first = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {first[0]}" if first else type(orig).__name__
+
+
+def _settings() -> Settings:
+    from flows.recovery.settings import settings_from_env
+
+    return settings_from_env()
+
+
+@contextlib.contextmanager
+def open_engine(settings: Settings) -> Iterator[Engine]:
+    """An engine on the configured database, closed when the block ends."""
+    from engine import Database, Engine
+    from flows import registry
+
+    db = Database(settings.database_url, pool_size=2)
+    try:
+        yield Engine(db, registry(settings.link_ttl_minutes))
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def _signals_recorded() -> Iterator[list[int]]:
+    """Keep SIGTERM and SIGINT from killing the process after uvicorn's graceful stop.
+
+    uvicorn catches the signal, shuts down, restores the handlers it found and
+    raises the signal again; with these handlers in place that second delivery
+    is only recorded, so `serve` returns and exits 0.
+    """
+    received: list[int] = []
+
+    def record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- serve and worker ----------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api import migrate
+    from api.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    migrate.upgrade(settings.database_url)
+    os.environ[DISPATCHER_ENV] = "0" if args.no_dispatcher else "1"
+    target: Any
+    if args.workers > 1:
+        # Worker processes import the app themselves: give uvicorn a factory to call.
+        target = f"{__name__}:app_factory"
+    else:
+        target = _create_app(settings, run_dispatcher=not args.no_dispatcher)
+    with _signals_recorded():
+        try:
+            uvicorn.run(
+                target,
+                factory=args.workers > 1,
+                host=args.host,
+                port=args.port,
+                workers=args.workers if args.workers > 1 else None,
+                # Our own access log redacts tokens; uvicorn's prints query strings.
+                access_log=False,
+                # Logging is configured once, by configure_logging.
+                log_config=None,
+                # Client addresses come from the socket: the app alone decides,
+                # from RECOVERY_TRUSTED_PROXIES, whether X-Forwarded-For counts.
+                proxy_headers=False,
+                server_header=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            )
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise CommandError(f"the server stopped with status {exc.code}") from None
+    return 0
+
+
+def _create_app(settings: Settings, *, run_dispatcher: bool) -> Litestar:
+    from api.app import create_app
+
+    return create_app(settings, run_dispatcher=run_dispatcher)
+
+
+def app_factory() -> Litestar:
+    """The application of one `recovery serve --workers N` process (reads the environment)."""
+    from api.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    return _create_app(settings, run_dispatcher=os.environ.get(DISPATCHER_ENV, "1") == "1")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from api import migrate
+    from api.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    # Serialised across processes by api.migrate, so workers and servers may start together.
+    migrate.upgrade(settings.database_url)
+    asyncio.run(_run_worker(settings))
+    return 0
+
+
+async def _run_worker(settings: Settings) -> None:
+    import asyncio
+    import logging
+
+    from flows.recovery.dispatch import Dispatcher
+    from flows.recovery.mail import transport_from_url
+
+    log = logging.getLogger("recovery.worker")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with open_engine(settings) as engine:
+        transport = transport_from_url(settings.mail_url, settings.mail_timeout_seconds)
+        dispatcher = Dispatcher(engine, settings, transport)
+        log.info("mail worker started (%r)", transport)
+        await dispatcher.run_forever(stop)
+        log.info("mail worker stopped")
+
+
+# -- database commands ----------------------------------------------------------
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from api import migrate
+
+    settings = _settings()
+    before = migrate.current_revision(settings.database_url)
+    migrate.upgrade(settings.database_url)
+    head = migrate.head_revision()
+    if before == head:
+        print(f"database schema already current (revision {head})")
+    else:
+        print(f"database schema migrated from {before or 'empty'} to revision {head}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    settings = _settings()
+    with open_engine(settings) as engine:
+        moved = engine.sweep_sync()
+    print(f"swept {moved} overdue attempt{'s' if moved != 1 else ''}")
+    return 0
+
+
+def _diagrams(args: argparse.Namespace) -> int:
+    from engine.diagrams import graphviz_available, write_diagrams
+    from flows import registry
+
+    settings = _settings()
+    written = write_diagrams(registry(settings.link_ttl_minutes), args.out)
+    for path in written:
+        print(path)
+    if not graphviz_available():
+        print("(no .svg: Graphviz's `dot` is not installed)", file=sys.stderr)
+    return 0
+
+
+def _read_password() -> str:
+    """One line from standard input, its line ending removed."""
+    text = sys.stdin.read()
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    if not text:
+        raise CommandError("no password on standard input (--password-stdin)")
+    if "\n" in text or "\r" in text:
+        raise CommandError("standard input must hold the password on one line")
+    return text
+
+
+def _create_account(args: argparse.Namespace) -> int:
+    from flows.recovery.passwords import Argon2Hasher
+    from flows.recovery.service import RecoveryService
+
+    settings = _settings()
+    password = _read_password()
+    with open_engine(settings) as engine:
+        service = RecoveryService(engine, settings, Argon2Hasher(settings.max_concurrent_hashes))
+        account = service.create_account_sync(
+            email=args.email,
+            name=args.name,
+            password=password,
+            birth_date=args.birthdate,
+            locale=args.locale,
+        )
+    print(f"created account {account.id} for {_printable(account.email)}")
+    return 0
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from flows.recovery.support import SupportService
+
+    settings = _settings()
+    with open_engine(settings) as engine:
+        key = SupportService(engine).create_key_sync(args.name, args.role)
+    print(f"created support key {_printable(args.name)!r} with role {args.role}.")
+    print("It is shown only this once; keep it secret. The key:")
+    print(key)
+    return 0
+
+
+# -- attempts show --------------------------------------------------------------
+
+
+def _show_attempt(args: argparse.Namespace) -> int:
+    settings = _settings()
+    with open_engine(settings) as engine:
+        # Reading applies an overdue deadline first, as every other reader does.
+        record = engine.get_sync(args.id)
+        history = engine.history_sync(record.id)
+        allowed = engine.allowed_events(record)
+    view = attempt_view(record, history, allowed)
+    if args.json:
+        print(json.dumps(view, indent=2, ensure_ascii=False))
+    else:
+        print(_attempt_text(view))
+    return 0
+
+
+def attempt_view(record: Any, history: Sequence[Any], allowed: Sequence[str]) -> dict[str, Any]:
+    """An attempt as plain data, shaped like the support API's attempt (no secrets in it)."""
+    from flows.recovery.identity import mask_email, support_reference
+
+    data: Mapping[str, Any] = record.data or {}
+    delivery = data.get("delivery") or {}
+    return {
+        "id": str(record.id),
+        "flow": record.flow,
+        "state": record.state,
+        "reference": support_reference(record.id),
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "deadline_at": _iso(record.deadline_at),
+        "email_masked": mask_email(record.subject) if record.subject else None,
+        "locale": record.locale,
+        "client_ip": data.get("client_ip"),
+        "user_agent": data.get("user_agent"),
+        "delivery": {
+            "status": delivery.get("status", "none"),
+            "tries": delivery.get("tries", 0),
+            "last_error": delivery.get("last_error"),
+            "sent_at": delivery.get("sent_at"),
+        },
+        "timeline": [
+            {
+                "seq": e.seq,
+                "event": e.event,
+                "from": e.from_state,
+                "to": e.to_state,
+                "actor": e.actor,
+                "at": _iso(e.at),
+                "accepted": e.accepted,
+                "detail": dict(e.detail or {}),
+            }
+            for e in history
+        ],
+        "allowed_events": list(allowed),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _printable(value: object) -> str:
+    """Text from the database or the user, with control characters (CR, LF...) escaped."""
+    text = str(value)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _attempt_text(view: Mapping[str, Any]) -> str:
+    delivery = view["delivery"]
+    lines = [
+        f"attempt    {view['id']}  (reference {view['reference']})",
+        f"flow       {view['flow']}",
+        f"state      {view['state']}",
+        f"email      {_printable(view['email_masked'] or '-')}",
+        f"locale     {_printable(view['locale'])}",
+        f"created    {view['created_at']}",
+        f"updated    {view['updated_at']}",
+        f"deadline   {view['deadline_at'] or '-'}",
+        f"delivery   {delivery['status']}, tries {delivery['tries']}"
+        + (f", sent {delivery['sent_at']}" if delivery["sent_at"] else "")
+        + (f", last error: {_printable(delivery['last_error'])}" if delivery["last_error"] else ""),
+        f"client     {_printable(view['client_ip'] or '-')}"
+        + (f"  ({_printable(view['user_agent'])})" if view["user_agent"] else ""),
+        "timeline",
+    ]
+    for entry in view["timeline"]:
+        if entry["accepted"]:
+            move = f"{entry['from'] or '(new)'} -> {entry['to']}"
+        else:
+            move = f"refused in {entry['from']}"
+        detail = json.dumps(entry["detail"], ensure_ascii=False, sort_keys=True)
+        row = (
+            f"  {entry['seq']:>3}  {entry['at']}  {entry['event']:<12} {move:<34} "
+            f"{_printable(entry['actor']):<16} {_printable(detail) if entry['detail'] else ''}"
+        )
+        lines.append(row.rstrip())
+    allowed = view["allowed_events"]
+    lines.append(f"allowed    {', '.join(allowed) if allowed else '(none: final state)'}")
+    return "\n".join(lines)
+
+
+# -- demo ------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from api.demo import run_demo
+
+    settings = _settings()
+    base_url = (args.base_url or settings.public_base_url).rstrip("/")
+    mailbox = args.mailbox or settings.mail_dir
+    if mailbox is None:
+        raise CommandError(
+            "the demo reads the email from the file transport: pass --mailbox DIR, or run "
+            "the server and the demo with RECOVERY_MAIL_URL=file://DIR"
+        )
+    if args.timeout <= 0:
+        raise CommandError("--timeout must be positive")
+    run_demo(settings, base_url=base_url, mailbox=Path(mailbox), timeout=args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run through the importable module, not this `__main__` copy of it, so the
+    # classes other modules import from `api.cli` (CommandError) are the same.
+    from api.cli import main as _main
+
+    sys.exit(_main())
