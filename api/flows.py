@@ -90,7 +90,7 @@ async def list_flows(services: NamedDependency[Services]) -> FlowList:
 @get(
     "/{name:str}",
     summary="A flow's states, events, transitions and deadlines",
-    responses=documented(404),
+    responses=documented(400, 404),
 )
 async def describe_flow(services: NamedDependency[Services], name: FromPath[str]) -> dict[str, Any]:
     return services.engine.flows.get(name).describe()

@@ -1,0 +1,122 @@
+"""The OpenAPI document at /schema/openapi.json: every endpoint of SPEC §5, the bodies,
+the error answers in the one error shape, and the two bearer schemes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from flows.recovery.passwords import Argon2Hasher
+from flows.recovery.settings import Settings
+
+SPEC_ENDPOINTS = {
+    ("post", "/api/recovery"),
+    ("post", "/api/recovery/verify"),
+    ("post", "/api/recovery/password"),
+    ("post", "/api/recovery/cancel"),
+    ("post", "/api/login"),
+    ("post", "/api/logout"),
+    ("get", "/api/session"),
+    ("get", "/api/support/attempts"),
+    ("get", "/api/support/attempts/{attempt_id}"),
+    ("get", "/api/support/attempts/{attempt_id}/diagram"),
+    ("post", "/api/support/attempts/{attempt_id}/cancel"),
+    ("post", "/api/support/attempts/{attempt_id}/resend"),
+    ("get", "/api/support/stats"),
+    ("get", "/api/support/audit"),
+    ("get", "/api/flows"),
+    ("get", "/api/flows/{name}"),
+    ("get", "/api/flows/{name}/diagram"),
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+}
+ERROR_REF = "#/components/schemas/ErrorBody"
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    db: Path = tmp_path_factory.mktemp("openapi") / "openapi.db"
+    app = create_app(Settings(database_url=f"sqlite:///{db}"), hasher=Argon2Hasher.for_tests())
+    with TestClient(app) as client:
+        answer = client.get("/schema/openapi.json")
+        assert answer.status_code == 200
+        yield answer.json()
+
+
+def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+
+
+def test_every_endpoint_of_the_contract_is_documented(document: dict[str, Any]) -> None:
+    assert set(_operations(document)) >= SPEC_ENDPOINTS
+
+
+def test_both_bearer_schemes_are_declared_and_used_where_they_apply(
+    document: dict[str, Any],
+) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["support_key"] == {**schemes["support_key"], "type": "http", "scheme": "bearer"}
+    assert schemes["session"]["scheme"] == "bearer"
+    for (method, path), operation in _operations(document).items():
+        if path.startswith("/api/support"):
+            assert operation["security"] == [{"support_key": []}], (method, path)
+            assert {"401", "403"} <= set(operation["responses"]), (method, path)
+    for key in (("post", "/api/logout"), ("get", "/api/session")):
+        assert _operations(document)[key]["security"] == [{"session": []}]
+
+
+def test_error_answers_are_documented_with_the_one_error_schema(document: dict[str, Any]) -> None:
+    expected = {
+        ("post", "/api/recovery"): {"400", "413", "429"},
+        ("post", "/api/recovery/verify"): {"400", "410"},
+        ("post", "/api/recovery/password"): {"400", "409", "410", "413", "422", "429"},
+        ("post", "/api/login"): {"400", "401", "429"},
+        ("post", "/api/support/attempts/{attempt_id}/cancel"): {"401", "403", "404", "409"},
+        ("get", "/api/flows/{name}/diagram"): {"400", "404", "501"},
+    }
+    operations = _operations(document)
+    for key, statuses in expected.items():
+        assert statuses <= set(operations[key]["responses"]), key
+    for key, operation in operations.items():
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")) and key != ("get", "/ready"):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": ERROR_REF}, (key, status)
+    error = document["components"]["schemas"]["ErrorBody"]
+    info_ref = error["properties"]["error"]["$ref"].rsplit("/", 1)[-1]
+    info = document["components"]["schemas"][info_ref]
+    assert set(info["properties"]) == {"code", "message", "details"}
+
+
+def test_request_and_answer_bodies_are_described(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    operations = _operations(document)
+
+    def body_schema(key: tuple[str, str]) -> dict[str, Any]:
+        ref = operations[key]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return schemas[ref.rsplit("/", 1)[-1]]
+
+    assert body_schema(("post", "/api/recovery"))["required"] == ["email"]
+    assert set(body_schema(("post", "/api/recovery/password"))["required"]) == {
+        "token",
+        "password",
+        "password_confirm",
+    }
+    assert set(body_schema(("post", "/api/login"))["required"]) == {"email", "password"}
+    accepted = operations[("post", "/api/recovery")]["responses"]["202"]
+    assert accepted["content"]["application/json"]["schema"]["$ref"].endswith("/Accepted")
+    detail = operations[("get", "/api/support/attempts/{attempt_id}")]["responses"]["200"]
+    ref = detail["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert {"timeline", "allowed_events", "delivery", "email_masked"} <= set(
+        schemas[ref]["properties"]
+    )
