@@ -1,0 +1,156 @@
+"""`python -m bench [--quick] [--only SECTION ...] [--out DIR]`: run benchmarks, write reports.
+
+Sections run in a fixed order, each producing one or more figures; a section
+that fails is reported (its figures are missing from the JSON, the error is
+printed and named in RESULTS.md) and the others still run, so one broken
+piece does not hide every other number. The exit status is 1 when a section
+failed, 0 otherwise; missed targets are reported, not turned into failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.env import BACKENDS, BenchEnv
+from bench.harness import Figure, Sizes, describe_machine, table, write_results
+
+HERE = Path(__file__).resolve().parent
+Section = Callable[[BenchEnv], list[Figure]]
+
+
+def _engine(env: BenchEnv) -> list[Figure]:
+    from bench import engine_overhead
+
+    return [engine_overhead.measure(env, b) for b in _backends(env)]
+
+
+def _sweep(env: BenchEnv) -> list[Figure]:
+    from bench import sweep
+
+    return [sweep.measure(env, b) for b in _backends(env)]
+
+
+def _support_list(env: BenchEnv) -> list[Figure]:
+    from bench import support_list
+
+    return [support_list.measure(env, b) for b in _backends(env)]
+
+
+def _http(env: BenchEnv) -> list[Figure]:
+    from bench import http_load
+
+    return http_load.measure(env)
+
+
+def _enumeration(env: BenchEnv) -> list[Figure]:
+    from bench import enumeration
+
+    return enumeration.measure(env)
+
+
+def _hashing(env: BenchEnv) -> list[Figure]:
+    from bench import hashing
+
+    return [hashing.measure(env)]
+
+
+def _dispatch(env: BenchEnv) -> list[Figure]:
+    from bench import dispatch
+
+    return dispatch.measure(env)
+
+
+SECTIONS: dict[str, Section] = {
+    "engine": _engine,
+    "sweep": _sweep,
+    "support_list": _support_list,
+    "http": _http,
+    "enumeration": _enumeration,
+    "hashing": _hashing,
+    "dispatch": _dispatch,
+}
+
+
+def _backends(env: BenchEnv) -> tuple[str, ...]:
+    return BACKENDS if env.has_postgresql else ("sqlite",)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks against floors measured in the same run (issue 6).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, to keep the harness alive in CI"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(SECTIONS),
+        metavar="SECTION",
+        help=f"run only these sections ({', '.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where results.json and RESULTS.md go (default: bench/ for a full run, "
+        "bench/out/ for --quick, so a quick run never overwrites the committed results)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = Sizes.tiny() if args.quick else Sizes.full()
+    out_dir: Path = args.out or (HERE / "out" if args.quick else HERE)
+    names = args.only or list(SECTIONS)
+    started = time.perf_counter()
+    figures: list[Figure] = []
+    failures: dict[str, str] = {}
+    with BenchEnv(sizes) as env:
+        pg_version = env.postgresql_version()
+        if pg_version is None:
+            print("PostgreSQL server binaries not found: PostgreSQL figures are skipped")
+        for name in names:
+            section_started = time.perf_counter()
+            print(f"== {name} ...", flush=True)
+            try:
+                produced = SECTIONS[name](env)
+            except Exception as exc:
+                traceback.print_exc()
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                print(f"== {name} FAILED: {failures[name]}", flush=True)
+                continue
+            figures.extend(produced)
+            took = time.perf_counter() - section_started
+            print(f"== {name} done in {took:.0f} s", flush=True)
+            print(table(produced), flush=True)
+        machine = describe_machine(pg_version)
+
+    def notes() -> str:
+        if not failures:
+            return ""
+        lines = ["## Sections that failed", ""]
+        lines += [f"- `{name}`: {reason}" for name, reason in failures.items()]
+        return "\n".join(lines) + "\n"
+
+    elapsed = time.perf_counter() - started
+    write_results(out_dir, figures, machine, quick=sizes.quick, elapsed_s=elapsed, notes=notes)
+    print()
+    print(table(figures))
+    print(
+        f"\n{len(figures)} figures in {elapsed:.0f} s; wrote {out_dir}/results.json and RESULTS.md"
+    )
+    if failures:
+        print(f"failed sections: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

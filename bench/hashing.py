@@ -1,0 +1,167 @@
+"""`loop_p99_ms_while_hashing`: does Argon2 stall the event loop?
+
+A bench server in `recovery serve`'s configuration (SQLite, dispatcher,
+production Argon2: t=3, 64 MiB, p=4; at most `max_concurrent_hashes` at
+once) serves 8 clients that hash without pause — 4 signing in with the right
+password (one verification each), 4 submitting a new password on a live
+link that equals the current one (policy check, then a verification against
+the password history, then 422 `reused_password`: the link stays usable, so
+the load can go on) — while a probe asks GET /health every 10 ms.
+
+The figure is the probe's p99 latency. The floor is the same probe on the
+same server with no hashing going on, measured in the same run (before or
+after, alternately).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+
+import httpx
+
+from bench.env import BenchEnv, insert_accounts
+from bench.harness import Figure, Floor, percentile
+from bench.server import BenchServer
+from engine import Database
+from flows.recovery.passwords import Argon2Hasher
+
+PASSWORD = "Kestrel-Quartz-Violin-93!"
+ACCOUNTS = 4
+PROBE_INTERVAL_S = 0.010
+TOKEN_RE = re.compile(r"token=([A-Za-z0-9_\-]+)")
+
+
+def _email(i: int) -> str:
+    return f"h{i:07d}@example.com"
+
+
+def _probe(client: httpx.Client, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started = time.perf_counter()
+        answer = client.get("/health")
+        latencies.append((time.perf_counter() - started) * 1000.0)
+        if answer.status_code != 200:
+            raise RuntimeError(f"/health answered {answer.status_code}")
+        time.sleep(max(0.0, PROBE_INTERVAL_S - (time.perf_counter() - started)))
+    return latencies
+
+
+_counts_lock = threading.Lock()
+
+
+def _hash_loop(
+    base_url: str, kind: str, index: int, token: str, stop: threading.Event, counts: Counter[str]
+) -> None:
+    with httpx.Client(base_url=base_url, timeout=60.0) as client:
+        while not stop.is_set():
+            if kind == "login":
+                answer = client.post(
+                    "/api/login", json={"email": _email(index), "password": PASSWORD}
+                )
+                expected = 200
+            else:
+                answer = client.post(
+                    "/api/recovery/password",
+                    json={"token": token, "password": PASSWORD, "password_confirm": PASSWORD},
+                )
+                expected = 422
+            with _counts_lock:
+                counts[f"{kind} {answer.status_code}"] += 1
+            if answer.status_code != expected:
+                raise RuntimeError(f"{kind}: {answer.status_code} {answer.text[:200]}")
+
+
+def measure(env: BenchEnv) -> Figure:
+    sizes = env.sizes
+    url = env.fresh_url("sqlite", "hashing")
+    hasher = Argon2Hasher(1)
+    db = Database(url, pool_size=2)
+    try:
+        insert_accounts(db, [_email(i) for i in range(ACCOUNTS)], hasher.hash_sync(PASSWORD))
+    finally:
+        db.close()
+    sink = env.smtp_sink()
+    settings = {"RECOVERY_DATABASE_URL": url, "RECOVERY_MAIL_URL": sink.url}
+    loaded: list[float] = []
+    idle: list[float] = []
+    peaks: list[float] = []
+    counts: Counter[str] = Counter()
+    with (
+        BenchServer(settings, dispatcher=True, log_dir=env.tmp, label="hashing") as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30.0) as probe,
+    ):
+        before = len(sink.messages)
+        for i in range(ACCOUNTS):
+            answer = probe.post("/api/recovery", json={"email": _email(i)})
+            if answer.status_code != 202:
+                raise RuntimeError(f"recovery request answered {answer.status_code}")
+        messages = sink.wait_for(before + ACCOUNTS, timeout=60)[before:]
+        tokens: dict[str, str] = {}
+        for message in messages:
+            text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+            found = TOKEN_RE.search(text)
+            if found is None:
+                raise RuntimeError("no link found in the recovery email")
+            tokens[message.envelope_rcpts[0]] = found.group(1)
+        _probe(probe, 1.0)  # warm-up
+        for run in range(sizes.runs):
+            if run % 2 == 1:
+                idle.append(percentile(_probe(probe, sizes.hashing_seconds), 99))
+            srv.reset_peak()
+            stop = threading.Event()
+            errors: list[BaseException] = []
+
+            def worker(
+                kind: str,
+                index: int,
+                stop: threading.Event = stop,
+                errors: list[BaseException] = errors,
+            ) -> None:
+                try:
+                    _hash_loop(srv.base_url, kind, index, tokens[_email(index)], stop, counts)
+                except BaseException as exc:
+                    errors.append(exc)
+                    stop.set()
+
+            threads = [
+                threading.Thread(target=worker, args=(kind, i), daemon=True)
+                for kind in ("login", "password")
+                for i in range(ACCOUNTS)
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # let every client have a hash in flight
+            loaded.append(percentile(_probe(probe, sizes.hashing_seconds), 99))
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            if errors:
+                raise RuntimeError(f"a hashing client failed: {errors[0]}")
+            peaks.append(max(srv.peak_rss_bytes, srv.rss_bytes()) / 2**20)
+            if run % 2 == 0:
+                idle.append(percentile(_probe(probe, sizes.hashing_seconds), 99))
+    return Figure(
+        name="loop_p99_ms_while_hashing",
+        unit="ms",
+        runs=loaded,
+        target="< 25",
+        better="lower",
+        threshold=25.0,
+        inclusive=False,
+        floor=Floor("p99 of the same /health probe, no hashing", "ms", idle),
+        ratio_runs=[a / b for a, b in zip(loaded, idle, strict=True)],
+        description=(
+            f"p99 of GET /health (one every {PROBE_INTERVAL_S * 1000:g} ms, "
+            f"{sizes.hashing_seconds:g} s per run) while 4 clients sign in and 4 submit a "
+            "password on a live link, non-stop, with production Argon2 (t=3, 64 MiB, p=4)."
+        ),
+        detail={
+            "hashing requests answered (all runs)": dict(counts),
+            "server peak RSS MiB while hashing": peaks,
+        },
+    )
