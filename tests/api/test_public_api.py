@@ -298,7 +298,7 @@ def test_this_was_not_me_cancels_and_the_link_is_then_410(api: Api) -> None:
     assert_error(api.client.post("/api/recovery/cancel", json={"token": token}), 410)
 
 
-def test_a_password_change_kills_the_accounts_other_links(api: Api) -> None:
+def test_the_link_that_changed_the_password_is_used_up_for_every_route(api: Api) -> None:
     api.account()
     token = api.link_token()
     assert api.client.post("/api/recovery/password", json=_password_body(token)).status_code == 200
