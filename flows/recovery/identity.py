@@ -23,11 +23,12 @@ def normalise_email(value: object) -> str:
     """NFKC + case-fold one address; `InvalidEmail` for anything else (lists, CR/LF, commas...)."""
     if not isinstance(value, str):
         raise InvalidEmail("email must be a single string")
-    stripped = value.strip()
+    # Checked before trimming: "a@example.com\r\n" is a header-injection attempt, not a typo.
+    if any(c in value for c in "\r\n\t\x00"):
+        raise InvalidEmail("email must not contain line breaks or control characters")
+    stripped = value.strip(" ")
     if not stripped or len(stripped) > MAX_EMAIL_CHARS:
         raise InvalidEmail("email must be between 1 and 254 characters")
-    if any(c in stripped for c in "\r\n\t\x00"):
-        raise InvalidEmail("email must not contain line breaks or control characters")
     normalised = unicodedata.normalize("NFKC", stripped).casefold()
     if not _EMAIL.match(normalised) or ".." in normalised:
         raise InvalidEmail("email must be one address of the form name@example.com")

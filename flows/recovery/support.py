@@ -383,8 +383,9 @@ class SupportService:
     def resend_sync(self, key_name: str, attempt_id: str | uuid.UUID) -> AttemptRecord:
         """A new `requested` attempt for the same address and language.
 
-        The mail worker emails it like any other request (throttles included);
-        once emailed it supersedes the account's older live attempt.
+        The mail worker emails it without the throttles (an agent's resend is
+        deliberate and audited); once emailed it supersedes the account's older
+        live attempt.
         """
 
         def work() -> AttemptRecord:

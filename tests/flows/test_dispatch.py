@@ -344,6 +344,35 @@ async def test_duplicate_inside_the_cooldown_sends_one_email(
     assert len(smtp_sink.messages) == 1
 
 
+async def test_a_support_resend_is_emailed_inside_the_cooldown_and_past_the_hourly_limit(
+    frozen: FrozenDateTimeFactory,
+    database: Database,
+    engine: Engine,
+    dispatcher: Dispatcher,
+    smtp_sink: SmtpSink,
+) -> None:
+    """An agent's resend is deliberate and audited: no throttle stops it, and it supersedes."""
+    add_account(database, "jane@example.com")
+    for _ in range(3):
+        request(engine, "jane@example.com")
+        await dispatcher.run_once()
+        frozen.tick(timedelta(seconds=61))
+    person = request(engine, "jane@example.com")
+    frozen.tick(timedelta(seconds=5))
+    resend = engine.start_sync(
+        NAME,
+        subject="jane@example.com",
+        actor="support:alice",
+        data={"requested_by": "support:alice", "delivery": {"status": "queued", "tries": 0}},
+    )
+
+    await dispatcher.run_once()
+
+    assert engine.get_sync(person.id).state == "throttled"
+    assert engine.get_sync(resend.id).state == "emailed"
+    assert len(smtp_sink.messages) == 4
+
+
 async def test_two_requests_in_the_same_instant_send_exactly_one_email(
     frozen: FrozenDateTimeFactory,
     database: Database,

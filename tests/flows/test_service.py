@@ -126,6 +126,7 @@ async def test_request_records_the_same_attempt_whether_or_not_the_address_has_a
         {"email": "a@example.com"},
         "a@example.com,b@example.com",
         "a@example.com\r\nBcc: b@example.com",
+        "a@example.com\n",
         "",
         42,
     ],
