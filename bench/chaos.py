@@ -118,6 +118,8 @@ class Scenario:
     requests_per_second: float = 40.0
     # When each fault starts, as a share of the requests sent so far.
     kill_dispatcher_at: float = 0.2
+    # The killed dispatcher stays down at least this long, and most of a lease
+    # (long enough to tell its claims from the survivor's).
     dispatcher_down_seconds: float = 3.0
     smtp_down_at: float = 0.35
     smtp_down_seconds: float = 10.0
@@ -426,6 +428,8 @@ def _service_env(scenario: Scenario, topology_urls: Mapping[str, str]) -> dict[s
         "RECOVERY_DATABASE_URL": topology_urls["database"],
         "RECOVERY_MAIL_URL": topology_urls["mail"],
         "RECOVERY_REDIS_URL": topology_urls["redis"],
+        # Deployed as the README says, although only the JSON API is exercised.
+        "RECOVERY_CSRF_SECRET": uuid.uuid4().hex,
         # All traffic comes from 127.0.0.1: the per-IP limit would refuse most of it.
         "RECOVERY_PUBLIC_RATE_LIMIT_PER_MINUTE": "1000000",
         "RECOVERY_DISPATCH_LEASE_SECONDS": str(scenario.dispatch_lease_seconds),
@@ -751,7 +755,7 @@ def mail_of(message: Any) -> Mail:
     body = message.get_body(preferencelist=("plain",))
     content = body.get_content() if body is not None else ""
     return Mail(
-        tuple(r.casefold() for r in message.envelope_rcpts),
+        tuple(message.envelope_rcpts),
         tuple(sorted(set(_REFERENCE_RE.findall(content)))),
         tuple(sorted({token_hash(t) for t in _LINK_TOKEN_RE.findall(content)})),
     )
@@ -845,7 +849,8 @@ def account_for(
     wrong_recipient = 0
     reference_of = {support_reference(a["id"]): a for a in attempts}
     unmatched_mails = 0
-    stored_addresses = {v.casefold() for v in account_emails.values()}
+    # Exactly the stored spelling: mail to the typed variant of an address is misdirected too.
+    stored_addresses = set(account_emails.values())
     for mail in mails:
         refs = [r for r in mail.references if r in reference_of]
         if not refs:
@@ -855,7 +860,7 @@ def account_for(
                 wrong_recipient += 1
                 continue
             for ref in refs:
-                owner = account_emails.get(reference_of[ref]["subject"], "").casefold()
+                owner = account_emails.get(reference_of[ref]["subject"], "")
                 if rcpt != owner:
                     wrong_recipient += 1
         for ref in refs:
@@ -1072,7 +1077,11 @@ def summary(report: Mapping[str, Any]) -> str:
         f"({d['attempts_of_failed_tries']} from tries that got no 202)",
         f"  lost             {report['lost']}",
         f"  stuck            {report['stuck']}",
-        f"  duplicates       {report['duplicates']}",
+        f"  duplicates       {report['duplicates']} "
+        f"({len(d['attempts_mailed_more_than_once'])} attempts mailed twice or more, "
+        f"{d['claims_left_by_the_killed_dispatcher']['mailed_more_than_once']} of them claims "
+        f"of the killed dispatcher; {d['mails_whose_link_never_worked']} mails carry a link "
+        "whose token was never stored)",
         f"  wrong_recipient  {report['wrong_recipient']}",
         f"  unexplained      {d['unexplained_by_history']}",
         f"  accepted states  {d['accepted_by_state']}",
@@ -1080,7 +1089,10 @@ def summary(report: Mapping[str, Any]) -> str:
         f"undeliverable {d['undeliverable']}",
         f"  mails received   {d['mails_received']}; "
         f"{d['mail_delivery']['attempts_mailed_after_a_failed_try']} attempts needed a retry",
-        f"  failed tries     {req['failed_tries_by_outcome']}",
+        f"  failed tries     {req['failed_tries_by_outcome']}; accepted p50 "
+        f"{req['accepted_latency_ms']['p50']} ms, p99 {req['accepted_latency_ms']['p99']} ms",
+        f"  killed dispatcher left {d['claims_left_by_the_killed_dispatcher']['count']} claims, "
+        f"which ended {d['claims_left_by_the_killed_dispatcher']['final_states']}",
         f"  drained          {d['drained']} in {d['drain_seconds']} s; run {d['run_seconds']} s",
     ]
     return "\n".join(lines)
