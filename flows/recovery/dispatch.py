@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine import ConflictError, Engine, EngineError, EventRefused, Transaction
@@ -334,6 +334,9 @@ class Dispatcher:
         )
         digest = token_hash(token)
         tries = int(delivery.get("tries") or 0) + 1
+        # The digest is stored before the mail leaves, so a link opened the
+        # instant it arrives is found (the service waits for `dispatch` to commit).
+        await self.db.run(self._store_token, record.id, account.id, digest)
         error = await self._send(message)
         now = self.clock.now()
         if error is None:
@@ -362,6 +365,9 @@ class Dispatcher:
                 "bounce",
                 detail={"reason": reason, "tries": tries},
                 data={"delivery": {**failed, "status": "failed"}},
+                in_tx=lambda tx: tx.conn.execute(
+                    delete(token_t).where(token_t.c.attempt_id == record.id)
+                ),
             )
             return
         retry_at = now + self._backoff(tries)
@@ -397,14 +403,12 @@ class Dispatcher:
                         )
                     )
                 )
-            tx.conn.execute(
-                insert(token_t).values(
-                    token_hash=digest,
-                    attempt_id=record.id,
-                    account_id=account_id,
-                    created_at=tx.now,
-                )
-            )
+            stored = tx.conn.execute(
+                select(token_t.c.token_hash).where(token_t.c.attempt_id == record.id)
+            ).scalar()
+            if stored != digest:
+                # Another worker re-claimed the attempt and mailed a newer link.
+                raise ConflictError(record.id, "dispatch")
             others = list(
                 tx.conn.execute(
                     select(attempt_t.c.id).where(
@@ -425,6 +429,19 @@ class Dispatcher:
                 )
 
         return hook
+
+    def _store_token(self, attempt_id: uuid.UUID, account_id: uuid.UUID, digest: str) -> None:
+        """The attempt's link token, replacing one from an earlier try that never went out."""
+        with self.db.transaction() as conn:
+            conn.execute(delete(token_t).where(token_t.c.attempt_id == attempt_id))
+            conn.execute(
+                insert(token_t).values(
+                    token_hash=digest,
+                    attempt_id=attempt_id,
+                    account_id=account_id,
+                    created_at=self.clock.now(),
+                )
+            )
 
     async def _fire(
         self,

@@ -54,6 +54,9 @@ MAX_USER_AGENT_CHARS = 256
 # A link opened this soon after sending, without cookies, is likely a mail scanner.
 AUTOMATED_OPEN_WINDOW = timedelta(seconds=10)
 LOGIN_DELAY_CAP_SECONDS = 300
+# How long a link opened mid-send waits for the send to be recorded: 50 x 0.1 s.
+SETTLE_POLLS = 50
+SETTLE_POLL_SECONDS = 0.1
 DEAD_REASONS = {
     "expired": "expired",
     "superseded": "superseded",
@@ -140,7 +143,7 @@ class RecoveryService:
     ) -> OpenedLink:
         """Validate a link's token and record the open; never consumes the token."""
         row = await self._token_row(token)
-        attempt = await self.engine.get(row["attempt_id"])
+        attempt = await self._settled(row["attempt_id"])
         sent_at = _parse_time(attempt.data.get("delivery", {}).get("sent_at"))
         automated = method.upper() == "HEAD" or (
             not has_cookies
@@ -166,7 +169,7 @@ class RecoveryService:
     ) -> AttemptRecord:
         """Check the new password, then store it and consume the token, exactly once."""
         row = await self._token_row(token)
-        attempt = await self.engine.get(row["attempt_id"])
+        attempt = await self._settled(row["attempt_id"])
         if attempt.state == "emailed":
             # An API client may submit without verifying first: that is an open too.
             attempt = (await self.open_link(token, method="POST")).attempt
@@ -254,7 +257,7 @@ class RecoveryService:
     async def cancel_by_token(self, token: object) -> AttemptRecord:
         """The person says they did not ask: cancel the attempt and kill its link."""
         row = await self._token_row(token)
-        attempt = await self.engine.get(row["attempt_id"])
+        attempt = await self._settled(row["attempt_id"])
 
         def revoke(tx: Transaction) -> None:
             tx.conn.execute(
@@ -278,6 +281,21 @@ class RecoveryService:
         if row is None:
             raise UnknownToken()
         return row
+
+    async def _settled(self, attempt_id: uuid.UUID) -> AttemptRecord:
+        """The token's attempt, once the send that carried the link has been recorded.
+
+        The dispatcher stores the token just before the mail leaves and moves
+        the attempt to `emailed` just after; a link opened in between waits
+        for that (bounded: a send that never completes stays `requested`).
+        """
+        attempt = await self.engine.get(attempt_id)
+        for _ in range(SETTLE_POLLS):
+            if attempt.state != "requested":
+                break
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
+            attempt = await self.engine.get(attempt_id)
+        return attempt
 
     def _find_token(self, digest: str) -> dict[str, Any] | None:
         with self.db.transaction(write=False) as conn:

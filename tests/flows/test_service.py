@@ -410,3 +410,25 @@ def _account_hash(world: World, account_id: object) -> str:
         return conn.execute(
             select(Account.__table__.c.password_hash).where(Account.__table__.c.id == account_id)
         ).scalar_one()
+
+
+async def test_a_link_opened_the_instant_it_arrives_waits_for_the_send_to_be_recorded(
+    world: World,
+) -> None:
+    """A mail scanner can open the link before `dispatch` commits: it still opens."""
+    world.account()
+    opened: list[asyncio.Task[object]] = []
+
+    class OpenOnArrival(FileTransport):
+        async def send(self, message: email.message.EmailMessage) -> None:
+            await super().send(message)
+            body = message.get_body(preferencelist=("plain",)).get_content()
+            token = re.search(r"token=([A-Za-z0-9_-]+)", body).group(1)
+            opened.append(asyncio.create_task(world.service.open_link(token)))
+            await asyncio.sleep(0.3)  # the send is not yet recorded
+
+    world.dispatcher = Dispatcher(world.engine, world.settings, OpenOnArrival(world.mailbox))
+    await world.service.request("jane.doe@example.com", locale="en")
+    await world.dispatcher.run_once()
+    result = await opened[0]
+    assert result.attempt.state == "link_opened"
