@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -192,7 +191,6 @@ def _fail(reason: str) -> NoReturn:
 def _explain(exc: Exception) -> str | None:
     """The one-line reason for an expected failure, or None for a bug (traceback)."""
     from alembic.util import CommandError as AlembicError
-    from pydantic_settings.exceptions import SettingsError as EnvParsingError
     from sqlalchemy.exc import SQLAlchemyError
 
     from engine.errors import EngineError, InvalidAttemptId
@@ -203,12 +201,6 @@ def _explain(exc: Exception) -> str | None:
         return str(exc)
     if isinstance(exc, SettingsError):
         return f"bad configuration: {exc}"
-    if isinstance(exc, EnvParsingError):
-        # pydantic-settings fails before validation on a list that is not JSON,
-        # naming the field rather than the variable.
-        found = re.search(r'field "(\w+)"', str(exc))
-        variable = f"RECOVERY_{found.group(1).upper()}" if found else "a RECOVERY_* variable"
-        return f'bad configuration: {variable}: cannot be parsed (a list is JSON: ["a", "b"])'
     if isinstance(exc, PolicyFailed):
         reasons = "; ".join(f"{d['code']} ({d['message'].rstrip('.')})" for d in exc.details)
         return f"password refused: {reasons}"

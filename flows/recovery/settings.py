@@ -7,12 +7,15 @@ naming the variable (`settings_from_env`).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvParseError
 
 from engine.db import normalise_url
 
@@ -34,7 +37,8 @@ class Settings(BaseSettings):
     emails_per_hour: int = Field(default=3, ge=1)
     resend_cooldown_seconds: int = Field(default=60, ge=0)
     public_rate_limit_per_minute: int = Field(default=20, ge=1)
-    trusted_proxies: tuple[str, ...] = ()
+    # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     login_free_failures: int = Field(default=5, ge=1)
     login_failure_window_minutes: int = Field(default=15, ge=1)
 
@@ -54,6 +58,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=8, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, (tuple, list)):
+            for address in value:
+                ipaddress.ip_network(address, strict=False)  # ValueError names it
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -124,6 +138,12 @@ def settings_from_env(**overrides: object) -> Settings:
     """Read `RECOVERY_*` now; turn validation errors into one line per bad variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except EnvParseError as exc:
+        # pydantic-settings fails before validation when a value cannot be decoded,
+        # naming the field: name the variable instead.
+        found = re.search(r'field "(\w+)"', str(exc))
+        variable = f"RECOVERY_{found.group(1).upper()}" if found else "a RECOVERY_* variable"
+        raise SettingsError(f"{variable}: cannot be parsed") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

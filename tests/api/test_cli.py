@@ -373,7 +373,7 @@ def test_every_command_of_the_spec_is_accepted_by_the_parser() -> None:
         ("RECOVERY_PASSWORD_POLICY", "lenient", ["attempts", "show", str(uuid.uuid4())]),
         ("RECOVERY_MAIL_URL", "carrier-pigeon://loft", ["serve", "--port", "1"]),
         ("RECOVERY_PUBLIC_BASE_URL", "example.com", ["demo"]),
-        ("RECOVERY_TRUSTED_PROXIES", "10.0.0.1", ["worker"]),
+        ("RECOVERY_TRUSTED_PROXIES", "10.0.0.1,not-an-address", ["worker"]),
     ],
 )
 def test_bad_configuration_exits_1_naming_the_variable(
