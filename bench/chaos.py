@@ -166,6 +166,7 @@ class Try:
     api: int
     outcome: str  # "202", another status code, or the transport error's type
     seconds: float
+    at: float  # when it started, in seconds since the topology was up
 
 
 @dataclass
@@ -516,6 +517,7 @@ async def _send_one(
     scenario: Scenario,
     request: Request,
     clients: Sequence[httpx.AsyncClient],
+    clock: Clockwork,
 ) -> None:
     """Try until a 202 (switching API process after each failure), within bounds."""
     give_up = time.monotonic() + scenario.request_give_up_seconds
@@ -527,7 +529,7 @@ async def _send_one(
             "User-Agent": USER_AGENT.format(request=request.index, attempt=number),
             "Accept-Language": "fr" if request.index % 5 == 0 else "en",
         }
-        started = time.monotonic()
+        started, at = time.monotonic(), clock.now()
         try:
             response = await clients[api].post(
                 "/api/recovery", json={"email": request.address}, headers=headers
@@ -535,7 +537,7 @@ async def _send_one(
             outcome = str(response.status_code)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
-        request.tries.append(Try(number, api, outcome, time.monotonic() - started))
+        request.tries.append(Try(number, api, outcome, time.monotonic() - started, at))
         if outcome == "202":
             return
         if outcome == "400":
@@ -577,7 +579,11 @@ class Phases:
 
 
 async def _load(
-    scenario: Scenario, topology: Topology, requests: Sequence[Request], phases: Phases
+    scenario: Scenario,
+    topology: Topology,
+    requests: Sequence[Request],
+    phases: Phases,
+    clock: Clockwork,
 ) -> None:
     slots = asyncio.Semaphore(scenario.concurrency)
     limits = httpx.Limits(max_connections=scenario.concurrency)
@@ -593,7 +599,7 @@ async def _load(
 
         async def one(request: Request) -> None:
             try:
-                await _send_one(scenario, request, clients)
+                await _send_one(scenario, request, clients, clock)
             finally:
                 slots.release()
 
@@ -700,7 +706,7 @@ async def _drive(
     phases = Phases(scenario)
     faults = asyncio.create_task(_faults(scenario, topology, db, phases, clock, found))
     try:
-        await _load(scenario, topology, requests, phases)
+        await _load(scenario, topology, requests, phases, clock)
         clock.note("all requests answered")
         await faults
     finally:
@@ -964,10 +970,9 @@ def _read_outcome(
 
 def _client_facts(requests: Sequence[Request]) -> dict[str, Any]:
     outcomes: Counter[str] = Counter()
-    for r in requests:
-        for t in r.tries:
-            if t.outcome != "202":
-                outcomes[t.outcome] += 1
+    failed = [t for r in requests for t in r.tries if t.outcome != "202"]
+    for t in failed:
+        outcomes[t.outcome] += 1
     accepted_latency = [t.seconds * 1000 for r in requests for t in r.tries if t.outcome == "202"]
     return {
         "sent": len(requests),
@@ -975,6 +980,13 @@ def _client_facts(requests: Sequence[Request]) -> dict[str, Any]:
         "tries": sum(len(r.tries) for r in requests),
         "retried_requests": sum(1 for r in requests if len(r.tries) > 1),
         "failed_tries_by_outcome": dict(sorted(outcomes.items())),
+        # From the start of the first failed try to the answer of the last, in the
+        # faults' time: to compare with the PostgreSQL restart.
+        "failed_tries_span_seconds": (
+            [round(min(t.at for t in failed), 2), round(max(t.at + t.seconds for t in failed), 2)]
+            if failed
+            else None
+        ),
         "accepted_latency_ms": {
             "p50": round(percentile(accepted_latency, 50), 2) if accepted_latency else None,
             "p99": round(percentile(accepted_latency, 99), 2) if accepted_latency else None,
@@ -1089,7 +1101,9 @@ def summary(report: Mapping[str, Any]) -> str:
         f"undeliverable {d['undeliverable']}",
         f"  mails received   {d['mails_received']}; "
         f"{d['mail_delivery']['attempts_mailed_after_a_failed_try']} attempts needed a retry",
-        f"  failed tries     {req['failed_tries_by_outcome']}; accepted p50 "
+        f"  failed tries     {req['failed_tries_by_outcome']} "
+        f"from t={(req['failed_tries_span_seconds'] or ['-', '-'])[0]} "
+        f"to t={(req['failed_tries_span_seconds'] or ['-', '-'])[1]} s; accepted p50 "
         f"{req['accepted_latency_ms']['p50']} ms, p99 {req['accepted_latency_ms']['p99']} ms",
         f"  killed dispatcher left {d['claims_left_by_the_killed_dispatcher']['count']} claims, "
         f"which ended {d['claims_left_by_the_killed_dispatcher']['final_states']}",

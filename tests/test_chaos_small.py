@@ -146,7 +146,7 @@ def _event(attempt: dict[str, Any], seq: int, event: str, frm: str | None, to: s
 
 
 def _accepted(index: int, address: str, known: bool) -> Request:
-    return Request(index, address, known, [Try(1, 0, "202", 0.01)])
+    return Request(index, address, known, [Try(1, 0, "202", 0.01, 0.0)])
 
 
 SPEC = registry().get(NAME)
