@@ -60,6 +60,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +505,8 @@ class Clockwork:
 
     started: float = field(default_factory=time.monotonic)
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    # The wall-clock time of each note, to compare with the Date of the emails.
+    walls: dict[str, datetime] = field(default_factory=dict)
 
     def now(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -510,6 +514,7 @@ class Clockwork:
     def note(self, what: str, **facts: Any) -> None:
         entry = {"t": self.now(), "what": what, **facts}
         self.timeline.append(entry)
+        self.walls[what] = SystemClock().now()
         print(f"  [{entry['t']:7.2f}s] {what}" + (f" {facts}" if facts else ""), flush=True)
 
 
@@ -755,16 +760,59 @@ class Mail:
     recipients: tuple[str, ...]
     references: tuple[str, ...]
     link_digests: tuple[str, ...]
+    sent_at: datetime | None = None  # its Date header (whole seconds)
 
 
 def mail_of(message: Any) -> Mail:
     body = message.get_body(preferencelist=("plain",))
     content = body.get_content() if body is not None else ""
+    date = message.get("Date")
     return Mail(
         tuple(message.envelope_rcpts),
         tuple(sorted(set(_REFERENCE_RE.findall(content)))),
         tuple(sorted({token_hash(t) for t in _LINK_TOKEN_RE.findall(content)})),
+        parsedate_to_datetime(str(date)) if date else None,
     )
+
+
+def duplicate_causes(
+    duplicated: Sequence[str],
+    attempts: Sequence[Mapping[str, Any]],
+    mails: Sequence[Mail],
+    walls: Mapping[str, datetime],
+    killed_claims: set[str],
+) -> dict[str, int]:
+    """Which fault each attempt mailed more than once met, from when its first copy left.
+
+    A claim the killed dispatcher left is its cause; otherwise the first
+    copy's Date (whole seconds) falling in the SMTP outage or the PostgreSQL
+    restart, give or take the Date's rounding, names the fault.
+    """
+    margin = timedelta(seconds=2)
+    windows = {
+        "smtp_outage": ("SMTP sink down", "SMTP sink up"),
+        "postgres_restart": ("PostgreSQL restarting", "PostgreSQL up"),
+    }
+    reference_of = {str(a["id"]): support_reference(a["id"]) for a in attempts}
+    causes: Counter[str] = Counter()
+    for attempt_id in duplicated:
+        if attempt_id in killed_claims:
+            causes["dispatcher_kill"] += 1
+            continue
+        ref = reference_of.get(attempt_id)
+        dates = [m.sent_at for m in mails if ref in m.references and m.sent_at is not None]
+        first = min(dates) if dates else None
+        cause = "other"
+        for name, (begin, end) in windows.items():
+            if (
+                first is not None
+                and begin in walls
+                and end in walls
+                and walls[begin] - margin <= first <= walls[end] + margin
+            ):
+                cause = name
+        causes[cause] += 1
+    return dict(sorted(causes.items()))
 
 
 def arrows(spec: FlowSpec) -> dict[tuple[str, str], set[str]]:
@@ -829,7 +877,8 @@ def account_for(
 
     `account_emails` maps each account's normalised address to its stored one;
     `stored_digests` holds the token digests the database kept (a mail whose
-    link's digest is not among them carried a link that never worked).
+    link's digest is not among them carries a link that does not work: an
+    attempt keeps the token of its newest email only).
     """
     by_try: dict[tuple[int, int], list[Mapping[str, Any]]] = defaultdict(list)
     foreign = 0
@@ -926,7 +975,7 @@ def account_for(
             "attempts_mailed_more_than_once": sorted(
                 str(reference_of[ref]["id"]) for ref, n in mails_per_reference.items() if n > 1
             ),
-            "mails_whose_link_never_worked": dead_links,
+            "mails_whose_link_does_not_work": dead_links,
         },
     }
 
@@ -1050,6 +1099,13 @@ def run_chaos(scenario: Scenario, workdir: Path) -> dict[str, Any]:
                     Counter(a["state"] for a in attempts if str(a["id"]) in orphaned)
                 ),
             },
+            "duplicates_by_fault": duplicate_causes(
+                report["details"]["attempts_mailed_more_than_once"],
+                attempts,
+                mails,
+                clock.walls,
+                orphaned,
+            ),
             "requests": _client_facts(requests),
             "mail_delivery": _mail_retries(attempts),
             "faults": clock.timeline,
@@ -1091,9 +1147,8 @@ def summary(report: Mapping[str, Any]) -> str:
         f"  stuck            {report['stuck']}",
         f"  duplicates       {report['duplicates']} "
         f"({len(d['attempts_mailed_more_than_once'])} attempts mailed twice or more, "
-        f"{d['claims_left_by_the_killed_dispatcher']['mailed_more_than_once']} of them claims "
-        f"of the killed dispatcher; {d['mails_whose_link_never_worked']} mails carry a link "
-        "whose token was never stored)",
+        f"by fault {d['duplicates_by_fault']}; "
+        f"{d['mails_whose_link_does_not_work']} mails carry a link that does not work)",
         f"  wrong_recipient  {report['wrong_recipient']}",
         f"  unexplained      {d['unexplained_by_history']}",
         f"  accepted states  {d['accepted_by_state']}",

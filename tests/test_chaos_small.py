@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from bench.chaos import (
     Try,
     account_for,
     arrows,
+    duplicate_causes,
     explain,
     healthy,
     run_chaos,
@@ -202,3 +204,26 @@ def test_the_accounting_counts_lost_stuck_duplicated_and_misdirected_requests() 
     assert report["details"]["accepted_without_attempt"] == 1
     assert report["details"]["emailed_without_mail"] == 1
     assert report["lost"] == 2
+
+
+def test_each_repeated_email_is_put_down_to_the_fault_its_first_copy_met() -> None:
+    """A killed dispatcher's claim, a first copy sent during the PostgreSQL restart, and one
+    sent at a quiet moment are told apart."""
+    attempts = [_attempt(i, "emailed", f"p{i}@example.com") for i in range(3)]
+    ids = [str(a["id"]) for a in attempts]
+    at = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    walls = {
+        "PostgreSQL restarting": at,
+        "PostgreSQL up": at + timedelta(seconds=2),
+        "SMTP sink down": at - timedelta(seconds=60),
+        "SMTP sink up": at - timedelta(seconds=50),
+    }
+    refs = [support_reference(a["id"]) for a in attempts]
+    mails = [
+        Mail(("p1@example.com",), (refs[1],), (), at + timedelta(seconds=1)),
+        Mail(("p1@example.com",), (refs[1],), (), at + timedelta(seconds=20)),
+        Mail(("p2@example.com",), (refs[2],), (), at - timedelta(seconds=30)),
+        Mail(("p2@example.com",), (refs[2],), (), at - timedelta(seconds=10)),
+    ]
+    causes = duplicate_causes(ids, attempts, mails, walls, killed_claims={ids[0]})
+    assert causes == {"dispatcher_kill": 1, "other": 1, "postgres_restart": 1}
