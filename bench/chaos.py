@@ -1171,8 +1171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chaos", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--requests", type=int, default=Scenario.requests)
-    parser.add_argument("--rate", type=float, default=Scenario.requests_per_second)
+    parser.add_argument(
+        "--requests", type=int, default=Scenario.requests, help="how many (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=Scenario.requests_per_second,
+        help="requests started per second (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
