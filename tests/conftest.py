@@ -87,10 +87,17 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    server: PostgresServer = request.getfixturevalue("pg_server")
-    url = server.url(SHARED_PG_DB)
+    yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The run's PostgreSQL test database, emptied: for tests about PostgreSQL alone."""
+    if ("backend", "postgresql") not in request.node.user_properties:
+        request.node.user_properties.append(("backend", "postgresql"))
+    url = pg_server.url(SHARED_PG_DB)
     _empty_all_tables(url)
-    yield url
+    return url
 
 
 def _sync(url: str) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -34,6 +36,7 @@ from flows.recovery.models import Account, RecoveryToken
 from flows.recovery.settings import Settings
 from flows.recovery.tokens import token_hash
 from tests.support import smtp as smtp_support
+from tests.support.postgres import PostgresServer
 from tests.support.smtp import ReceivedMessage, SmtpSink
 
 # The fixture, until the root conftest loads tests.support.smtp as a plugin.
@@ -912,3 +915,43 @@ def test_dispatcher_rejects_nonsense_sizes(engine: Engine, settings: Settings) -
     """A batch or concurrency below one is a clear error."""
     with pytest.raises(ValueError, match="at least 1"):
         Dispatcher(engine, settings, SmtpTransport(settings.mail_url), batch_size=0)
+
+
+async def test_recording_a_send_rides_out_a_database_restart(
+    pg_server: PostgresServer, pg_url: str, smtp_sink: SmtpSink
+) -> None:
+    """PostgreSQL goes down just after the mail is accepted: the send is still recorded, once."""
+    database = Database(pg_url, pool_size=2)
+    engine = Engine(database, flows.registry())
+    settings = make_settings(pg_url, smtp_sink)
+    add_account(database, "jane@example.com")
+    attempt = request(engine, "jane@example.com")
+    restarted = threading.Event()
+
+    class DatabaseDiesAfterSending:
+        def __init__(self, inner: MailTransport) -> None:
+            self.inner = inner
+
+        async def send(self, message: EmailMessage) -> None:
+            await self.inner.send(message)
+            pg_server.stop("immediate")
+
+            def start_later() -> None:
+                time.sleep(1.5)
+                pg_server.start()
+                restarted.set()
+
+            threading.Thread(target=start_later, daemon=True).start()
+
+    dispatcher = Dispatcher(
+        engine, settings, DatabaseDiesAfterSending(SmtpTransport(smtp_sink.url))
+    )
+    try:
+        assert await dispatcher.run_once() == 1
+        assert restarted.is_set()
+        assert engine.get_sync(attempt.id).state == "emailed"
+        assert len(smtp_sink.messages) == 1
+        assert token_in(smtp_sink.messages[0]) and len(token_rows(database)) == 1
+    finally:
+        restarted.wait(30)
+        database.close()
