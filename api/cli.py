@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -285,6 +286,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Worker processes import the app themselves: give uvicorn a factory to call.
         target = f"{__name__}:app_factory"
+        if settings.csrf_secret is None:
+            # A form rendered by one worker may be posted to another: they must
+            # share the CSRF secret. Without one configured, this run makes one.
+            os.environ["RECOVERY_CSRF_SECRET"] = secrets.token_hex(32)
     else:
         target = _create_app(settings, run_dispatcher=not args.no_dispatcher)
     with _signals_recorded():

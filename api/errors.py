@@ -31,7 +31,7 @@ from litestar.exceptions import (
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from api.logs import escape
 from api.schemas import ErrorBody
@@ -63,6 +63,8 @@ from flows.recovery.support import KeyNameTaken
 log = logging.getLogger("api.errors")
 
 GENERIC_500 = "something went wrong on our side; the request was not completed"
+UNAVAILABLE = "the service is briefly unavailable; nothing was recorded, try again shortly"
+RETRY_AFTER_OUTAGE_SECONDS = 5
 # A route whose handler consumes a link token sets this opt: a dead-because-used
 # link there is a conflict (someone else submitted first), elsewhere it is gone.
 CONSUMES_TOKEN = "consumes_token"
@@ -112,6 +114,8 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     ConflictError: Answer(409),
     GraphvizMissing: Answer(501),
     StoredStateInvalid: Answer(500, "internal_error", GENERIC_500),
+    # The database cannot be reached (a restart, a failover): safe to retry.
+    OperationalError: Answer(503, "unavailable", UNAVAILABLE),
     EngineError: Answer(500, "internal_error", GENERIC_500),
     # Litestar's own
     ValidationException: Answer(400, "invalid_request", "the request is not valid"),
@@ -192,6 +196,15 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if status >= 500 and entry.code == "internal_error":
         _log_unexpected(request, exc)
         return _json(status, error_body("internal_error", GENERIC_500), {})
+    if entry.code == "unavailable":
+        log.warning(
+            "database unavailable (%s) on %s %s",
+            describe(exc),
+            request.method,
+            escape(request.url.path),
+        )
+        body = error_body("unavailable", UNAVAILABLE)
+        return _json(status, body, {"Retry-After": str(RETRY_AFTER_OUTAGE_SECONDS)})
     if isinstance(exc, (RecoveryError, EngineError)):
         body = error_body(exc.code, exc.message, _domain_details(exc))
     else:
@@ -255,11 +268,15 @@ _DESCRIPTIONS = {
     422: "The new password breaks the policy; details list every violation",
     429: "Too many requests; see Retry-After",
     501: "Graphviz is not installed on the server (ask for dot or mermaid)",
+    503: "The database cannot be reached right now; nothing was recorded, retry (Retry-After)",
 }
 
 
-def documented(*statuses: int) -> dict[int, Any]:
-    """OpenAPI `responses` for the given error statuses, all with the error schema."""
+def documented(*statuses: int, database: bool = True) -> dict[int, Any]:
+    """OpenAPI `responses` for the given error statuses, all with the error schema
+    (plus 503 for a route that needs the database)."""
+    if database:
+        statuses = (*statuses, 503)
     return {
         status: ResponseSpec(
             data_container=ErrorBody, description=_DESCRIPTIONS[status], generate_examples=False

@@ -90,7 +90,7 @@ async def list_flows(services: NamedDependency[Services]) -> FlowList:
 @get(
     "/{name:str}",
     summary="A flow's states, events, transitions and deadlines",
-    responses=documented(400, 404),
+    responses=documented(400, 404, database=False),
 )
 async def describe_flow(services: NamedDependency[Services], name: FromPath[str]) -> dict[str, Any]:
     return services.engine.flows.get(name).describe()
@@ -99,7 +99,7 @@ async def describe_flow(services: NamedDependency[Services], name: FromPath[str]
 @get(
     "/{name:str}/diagram",
     summary="A flow's diagram",
-    responses=documented(400, 404, 501),
+    responses=documented(400, 404, 501, database=False),
     media_type="text/plain",
     operation_class=DiagramOperation,
 )

@@ -75,13 +75,14 @@ def test_ready_is_503_when_the_database_does_not_answer(tmp_path: Path) -> None:
     assert answer.json() == {"status": "unavailable", "database": False, "migrations": False}
 
 
-def test_an_unexpected_failure_is_a_generic_500_and_its_log_names_only_the_error_type(
+def test_a_database_outage_is_a_503_to_retry_and_its_log_names_only_the_error_type(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(database_url=UNREACHABLE_DB, mail_url=f"file://{tmp_path}")
     with TestClient(create_app(settings, hasher=Argon2Hasher.for_tests())) as client:
         answer = client.post("/api/recovery", json={"email": "someone@example.com"})
-    error = assert_error(answer, 500, "internal_error")
+    error = assert_error(answer, 503, "unavailable")
+    assert answer.headers["retry-after"] == "5"
     assert error["details"] == [] and "127.0.0.1" not in answer.text
     [logged] = [r for r in caplog.records if r.name == "api.errors"]
     assert "OperationalError" in logged.getMessage()
