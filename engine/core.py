@@ -423,7 +423,8 @@ class Engine:
                 actor,
                 now,
                 False,
-                {"reason": reason, **detail},
+                # The engine's reason wins over any the caller's detail carries.
+                {**detail, "reason": reason},
             )
             return _Outcome(
                 refused=EventRefused(record.id, event, record.state, reason, expired_at)
@@ -587,6 +588,7 @@ class Engine:
 
     def sweep_sync(self, batch_size: int = 5000) -> int:
         """Apply every overdue deadline, set-based, one batch per transaction."""
+        _require_positive("batch_size", batch_size)
         total = 0
         for spec in self.flows:
             for state, deadline in spec.deadlines.items():
@@ -700,6 +702,8 @@ class Engine:
         again when the lease runs out; PostgreSQL workers skip rows another
         worker is claiming at the same moment.
         """
+        _require_positive("limit", limit)
+        _require_positive("lease", lease)
         spec = self.flows.get(flow)
         now = self.clock.now()
         with self.db.transaction() as conn:
@@ -765,6 +769,8 @@ class Engine:
         self, kinds: Iterable[str], *, lease: timedelta, limit: int = 10
     ) -> list[dict[str, Any]]:
         """Lease pending outbox items of the given kinds (retried after `lease` if not done)."""
+        _require_positive("limit", limit)
+        _require_positive("lease", lease)
         now = self.clock.now()
         with self.db.transaction() as conn:
             pick = (
@@ -808,6 +814,16 @@ class Engine:
             return conn.execute(
                 select(func.count()).select_from(outbox_t).where(outbox_t.c.done_at.is_(None))
             ).scalar_one()
+
+
+def _require_positive(name: str, value: int | timedelta) -> None:
+    """Refuse a count or duration that is not positive before anything runs.
+
+    A zero batch would make the sweep loop forever, SQLite reads a negative
+    LIMIT as "no limit", and a lease that is not positive hands work out twice.
+    """
+    if value <= (timedelta(0) if isinstance(value, timedelta) else 0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 def live_filter(spec: FlowSpec) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from freezegun import freeze_time
 
 from engine import Database, Engine, Transaction
@@ -98,3 +99,21 @@ def test_a_failed_outbox_item_waits_for_its_retry_time_or_is_given_up(engine: En
         assert engine.outbox_pending_sync() == 0
         frozen.tick(timedelta(days=1))
         assert engine.outbox_claim_sync(["notify"], lease=LEASE) == []
+
+
+def test_a_claim_with_a_limit_or_lease_that_is_not_positive_is_refused_before_leasing(
+    engine: Engine,
+) -> None:
+    """limit <= 0 (SQLite reads LIMIT -1 as "all") or lease <= 0 is a ValueError; nothing leased."""
+    attempt = engine.start_sync(FLOW)
+    for kwargs in (
+        {"lease": LEASE, "limit": -1},
+        {"lease": LEASE, "limit": 0},
+        {"lease": timedelta(0), "limit": 1},
+        {"lease": -LEASE, "limit": 1},
+    ):
+        with pytest.raises(ValueError, match="must be positive"):
+            engine.claim_sync(FLOW, "requested", **kwargs)
+        with pytest.raises(ValueError, match="must be positive"):
+            engine.outbox_claim_sync(["notify"], **kwargs)
+    assert engine.read_sync(attempt.id) == attempt

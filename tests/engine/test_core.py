@@ -321,3 +321,12 @@ def test_attempt_ids_in_any_letter_case_name_the_same_attempt(engine: Engine) ->
     """The canonical form is accepted in upper case too (hex is case-blind)."""
     attempt = engine.start_sync(FLOW)
     assert engine.read_sync(str(attempt.id).upper()).id == attempt.id
+
+
+def test_a_callers_detail_cannot_overwrite_the_recorded_refusal_reason(engine: Engine) -> None:
+    """The log keeps the engine's reason even if the caller's detail carries a `reason` key."""
+    attempt = engine.start_sync(FLOW)
+    with pytest.raises(EventRefused):
+        engine.fire_sync(attempt.id, "log_in", detail={"reason": "all fine", "ua": "x"})
+    last = engine.history_sync(attempt.id)[-1]
+    assert last.detail == {"reason": "wrong_state", "ua": "x"}

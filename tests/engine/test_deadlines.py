@@ -206,3 +206,34 @@ def test_sweep_on_postgresql_skips_attempts_another_transaction_holds(
     finally:
         other.close()
     assert engine.sweep_sync() == 1
+
+
+@pytest.mark.parametrize("batch_size", [0, -5])
+def test_a_sweep_batch_that_is_not_positive_is_refused_before_anything_moves(
+    engine: Engine, frozen: FrozenDateTimeFactory, batch_size: int
+) -> None:
+    """A zero or negative batch size raises ValueError (it would never finish) and moves nothing."""
+    attempt = emailed(engine)
+    frozen.tick(timedelta(hours=2))
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        engine.sweep_sync(batch_size=batch_size)
+    assert engine.read_sync(attempt.id) == attempt
+
+
+def test_sweep_moves_attempts_with_varied_deadlines_exactly_once_in_small_batches(
+    engine: Engine, frozen: FrozenDateTimeFactory
+) -> None:
+    """Deadlines spread over time and shared by several attempts: every overdue one moves once,
+    oldest first, however the batches cut through them."""
+    ids = []
+    for minute in range(6):
+        ids += [emailed(engine, f"m{minute}-{i}").id for i in range(3)]
+        frozen.tick(timedelta(minutes=1))
+    frozen.move_to(T0 + timedelta(minutes=60 + 2, seconds=30))  # the first 3 minutes are overdue
+    assert engine.sweep_sync(batch_size=2) == 9
+    states = [engine.read_sync(i).state for i in ids]
+    assert states == ["expired"] * 9 + ["emailed"] * 9
+    frozen.tick(timedelta(minutes=10))
+    assert engine.sweep_sync(batch_size=4) == 9
+    for attempt_id in ids:
+        assert [e.event for e in engine.history_sync(attempt_id)].count("expire") == 1
