@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine import Engine, EngineError
 from engine.core import AttemptRecord, EventRecord, attempt_t, event_t, parse_attempt_id
+from engine.diagrams import path_of
 from flows.password_recovery import NAME
 from flows.recovery.errors import InvalidInput, RecoveryError
 from flows.recovery.identity import (
@@ -336,12 +337,7 @@ class SupportService:
 
         def work() -> tuple[str, str, list[tuple[str | None, str, str]]]:
             record = self.engine.get_sync(attempt_id)
-            path = [
-                (e.from_state, e.event, e.to_state)
-                for e in self.engine.history_sync(record.id)
-                if e.accepted and e.to_state is not None
-            ]
-            return record.flow, record.state, path
+            return record.flow, record.state, path_of(self.engine.history_sync(record.id))
 
         return self._audited(key_name, "view_diagram", str(attempt_id)[:64], {"format": fmt}, work)
 
