@@ -40,7 +40,7 @@ from flows.recovery.models import Account, LoginFailure, LoginSession, RecoveryT
 from flows.recovery.passwords import PasswordHasher
 from flows.recovery.policy import PasswordPolicy, PersonalData, check_history
 from flows.recovery.settings import Settings
-from flows.recovery.tokens import new_token, plausible_token, token_hash
+from flows.recovery.tokens import new_token, plausible_token, token_hash, token_matches
 
 account_t = Account.__table__
 token_t = RecoveryToken.__table__
@@ -278,7 +278,8 @@ class RecoveryService:
             raise UnknownToken()
         assert isinstance(token, str)
         row = await self.db.run(self._find_token, token_hash(token), write=False)
-        if row is None:
+        # The index found the row by digest; the decision is a constant-time compare.
+        if row is None or not token_matches(token, row["token_hash"]):
             raise UnknownToken()
         return row
 

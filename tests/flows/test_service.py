@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import email
+import hmac
 import re
 import unicodedata
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from engine import Database, Engine
 from engine.core import attempt_t, event_t, outbox_t
 from flows import registry
+from flows.password_recovery import NAME
 from flows.recovery.dispatch import Dispatcher
 from flows.recovery.errors import (
     InvalidInput,
@@ -38,6 +42,7 @@ from flows.recovery.models import Account, RecoveryToken
 from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.service import RecoveryService
 from flows.recovery.settings import Settings
+from flows.recovery.tokens import new_token, token_hash
 
 OLD_PASSWORD = "Correct-Horse-Battery-42"
 NEW_PASSWORD = "Lilac-Umbrella-Sonata-97!"
@@ -432,3 +437,122 @@ async def test_a_link_opened_the_instant_it_arrives_waits_for_the_send_to_be_rec
     await world.dispatcher.run_once()
     result = await opened[0]
     assert result.attempt.state == "link_opened"
+
+
+async def test_a_password_change_kills_every_other_live_link_of_the_account(world: World) -> None:
+    """Even a second live link that escaped superseding dies when the password changes."""
+    world.account()
+    used = await world.emailed_token()
+    # A second live attempt with its own link, made without the dispatcher's supersede.
+    other = await world.engine.start(NAME, subject="jane.doe@example.com")
+    await world.engine.fire(
+        other.id, "dispatch", params={"account_exists": True, "mail_accepted": True}
+    )
+    other_token = new_token()
+    account_id = _account_id(world)
+    with world.db.transaction() as conn:
+        conn.execute(
+            insert(RecoveryToken.__table__).values(
+                token_hash=token_hash(other_token),
+                attempt_id=other.id,
+                account_id=account_id,
+                created_at=datetime.now(UTC),
+            )
+        )
+    await world.service.set_password(used, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert (await world.engine.get(other.id)).state == "superseded"
+    last = (await world.engine.history(other.id))[-1]
+    assert (last.event, last.detail) == ("supersede", {"reason": "password_changed"})
+    with pytest.raises(LinkDead) as info:
+        await world.service.open_link(other_token)
+    assert info.value.reason == "superseded"
+    assert (
+        world.count(
+            RecoveryToken.__table__,
+            RecoveryToken.__table__.c.attempt_id == other.id,
+            RecoveryToken.__table__.c.revoked_at.is_not(None),
+        )
+        == 1
+    )
+
+
+async def test_a_cookieless_get_within_seconds_of_sending_is_flagged_as_automated(
+    world: World,
+) -> None:
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        token = await world.emailed_token()
+        frozen.tick(timedelta(seconds=3))
+        scanner = await world.service.open_link(token, method="GET", has_cookies=False)
+        frozen.tick(timedelta(minutes=5))
+        person = await world.service.open_link(token, method="GET", has_cookies=False)
+    opens = [e for e in await world.engine.history(scanner.attempt.id) if e.event == "open_link"]
+    assert [e.detail["suspected_automated"] for e in opens] == [True, False]
+    assert person.attempt.state == "link_opened"
+
+
+async def test_links_are_checked_with_a_constant_time_comparison(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.account()
+    token = await world.emailed_token()
+    compared: list[object] = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append(a) or real(a, b))
+    await world.service.open_link(token)
+    assert token_hash(token) in compared
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["JANE.DOE@EXAMPLE.COM", " Jane.Doe@example.com ", "ｊａｎｅ.ｄｏｅ@ｅｘａｍｐｌｅ.ｃｏｍ"],
+)
+async def test_throttles_count_every_spelling_of_one_address_together(
+    world: World, variant: str
+) -> None:
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        await world.emailed_token("jane.doe@example.com")
+        frozen.tick(timedelta(seconds=10))
+        second = await world.service.request(variant, locale="en")
+        await world.dispatcher.run_once()
+    assert second.subject == "jane.doe@example.com"
+    assert (await world.engine.get(second.id)).state == "throttled"
+    assert len(world.tokens_sent()) == 1
+
+
+async def test_a_look_alike_address_reaches_only_the_stored_address(world: World) -> None:
+    """Fullwidth letters fold (NFKC + case-fold) onto the account; mail goes to its stored form."""
+    world.account("Jane.Doe@Example.com")
+    await world.emailed_token("ＪＡＮＥ.ＤＯＥ@ＥＸＡＭＰＬＥ.ＣＯＭ")
+    (path,) = world.mailbox.glob("*.eml")
+    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert message["To"].addresses[0].addr_spec == "Jane.Doe@Example.com"
+
+
+async def test_the_normalised_address_is_unique_in_the_database_itself(world: World) -> None:
+    """Two rows with one normalised address are refused by the unique index, not only by code."""
+    account = world.account()
+    twin = {**account.model_dump(), "id": uuid.uuid4(), "email": "JANE.DOE@EXAMPLE.COM"}
+    with pytest.raises(IntegrityError), world.db.transaction() as conn:
+        conn.execute(insert(Account.__table__).values(**twin))
+    assert world.count(Account.__table__) == 1
+
+
+async def test_unknown_addresses_are_slowed_down_exactly_like_known_ones(world: World) -> None:
+    """After five failures the sixth try is slowed down whether or not the account exists."""
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        for address in ("jane.doe@example.com", "nobody@example.com"):
+            for _ in range(5):
+                frozen.tick(timedelta(seconds=1))
+                with pytest.raises(LoginFailed):
+                    await world.service.login(address, "Wrong-Password-123!")
+            with pytest.raises(LoginSlowedDown) as slowed:
+                await world.service.login(address, "Wrong-Password-123!")
+            assert slowed.value.retry_after == 1
+
+
+def _account_id(world: World) -> object:
+    with world.db.transaction(write=False) as conn:
+        return conn.execute(select(Account.__table__.c.id)).scalar_one()
