@@ -443,3 +443,13 @@ def test_policy_checks_from_many_threads_match_sequential_checks() -> None:
         results = list(pool.map(check, range(8)))
     for worker, runs in enumerate(results):
         assert all(run == expected[worker % 2] for run in runs)
+
+
+def test_the_strength_threshold_is_exactly_zxcvbn_score_three() -> None:
+    """A score-2 password that breaks no other rule is refused as too weak; a score-3 one passes."""
+    policy = PasswordPolicy("classic")
+    nobody = PersonalData()
+    assert zxcvbn_score("Jennifer1990!") == 2
+    assert [v.code for v in policy.check("Jennifer1990!", "Jennifer1990!", nobody)] == ["too_weak"]
+    assert zxcvbn_score("Summer2024!!x") == 3
+    assert policy.check("Summer2024!!x", "Summer2024!!x", nobody) == []
