@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench import findings
 from bench.env import BACKENDS, BenchEnv
 from bench.harness import Figure, Sizes, describe_machine, table, write_results
 
@@ -133,11 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine = describe_machine(pg_version)
 
     def notes() -> str:
-        if not failures:
-            return ""
-        lines = ["## Sections that failed", ""]
-        lines += [f"- `{name}`: {reason}" for name, reason in failures.items()]
-        return "\n".join(lines) + "\n"
+        lines = []
+        if failures:
+            lines += ["## Sections that failed", ""]
+            lines += [f"- `{name}`: {reason}" for name, reason in failures.items()]
+            lines.append("")
+        return "\n".join(lines) + "\n" + findings.notes()
 
     elapsed = time.perf_counter() - started
     write_results(out_dir, figures, machine, quick=sizes.quick, elapsed_s=elapsed, notes=notes)

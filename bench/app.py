@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +33,7 @@ from api.app import Services, create_app
 from api.cli import DISPATCHER_ENV, GRACEFUL_SHUTDOWN_SECONDS
 from api.logs import configure_logging
 from engine.core import attempt_t
+from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.settings import settings_from_env
 
 NOOP_PATH = "/bench/noop"
@@ -74,10 +77,38 @@ async def insert_one(request: Request[Any, Any, Any], data: dict[str, Any]) -> d
     return {"status": "accepted"}
 
 
-def bench_app(*, run_dispatcher: bool) -> Litestar:
-    """The product's app for the environment's settings, with the bench routes added."""
+def _lower_priority(nice: int) -> None:
+    # Linux keeps a nice value per thread; the threads libargon2 starts for
+    # its lanes inherit it from this one.
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
+def niced_hasher(max_concurrent: int, nice: int) -> Argon2Hasher:
+    """EXPERIMENT: the production hasher, its threads at a lower CPU priority (`nice`)."""
+    hasher = Argon2Hasher(max_concurrent)
+    hasher._pool.shutdown(wait=False)
+    hasher._pool = ThreadPoolExecutor(
+        max_concurrent,
+        thread_name_prefix="argon2",
+        initializer=_lower_priority,
+        initargs=(nice,),
+    )
+    return hasher
+
+
+def bench_app(*, run_dispatcher: bool, argon2_nice: int | None = None) -> Litestar:
+    """The product's app for the environment's settings, with the bench routes added.
+
+    `argon2_nice` is an experiment (bench/RESULTS.md, loop latency while
+    hashing), never the default: the figures measure the product as it is.
+    """
     settings = settings_from_env()
-    app = create_app(settings, run_dispatcher=run_dispatcher)
+    hasher = (
+        niced_hasher(settings.max_concurrent_hashes, argon2_nice)
+        if argon2_nice is not None
+        else None
+    )
+    app = create_app(settings, run_dispatcher=run_dispatcher, hasher=hasher)
     app.register(noop)
     app.register(insert_one)
     return app
@@ -88,12 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--no-dispatcher", action="store_true")
+    parser.add_argument(
+        "--experiment-argon2-nice",
+        type=int,
+        metavar="N",
+        help="run the Argon2 threads at nice N (an experiment, not the product's behaviour)",
+    )
     args = parser.parse_args(argv)
     settings = settings_from_env()
     configure_logging(settings.log_level)
     migrate.upgrade(settings.database_url)
     os.environ[DISPATCHER_ENV] = "0" if args.no_dispatcher else "1"
-    app = bench_app(run_dispatcher=not args.no_dispatcher)
+    app = bench_app(run_dispatcher=not args.no_dispatcher, argon2_nice=args.experiment_argon2_nice)
     # The options `recovery serve` passes to uvicorn (api/cli.py, _serve).
     uvicorn.run(
         app,

@@ -162,12 +162,12 @@ class Sizes:
         return cls(
             quick=False,
             runs=3,
-            fires=2000,
+            fires=1000,
             sweep_rows=100_000,
             list_rows=1_000_000,
             list_deep_page=1000,
             wrk_seconds=8.0,
-            enumeration_per_class=500,
+            enumeration_per_class=1000,
             hashing_seconds=8.0,
             dispatch_emails=1500,
         )

@@ -76,8 +76,10 @@ def _hash_loop(
                 raise RuntimeError(f"{kind}: {answer.status_code} {answer.text[:200]}")
 
 
-def measure(env: BenchEnv) -> Figure:
+def measure(env: BenchEnv, *, argon2_nice: int | None = None) -> Figure:
+    """The figure; `argon2_nice` runs the experiment with lower-priority Argon2 threads."""
     sizes = env.sizes
+    extra = ("--experiment-argon2-nice", str(argon2_nice)) if argon2_nice is not None else ()
     url = env.fresh_url("sqlite", "hashing")
     hasher = Argon2Hasher(1)
     db = Database(url, pool_size=2)
@@ -92,7 +94,9 @@ def measure(env: BenchEnv) -> Figure:
     peaks: list[float] = []
     counts: Counter[str] = Counter()
     with (
-        BenchServer(settings, dispatcher=True, log_dir=env.tmp, label="hashing") as srv,
+        BenchServer(
+            settings, dispatcher=True, log_dir=env.tmp, label="hashing", extra_args=extra
+        ) as srv,
         httpx.Client(base_url=srv.base_url, timeout=30.0) as probe,
     ):
         before = len(sink.messages)
@@ -165,3 +169,31 @@ def measure(env: BenchEnv) -> Figure:
             "server peak RSS MiB while hashing": peaks,
         },
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.hashing --nice N`: the figure as the product is, then with niced threads."""
+    import argparse
+
+    from bench.harness import Sizes
+
+    parser = argparse.ArgumentParser(prog="python -m bench.hashing")
+    parser.add_argument("--nice", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    with BenchEnv(Sizes.full()) as env:
+        for n in range(args.rounds):
+            for nice in (None, args.nice) if n % 2 == 0 else (args.nice, None):
+                figure = measure(env, argon2_nice=nice)
+                print(
+                    f"argon2 nice={nice}: p99 {figure.value:.1f} ms "
+                    f"(runs {', '.join(f'{r:.1f}' for r in figure.runs)}; "
+                    f"idle p99 {figure.floor.value if figure.floor else 0:.1f} ms; "
+                    f"{figure.detail['hashing requests answered (all runs)']})",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,6 +45,7 @@ class BenchServer:
         dispatcher: bool,
         log_dir: Path,
         label: str,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -56,6 +57,7 @@ class BenchServer:
             **settings,
         }
         self.dispatcher = dispatcher
+        self.extra_args = extra_args
         self.log_path = log_dir / f"server-{label}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -71,6 +73,7 @@ class BenchServer:
         cmd = [sys.executable, "-m", "bench.app", "--port", str(self.port)]
         if not self.dispatcher:
             cmd.append("--no-dispatcher")
+        cmd.extend(self.extra_args)
         self._log = self.log_path.open("wb")
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + timeout

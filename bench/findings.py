@@ -1,0 +1,116 @@
+"""What profiling found where a target was missed: appended to `bench/RESULTS.md`.
+
+The numbers here come from experiments run beside the benchmark on the same
+machine (named below, repeatable from this package); the figures of the run
+itself are in the table above them. The machine was shared with other work
+while they were taken, so absolute numbers moved between runs; the ratios,
+and before/after pairs taken interleaved in one process, are what to read.
+"""
+
+from __future__ import annotations
+
+FINDINGS = """\
+## Profiling findings and fixes
+
+### Engine overhead (fixed in `engine/core.py`)
+
+cProfile and pyinstrument of `Engine.fire_sync` against the hand-written floor
+showed SQLAlchemy's work dominating, not the database: the engine built a new
+Core statement (and its cache key) for the load, the versioned update, the
+`max(seq)` query and the event insert on every fire, about 2.6x the floor's
+SQLAlchemy CPU, plus one statement more than the floor. Fix (commit
+"Engine: build the fire path's statements once"): the four statements are
+built once at import with typed bind parameters, and the event's number is
+taken inside the INSERT (`INSERT ... VALUES (..., (SELECT max(seq)+1 ...))
+RETURNING seq`, with the old two-statement path kept for a database without
+RETURNING). Interleaved before/after, same process:
+
+| | before | after |
+|---|---:|---:|
+| `engine_overhead_ratio_sqlite` | 2.18-2.43 | 1.25-1.30 |
+| `engine_overhead_ratio_postgresql` | 1.51-1.65 (target missed) | 1.07-1.22 |
+
+What remains is python-statemachine: instantiating a machine per fire and
+sending the event is ~55% / ~45% of its cost (`StateMachine.__init__` resolves
+every callback again: 28 `resolve` calls per fire). Against a floor that also
+builds its statements once, the engine is ~3.5x on SQLite (shown in the
+figure's detail). A further step, not taken: keep one machine per flow and
+thread and set `current_state_value` and the model's fields before each send.
+
+### Support list, page 1,000 (fix for `flows/recovery/support.py`, not applied)
+
+`SupportService._list` writes the keyset condition as
+`created_at < :c OR (created_at = :c AND id < :id)`. Neither SQLite nor
+PostgreSQL can start an index range from an OR, so page 1,000 scans the
+`(created_at, id)` index from the newest row down and filters: ~37-46 ms p95
+over a million attempts, against 2-3 ms for the same page with a row-value
+condition `tuple_(attempt_t.c.created_at, attempt_t.c.id) < tuple_(created,
+last_id)`, which both databases turn into an index range (figure detail
+"row-value cursor query p95 ms"). Change in `_list`: replace the `or_(...)`
+by that `tuple_` comparison (`from sqlalchemy import tuple_`). The first page
+is 6-16 ms p95 without any cursor: most of it is the lazy `engine.sweep_sync()`
+that every list call runs (three write transactions, one per deadline state)
+and the audit insert; after the cursor fix the figure is expected at about
+the first page's p95 (under 20 ms on SQLite, borderline on PostgreSQL here).
+Dropping the per-call sweep (e.g. show an overdue live attempt as expired
+when listing, and let `recovery sweep` or the dispatcher persist it) would
+take the rest.
+
+### Event loop while hashing (fix for `flows/recovery/passwords.py`, not applied)
+
+py-spy (`--gil` and `--idle`) on the server while 8 clients hash: the event
+loop thread holds the GIL under half the time and the Argon2 threads almost
+never (argon2-cffi releases it), so the GIL is not the cause; the loop waits
+for a CPU. Two hashes at once with p=4 lanes run 8 native threads on 2
+cores at the same priority as the loop. Experiment (`python -m bench.hashing
+--nice 10`, interleaved): the same server with the Argon2 pool's threads at
+nice 10 (Linux keeps nice per thread; libargon2's lane threads inherit it):
+
+| | p99 GET /health while hashing | hashing requests answered |
+|---|---:|---:|
+| product as is | 34-64 ms (target < 25 missed) | 124-168 per run pair |
+| Argon2 threads at nice 10 | 15-17 ms | 128-151 per run pair |
+
+Change in `Argon2Hasher._setup`: build the pool with
+`ThreadPoolExecutor(max_concurrent, thread_name_prefix="argon2",
+initializer=_lower_priority)` where `_lower_priority()` calls
+`os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)` inside
+`contextlib.suppress(AttributeError, OSError)` (not every OS has it).
+
+### HTTP floor route (note for `api/ratelimit.py`, not applied)
+
+py-spy on `GET /bench/noop` under wrk: `RateLimitMiddleware.should_check_request`
+hops to a worker thread on every request (7% of the loop's samples plus a
+thread handoff), because `applies` in `rate_limit_config` is a sync function
+and Litestar wraps sync `check_throttle_handler`s with `sync_to_thread`.
+Declaring it `async def applies(request) -> bool` (it does no I/O) removes
+the hop for every request, GETs included. The access log line per request
+is another ~9% (formatting and the redaction filter).
+
+### Sweep (changed meanwhile by the engine's owner)
+
+Before commit "Sweep batches run wholly in the database", the engine sent
+each batch's 5,000 ids back in two IN lists: per-statement timing showed
+~2.7 s of its 5.7 s outside the database on SQLite. The owner's change moved
+that into the database. PostgreSQL's floor (one hand-written
+`INSERT ... SELECT` + `UPDATE`) itself takes ~4-5 s on this shared machine
+(the plain `UPDATE` of 100,000 rows with three indexes to maintain: ~4.7 s in
+`EXPLAIN ANALYZE` under load), so `sweep_100k_s_postgresql` sits at the floor
+times its ratio.
+
+### Dispatch
+
+Timing every step of the dispatcher in-process on PostgreSQL: ~75 ms per
+email end to end, of which the SMTP exchange ~30 ms, the `dispatch` fire
+~17 ms (its transaction ~13 ms: load, update, event, token insert, supersede
+query, commit), the throttle and account reads ~8 ms, rendering ~3 ms. A
+worker pool of 8 connections instead of 2, 16 concurrent sends instead of
+4, batches of 64 instead of 16, and `synchronous_commit=off` each changed
+throughput by less than the noise (48-63 emails/s): the limit is the shared
+two cores (sink, worker and server on one machine), not a lock or a pool.
+"""
+
+
+def notes() -> str:
+    """The findings, as Markdown."""
+    return FINDINGS
