@@ -101,6 +101,10 @@ class CancelBody(_Strict):
     reason: Annotated[str, Meta(min_length=1, max_length=500)]
 
 
+class ResendBody(_Strict):
+    """Resend takes no field: the link goes to the address stored on the account."""
+
+
 class AttemptItem(Struct, frozen=True):
     id: str
     reference: str

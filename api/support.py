@@ -32,6 +32,7 @@ from api.schemas import (
     Delivery,
     FunnelStep,
     ResendAnswer,
+    ResendBody,
     StateAnswer,
     Stats,
     SupportAttempt,
@@ -168,11 +169,16 @@ async def cancel_attempt(
     status_code=202,
     opt=WRITE,
     summary="Start a new attempt for the same address; once emailed it supersedes older links",
-    responses=documented(400, 401, 403, 404),
+    responses=documented(400, 401, 403, 404, 413),
 )
 async def resend(
-    request: Request[Any, Any, Any], services: NamedDependency[Services], attempt_id: AttemptId
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    attempt_id: AttemptId,
+    data: JSONBody[ResendBody | None] = None,
 ) -> ResendAnswer:
+    # `data` is read only so that a body carrying any field (an address, a token,
+    # a password) is a 400 rather than silently ignored.
     record = await services.support.resend(key_name(request), attempt_id)
     return ResendAnswer(
         attempt_id=str(record.id),

@@ -115,6 +115,24 @@ def test_known_unknown_throttled_and_undeliverable_addresses_get_byte_identical_
     }
 
 
+def test_a_duplicate_request_inside_the_cooldown_sends_nothing_and_answers_the_same(
+    api: Api,
+) -> None:
+    api.account("known@example.com")
+    with freeze_time(T0, real_asyncio=True) as clock:
+        first = api.client.post("/api/recovery", json={"email": "known@example.com"})
+        api.dispatch()
+        clock.tick(10)  # well inside the 60 s resend cooldown
+        duplicate = api.client.post("/api/recovery", json={"email": "Known@Example.com"})
+        api.dispatch()
+    assert first.status_code == 202
+    assert _comparable(duplicate) == _comparable(first)
+    older, newer = api.attempts()
+    assert (older.state, newer.state) == ("emailed", "throttled")
+    assert api.services.engine.history_sync(newer.id)[-1].detail == {"reason": "resend_cooldown"}
+    assert len(api.messages()) == 1
+
+
 def _newest(api: Api, subject: str) -> AttemptRecord:
     return max((a for a in api.attempts() if a.subject == subject), key=lambda a: a.created_at)
 

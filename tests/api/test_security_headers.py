@@ -152,6 +152,44 @@ def test_public_posts_are_limited_per_ip_and_per_endpoint_with_retry_after(
         assert client.post("/api/recovery", json={"email": "p9@example.com"}).status_code == 202
 
 
+# Every public POST of the JSON API, a body for it, and its answer while under the limit.
+PUBLIC_POSTS: dict[str, tuple[dict[str, Any] | None, int]] = {
+    "/api/recovery": ({"email": "someone@example.com"}, 202),
+    "/api/recovery/verify": ({"token": "x" * 43}, 400),
+    "/api/recovery/password": (
+        {"token": "x" * 43, "password": "Lilac-Umbrella-Sonata-97!", "password_confirm": ""},
+        400,
+    ),
+    "/api/recovery/cancel": ({"token": "x" * 43}, 400),
+    "/api/login": ({"email": "someone@example.com", "password": "Wrong-Pass-99!"}, 401),
+    "/api/logout": (None, 401),
+}
+
+
+@pytest.mark.parametrize("path", list(PUBLIC_POSTS))
+def test_each_public_post_is_refused_past_its_own_per_ip_limit_with_retry_after(
+    make_client: Callable[..., TestClient], path: str
+) -> None:
+    """The (limit+1)th POST to one endpoint is a 429 with Retry-After; the others still answer."""
+    client = make_client(public_rate_limit_per_minute=2)
+
+    def post(to: str) -> Any:
+        body, _ = PUBLIC_POSTS[to]
+        return client.post(to) if body is None else client.post(to, json=body)
+
+    with freeze_time("2026-11-30 09:00:00", real_asyncio=True):
+        normal = PUBLIC_POSTS[path][1]
+        assert [post(path).status_code for _ in range(2)] == [normal, normal]
+        refused = post(path)
+        assert_error(refused, 429, "rate_limited")
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["ratelimit-limit"] == "2"
+        for other, (_, status) in PUBLIC_POSTS.items():
+            if other != path:
+                assert post(other).status_code == status, other
+        assert_error(post(path), 429, "rate_limited")
+
+
 async def _post_as(app: Litestar, peer: str, forwarded: str | None = None) -> int:
     """One POST from a chosen peer address (the TestClient's peer is not an IP)."""
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))

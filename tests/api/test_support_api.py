@@ -13,7 +13,7 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from flows.recovery.identity import support_reference
-from flows.recovery.models import Account, SupportKey
+from flows.recovery.models import Account, AuditEntry, SupportKey
 from flows.recovery.tokens import token_hash
 from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, Api, assert_error
 
@@ -338,29 +338,54 @@ def test_every_support_query_and_action_is_audited_with_the_keys_name(api: Api) 
     [attempt] = api.attempts()
     api.client.get("/api/support/attempts?state=requested", headers=reader)
     api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader)
-    api.client.get("/api/support/attempts/00000000-0000-4000-8000-000000000000", headers=reader)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    api.client.get(f"/api/support/attempts/{unknown}", headers=reader)
+    api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=mermaid", headers=reader)
+    api.client.get(f"/api/support/attempts/{unknown}/diagram?format=dot", headers=reader)
     api.client.post(
         f"/api/support/attempts/{attempt.id}/cancel", json={"reason": "fraud"}, headers=writer
     )
     api.client.post(
         f"/api/support/attempts/{attempt.id}/cancel", json={"reason": "again"}, headers=writer
     )
+    resent = api.client.post(f"/api/support/attempts/{attempt.id}/resend", headers=writer)
+    assert resent.status_code == 202, resent.text
+    api.client.post(f"/api/support/attempts/{unknown}/resend", headers=writer)
     api.client.get("/api/support/stats", headers=reader)
-    answer = api.client.get("/api/support/audit?limit=10", headers=reader)
+    answer = api.client.get("/api/support/audit?limit=20", headers=reader)
     assert answer.status_code == 200
     items = answer.json()["items"]
     summary = [(i["key_name"], i["action"], i["detail"].get("outcome")) for i in items]
     assert summary == [
         ("reader-ann", "audit", "ok"),
         ("reader-ann", "stats", "ok"),
+        ("writer-bo", "resend", "not_found"),
+        ("writer-bo", "resend", "ok"),
         ("writer-bo", "cancel", "event_refused"),
         ("writer-bo", "cancel", "ok"),
+        ("reader-ann", "view_diagram", "not_found"),
+        ("reader-ann", "view_diagram", "ok"),
         ("reader-ann", "view_attempt", "not_found"),
         ("reader-ann", "view_attempt", "ok"),
         ("reader-ann", "list_attempts", "ok"),
     ]
-    assert items[3]["target"] == str(attempt.id)
-    assert items[3]["detail"]["reason"] == "fraud"
+    ident = str(attempt.id)
+    targets = [i["target"] for i in items]
+    assert targets == [
+        None,
+        None,
+        unknown,
+        ident,
+        ident,
+        ident,
+        unknown,
+        ident,
+        unknown,
+        ident,
+        None,
+    ]
+    assert items[5]["detail"]["reason"] == "fraud"
+    assert items[7]["detail"]["format"] == "mermaid"
     assert items[-1]["detail"]["state"] == "requested"
 
 
@@ -413,29 +438,158 @@ def test_stats_count_states_and_the_funnel_with_conversion_and_median_times(api:
 
 
 def test_support_never_sees_a_password_token_hash_or_link(api: Api) -> None:
+    """Not while the link is live, not after the reset, not for a resend's new link."""
     reader = api.support_headers("read")
     writer = api.support_headers("write")
     api.account()
     token = api.link_token()
+    [attempt] = api.attempts()
+
+    def look(attempt_id: str) -> list[Any]:
+        detail = api.client.get(f"/api/support/attempts/{attempt_id}", headers=reader)
+        return [
+            detail,
+            api.client.get("/api/support/attempts", headers=reader),
+            api.client.get(
+                f"/api/support/attempts/{attempt_id}/diagram?format=dot", headers=reader
+            ),
+        ]
+
+    answers = look(str(attempt.id))
+    assert answers[0].json()["state"] == "emailed"
     api.client.post("/api/recovery/password", json=_password(token, "qwerty7"))
     api.client.post("/api/recovery/password", json=_password(token))
     session = api.client.post(
         "/api/login", json={"email": "jane.doe@example.com", "password": NEW_PASSWORD}
     ).json()["session_token"]
-    [attempt] = api.attempts()
     with api.services.engine.db.transaction(write=False) as conn:
         hashes = conn.execute(select(Account.__table__.c.password_history)).scalar_one()
-    answers = [
-        api.client.get("/api/support/attempts", headers=reader),
-        api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader),
-        api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=dot", headers=reader),
-        api.client.get("/api/support/stats", headers=reader),
-        api.client.post(f"/api/support/attempts/{attempt.id}/resend", headers=writer),
-        api.client.get("/api/support/audit", headers=reader),
+    answers += look(str(attempt.id))
+    answers.append(api.client.get("/api/support/stats", headers=reader))
+    resent = api.client.post(f"/api/support/attempts/{attempt.id}/resend", headers=writer)
+    answers.append(resent)
+    answers += look(resent.json()["attempt_id"])
+    api.dispatch()
+    second = api.tokens_sent()[-1]
+    emailed = look(resent.json()["attempt_id"])
+    assert emailed[0].json()["state"] == "emailed"
+    answers += emailed
+    answers.append(api.client.get("/api/support/audit", headers=reader))
+    secrets_ = [
+        token,
+        token_hash(token),
+        second,
+        token_hash(second),
+        NEW_PASSWORD,
+        OLD_PASSWORD,
+        "qwerty7",
+        session,
+        *hashes,
     ]
-    secrets_ = [token, token_hash(token), NEW_PASSWORD, OLD_PASSWORD, "qwerty7", session, *hashes]
     for answer in answers:
         assert answer.status_code < 300, answer.text
         for secret in secrets_:
             assert secret not in answer.text
-        assert "/recovery/reset" not in answer.text and "$argon2" not in answer.text
+        assert "/recovery/reset" not in answer.text and "token=" not in answer.text
+        assert "$argon2" not in answer.text
+
+
+# The support API as SPEC §5 lists it: nothing more (no route sets a password or
+# issues a token or a link).
+SUPPORT_ROUTES = {
+    ("get", "/api/support/attempts"),
+    ("get", "/api/support/attempts/{attempt_id}"),
+    ("get", "/api/support/attempts/{attempt_id}/diagram"),
+    ("post", "/api/support/attempts/{attempt_id}/cancel"),
+    ("post", "/api/support/attempts/{attempt_id}/resend"),
+    ("get", "/api/support/stats"),
+    ("get", "/api/support/audit"),
+}
+SECRET_WORDS = ("password", "token", "link", "hash", "secret")
+
+
+def test_the_support_api_has_only_the_spec_routes_and_none_takes_a_password_token_or_link(
+    api: Api,
+) -> None:
+    document = api.client.get("/schema/openapi.json").json()
+    documented = {
+        (method, path)
+        for path, operations in document["paths"].items()
+        if path.startswith("/api/support")
+        for method in operations
+    }
+    served = {
+        (method.lower(), route.path_format)
+        for route in api.app.routes
+        if route.path.startswith("/api/support")
+        for method in route.methods - {"OPTIONS", "HEAD"}
+    }
+    assert documented == served == SUPPORT_ROUTES
+    schemas = document["components"]["schemas"]
+    body_fields = {}
+    for method, path in SUPPORT_ROUTES:
+        operation = document["paths"][path][method]
+        names = {p["name"].lower() for p in operation.get("parameters", [])}
+        assert not [n for n in names if any(w in n for w in SECRET_WORDS)], (path, names)
+        body = operation.get("requestBody")
+        if body is not None:
+            schema = body["content"]["application/json"]["schema"]
+            refs = [s["$ref"] for s in schema.get("oneOf", [schema]) if "$ref" in s]
+            body_fields[path.rsplit("/", 1)[-1]] = {
+                field
+                for ref in refs
+                for field in schemas[ref.rsplit("/", 1)[-1]].get("properties", {})
+            }
+    # Only cancel reads a body, and only its reason; resend reads no field at all.
+    assert {name: fields for name, fields in body_fields.items() if fields} == {
+        "cancel": {"reason"}
+    }
+
+
+SMUGGLED = {
+    "password": NEW_PASSWORD,
+    "password_confirm": NEW_PASSWORD,
+    "token": "T" * 43,
+    "token_hash": "0" * 64,
+    "link": "https://evil.example/recovery/reset?token=" + "T" * 43,
+    "email": "attacker@evil.example",
+}
+
+
+def test_cancel_and_resend_refuse_a_password_token_link_or_address_and_change_nothing(
+    api: Api,
+) -> None:
+    writer = api.support_headers("write", name="dave")
+    api.account()
+    token = api.link_token()
+    [attempt] = api.attempts()
+    audit_t = AuditEntry.__table__
+
+    def snapshot() -> tuple[Any, ...]:
+        with api.services.engine.db.transaction(write=False) as conn:
+            account = tuple(conn.execute(select(Account.__table__)).one())
+            audited = list(conn.execute(select(audit_t).order_by(audit_t.c.id)))
+        events = [
+            (e.seq, e.event, e.accepted) for e in api.services.engine.history_sync(attempt.id)
+        ]
+        return [(a.id, a.state) for a in api.attempts()], events, account, audited
+
+    before = snapshot()
+    base = f"/api/support/attempts/{attempt.id}"
+    for field, value in SMUGGLED.items():
+        cancel = api.client.post(
+            f"{base}/cancel", json={"reason": "caller asked", field: value}, headers=writer
+        )
+        resend = api.client.post(f"{base}/resend", json={field: value}, headers=writer)
+        for answer in (cancel, resend):
+            assert_error(answer, 400, "invalid_request")
+            assert value not in answer.text
+    api.dispatch()
+    states, events, account, audited = snapshot()
+    assert (states, events, account) == before[:3]
+    # The audit log may only have gained refusals.
+    assert audited[: len(before[3])] == before[3]
+    assert all(row.detail.get("outcome") != "ok" for row in audited[len(before[3]) :])
+    [message] = api.messages()
+    assert "evil.example" not in message.as_string()
+    assert api.client.post("/api/recovery/verify", json={"token": token}).status_code == 200
