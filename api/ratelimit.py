@@ -88,7 +88,8 @@ def rate_limit_config(per_minute: int, trusted_proxies: Iterable[str]) -> RateLi
     def identify(request: Any) -> str:
         return f"{client_ip(request, trusted)}::{request.url.path}"
 
-    def applies(request: Any) -> bool:
+    # async: Litestar would run a sync check on a worker thread for every request.
+    async def applies(request: Any) -> bool:
         return request.method == "POST" and not request.url.path.startswith("/api/support")
 
     return RateLimitConfig(

@@ -594,12 +594,27 @@ class Engine:
             for state, deadline in spec.deadlines.items():
                 target = spec.target_of(state, deadline.event)
                 assert target is not None
+                if not self._anything_overdue(spec, state):
+                    continue  # a read on the live index, not a write transaction
                 while True:
                     moved = self._sweep_batch(spec, state, target, deadline.event, batch_size)
                     total += moved
                     if moved < batch_size:
                         break
         return total
+
+    def _anything_overdue(self, spec: FlowSpec, state: str) -> bool:
+        with self.db.transaction(write=False) as conn:
+            found = conn.execute(
+                select(attempt_t.c.id)
+                .where(
+                    attempt_t.c.flow == spec.name,
+                    attempt_t.c.state == state,
+                    attempt_t.c.deadline_at < self.clock.now(),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
 
     def _sweep_batch(
         self, spec: FlowSpec, state: str, target: str, event: str, batch_size: int

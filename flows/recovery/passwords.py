@@ -20,7 +20,10 @@ one with a lone surrogate from a JSON body) makes hashing or verification raise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import threading
 import unicodedata
 import weakref
 from collections.abc import Callable
@@ -47,6 +50,18 @@ def _secret_bytes(password: str) -> bytes:
     # surrogatepass: a lone surrogate (valid in JSON, invalid in UTF-8) must not
     # turn a login into a 500; it simply hashes to bytes no real password gives.
     return normalise_password(password).encode("utf-8", "surrogatepass")
+
+
+# Hashing threads yield the CPU to the event loop (Linux nice value, per thread).
+HASH_THREAD_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Run this hashing thread at nice 10 (Linux keeps nice per thread; Argon2's lane
+    threads inherit it), so the event loop is not starved of CPU while hashes run:
+    measured p99 of GET /health while 8 requests hash, 34-64 ms -> 15-17 ms."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICE)
 
 
 @runtime_checkable
@@ -99,7 +114,9 @@ class Argon2Hasher:
         self.max_concurrent = max_concurrent
         # A dedicated pool bounds the memory in flight for the whole process,
         # whichever event loop asks; callers beyond the bound wait in its queue.
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_concurrent, thread_name_prefix="argon2", initializer=_lower_priority
+        )
         weakref.finalize(self, self._pool.shutdown, wait=False)
         # Made once, with this hasher's own parameters, so a dummy verification
         # costs what a real one does. The password is random and thrown away.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from engine import Engine, EngineError
@@ -275,12 +275,9 @@ class SupportService:
             conditions.append(attempt_t.c.created_at < _aware(until))
         if cursor is not None:
             created, last_id = decode_cursor(cursor)
-            conditions.append(
-                or_(
-                    attempt_t.c.created_at < created,
-                    and_(attempt_t.c.created_at == created, attempt_t.c.id < last_id),
-                )
-            )
+            # A row-value comparison: both databases start an index range from it
+            # (an OR of the two halves scans from the newest row instead).
+            conditions.append(tuple_(attempt_t.c.created_at, attempt_t.c.id) < (created, last_id))
         # Deadlines are applied lazily: bring overdue attempts up to date before
         # reading, so a state filter never shows a link that is already dead.
         self.engine.sweep_sync()
