@@ -37,7 +37,7 @@ builds its statements once, the engine is ~3x on SQLite and ~1.6x on
 PostgreSQL (the figures' detail). A further step, not taken: keep one machine per flow and
 thread and set `current_state_value` and the model's fields before each send.
 
-### Support list, page 1,000 (fix for `flows/recovery/support.py`, not applied)
+### Support list, page 1,000 (fixed in `flows/recovery/support.py` and `engine/core.py`)
 
 `SupportService._list` writes the keyset condition as
 `created_at < :c OR (created_at = :c AND id < :id)`. Neither SQLite nor
@@ -57,7 +57,12 @@ Dropping the per-call sweep (e.g. show an overdue live attempt as expired
 when listing, and let `recovery sweep` or the dispatcher persist it) would
 take the rest.
 
-### Event loop while hashing (fix for `flows/recovery/passwords.py`, not applied)
+Applied: the row-value cursor, and `Engine.sweep_sync` now first asks the
+live index whether anything is overdue in each deadline state (a read) and
+opens no write transaction when nothing is. Full runs before/after:
+`support_list_p95_ms_1m_sqlite` 34.2 -> 4.0 ms, `_postgresql` 40.9 -> 8.3 ms.
+
+### Event loop while hashing (fixed in `flows/recovery/passwords.py`)
 
 The figure sits at the target (24.3-27.5 ms in the final run; 34-64 ms in
 runs earlier the same day while the machine was busier), against a 2.5-3 ms
@@ -81,7 +86,10 @@ initializer=_lower_priority)` where `_lower_priority()` calls
 `os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)` inside
 `contextlib.suppress(AttributeError, OSError)` (not every OS has it).
 
-### HTTP floor route (note for `api/ratelimit.py`, not applied)
+Applied as described. Full runs before/after: `loop_p99_ms_while_hashing`
+24.5 ms (24.3-27.5) -> 9.0 ms (8.9-9.3).
+
+### HTTP floor route (fixed in `api/ratelimit.py`)
 
 py-spy on `GET /bench/noop` under wrk: `RateLimitMiddleware.should_check_request`
 hops to a worker thread on every request (7% of the loop's samples plus a
@@ -90,6 +98,9 @@ and Litestar wraps sync `check_throttle_handler`s with `sync_to_thread`.
 Declaring it `async def applies(request) -> bool` (it does no I/O) removes
 the hop for every request, GETs included. The access log line per request
 is another ~9% (formatting and the redaction filter).
+
+Applied (`applies` is async). Full runs before/after: `http_floor_rps`
+2,399 -> 3,663 req/s; the access log line is left as it is.
 
 ### Sweep (changed meanwhile by the engine's owner)
 
