@@ -250,6 +250,7 @@ def create_app(
         before_send=[add_security_headers],
         on_startup=[start_dispatcher],
         on_shutdown=[stop_dispatcher, close_database],
+        after_exception=[support.audit_refusal],
         openapi_config=openapi_config(),
         stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         request_max_body_size=settings.max_body_bytes,

@@ -16,13 +16,15 @@ from typing import Annotated, Any
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
+from litestar.types import Scope
 
 from api.app import Services
-from api.errors import documented
+from api.errors import answer_for, documented
 from api.flows import DiagramOperation, check_format, render_diagram
+from api.logs import escape
 from api.schemas import (
     AttemptItem,
     AttemptPage,
@@ -57,10 +59,25 @@ async def require_support_key(
     if found is None:
         raise NotAuthorizedException()
     name, role = found
+    # Known before the role check, so a refusal is audited under the key's name.
+    connection.state["support_key_name"] = name
     needed = handler.opt.get(ROLE_OPT, "write")
     if ROLE_RANK.get(role, -1) < ROLE_RANK[needed]:
         raise PermissionDeniedException()
-    connection.state["support_key_name"] = name
+
+
+async def audit_refusal(exc: Exception, scope: Scope) -> None:
+    """`after_exception` hook: a support request refused before its handler ran (a body or
+    query that fails validation, a role too low) is audited too, under the key's name.
+    Refusals raised by the support service itself are audited there."""
+    name = (scope.get("state") or {}).get("support_key_name")
+    if name is None or not isinstance(exc, HTTPException):
+        return
+    services: Services = scope["litestar_app"].state["services"]
+    outcome = answer_for(exc).code or "refused"
+    await services.support.record_refusal(
+        str(name), str(scope.get("method", "")), escape(str(scope.get("path", ""))), outcome
+    )
 
 
 def key_name(request: Request[Any, Any, Any]) -> str:

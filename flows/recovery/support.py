@@ -204,6 +204,12 @@ class SupportService:
         self._audit(key_name, action, target, {**detail, "outcome": "ok"})
         return result
 
+    async def record_refusal(self, key_name: str, method: str, path: str, outcome: str) -> None:
+        """Record a request refused before it reached the service (bad input, wrong role)."""
+        await self._run(
+            self._audit, key_name, "refused", path, {"method": method, "outcome": outcome}
+        )
+
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         # Support work writes (its audit entry, and lazily applied deadlines).
         return await self.db.run(fn, *args, **kw)

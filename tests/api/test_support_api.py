@@ -331,6 +331,31 @@ def test_support_resend_starts_a_new_attempt_whose_email_supersedes_the_old_link
 # -- audit, stats ---------------------------------------------------------------------------------
 
 
+def test_support_requests_refused_before_their_handler_are_audited_with_the_keys_name(
+    api: Api,
+) -> None:
+    """A read key on a write route (403) and a body that fails validation (400) are recorded."""
+    reader = api.support_headers("read", name="reader-cy")
+    writer = api.support_headers("write", name="writer-di")
+    _request(api, "someone@example.com")
+    [attempt] = api.attempts()
+    cancel = f"/api/support/attempts/{attempt.id}/cancel"
+    assert api.client.post(cancel, json={"reason": "x"}, headers=reader).status_code == 403
+    assert api.client.post(cancel, json={"reason": 42}, headers=writer).status_code == 400
+    assert api.client.post(cancel, json={"reason": "x"}).status_code == 401  # no key: no name
+    items = api.client.get("/api/support/audit?limit=10", headers=reader).json()["items"]
+    refused = [
+        (i["key_name"], i["action"], i["target"], i["detail"]["method"], i["detail"]["outcome"])
+        for i in items
+        if i["action"] == "refused"
+    ]
+    assert refused == [
+        ("writer-di", "refused", cancel, "POST", "invalid_request"),
+        ("reader-cy", "refused", cancel, "POST", "forbidden"),
+    ]
+    assert api.attempts()[0].state == "requested"
+
+
 def test_every_support_query_and_action_is_audited_with_the_keys_name(api: Api) -> None:
     reader = api.support_headers("read", name="reader-ann")
     writer = api.support_headers("write", name="writer-bo")
