@@ -31,7 +31,7 @@ from litestar.exceptions import (
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 
 from api.logs import escape
 from api.schemas import ErrorBody
@@ -57,6 +57,7 @@ from flows.recovery.errors import (
     RecoveryError,
     SessionInvalid,
     UnknownToken,
+    describe,
 )
 from flows.recovery.support import KeyNameTaken
 
@@ -225,17 +226,6 @@ def _domain_details(exc: RecoveryError | EngineError) -> list[dict[str, Any]]:
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response[Any]:
     return Response(content=body, status_code=status, headers=headers, media_type=MediaType.JSON)
-
-
-def describe(exc: BaseException) -> str:
-    """A description of an error safe to log: database errors only by type (they quote
-    statement parameters, which can be token hashes)."""
-    if isinstance(exc, SQLAlchemyError):
-        orig = getattr(exc, "orig", None)
-        return f"{type(exc).__name__}({type(orig).__name__ if orig else ''})"
-    if isinstance(exc, (EngineError, RecoveryError)):
-        return f"{type(exc).__name__}: {exc}"
-    return type(exc).__name__
 
 
 def _log_unexpected(request: Request[Any, Any, Any], exc: BaseException) -> None:

@@ -80,12 +80,11 @@ from flows.recovery.identity import normalise_email, support_reference
 from flows.recovery.models import Account, RecoveryToken
 from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.tokens import token_hash
-from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.postgres import PostgresServer, free_port, running_postgres
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import (
     RunningService,
     command_env,
-    free_port,
     recovery_command,
     run_recovery,
     start_service,

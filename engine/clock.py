@@ -22,3 +22,8 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A datetime read back without its zone (SQLite, aggregate columns) is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -36,18 +36,20 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from engine import ConflictError, Engine, EngineError, EventRefused, Transaction
+from engine import ConflictError, Engine, EventRefused, Transaction
+from engine.clock import as_utc
 from engine.core import AttemptRecord, attempt_t, event_t, outbox_t
 from flows.password_recovery import LIVE_STATES, NAME
 from flows.recovery import i18n
 from flows.recovery.emails import password_changed_email, recovery_email
+from flows.recovery.errors import describe
 from flows.recovery.identity import support_reference
 from flows.recovery.mail import MailError, MailTransport, PermanentMailError, TemporaryMailError
 from flows.recovery.models import Account, RecoveryToken
@@ -103,20 +105,6 @@ class _Unknown:
 _Decision = _Throttled | _Unknown | _Known
 
 
-def describe(exc: BaseException) -> str:
-    """A loggable description of an error that cannot carry a secret.
-
-    Database errors quote statement parameters (token hashes among them), so
-    only their type is told; engine and mail errors carry no secrets.
-    """
-    if isinstance(exc, (EngineError, MailError)):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, SQLAlchemyError):
-        orig = getattr(exc, "orig", None)
-        return f"{type(exc).__name__}({type(orig).__name__ if orig else ''})"
-    return type(exc).__name__
-
-
 def _log_failure(what: str, exc: BaseException) -> None:
     log.error("%s failed: %s", what, describe(exc))
     # Where it failed (frames only, never the message): enough to debug.
@@ -125,10 +113,6 @@ def _log_failure(what: str, exc: BaseException) -> None:
 
 def _locale(value: object) -> str:
     return value if isinstance(value, str) and value in i18n.SUPPORTED else i18n.DEFAULT
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Dispatcher:
@@ -225,7 +209,7 @@ class Dispatcher:
             _log_failure(f"dispatch of attempt {record.id}", exc)
 
     async def _dispatch(self, record: AttemptRecord) -> None:
-        if record.deadline_at is not None and _aware(record.deadline_at) < self.clock.now():
+        if record.deadline_at is not None and as_utc(record.deadline_at) < self.clock.now():
             # Waited past its deadline (a long outage): expire it, send nothing.
             await self.db.run(self.engine.get_sync, record.id)
             return
@@ -543,7 +527,7 @@ class Dispatcher:
             locale=_locale(payload.get("locale")),
             to=account.email,
             mail_from=self.settings.mail_from,
-            changed_at=_aware(item["created_at"]),
+            changed_at=as_utc(item["created_at"]),
             reference=support_reference(attempt_id),
             name=account.name,
             recovery_page=f"{self.settings.public_base_url}/recovery",

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.errors import EngineError
+
 
 class RecoveryError(Exception):
     """Base of the domain's errors; never raised directly."""
@@ -108,3 +112,17 @@ class AccountExists(RecoveryError):
 
     def __init__(self) -> None:
         super().__init__("an account with this email address already exists")
+
+
+def describe(exc: BaseException) -> str:
+    """A loggable description of an error that cannot carry a secret.
+
+    Database errors quote statement parameters (token hashes among them), so
+    only their type is told; the messages of our own errors carry no secrets.
+    """
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None)
+        return f"{type(exc).__name__}({type(orig).__name__ if orig else ''})"
+    if isinstance(exc, EngineError | RecoveryError) or getattr(exc, "safe_to_log", False):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__

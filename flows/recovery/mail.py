@@ -41,6 +41,8 @@ _FALSE = ("0", "false", "no")
 class MailError(Exception):
     """Base of the transport errors; never raised itself."""
 
+    safe_to_log = True  # our own messages: no credentials, no message content
+
 
 class TemporaryMailError(MailError):
     """The message was not accepted yet (connection refused, timeout, 4xx): retry later."""

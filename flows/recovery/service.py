@@ -16,12 +16,13 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
 from engine import ConflictError, Engine, EventRefused, Transaction
+from engine.clock import as_utc
 from engine.core import AttemptRecord, attempt_t
 from flows.password_recovery import LIVE_STATES, NAME
 from flows.recovery.errors import (
@@ -398,7 +399,7 @@ class RecoveryService:
         if count < self.settings.login_free_failures or last is None:
             return 0
         delay = min(2 ** (count - self.settings.login_free_failures), LOGIN_DELAY_CAP_SECONDS)
-        remaining = (_aware(last) + timedelta(seconds=delay) - now).total_seconds()
+        remaining = (as_utc(last) + timedelta(seconds=delay) - now).total_seconds()
         return max(0, math.ceil(remaining))
 
     def _record_failure(self, key: str) -> None:
@@ -490,7 +491,7 @@ class RecoveryService:
                     session_t.c.expires_at > now,
                 )
             ).first()
-        return SessionInfo(mask_email(row[0]), _aware(row[1])) if row else None
+        return SessionInfo(mask_email(row[0]), as_utc(row[1])) if row else None
 
     # -- accounts --------------------------------------------------------
 
@@ -569,15 +570,11 @@ def _dead_link(state: str, row: dict[str, Any]) -> LinkDead:
     return LinkDead(reason, reference)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return _aware(datetime.fromisoformat(value))
+        return as_utc(datetime.fromisoformat(value))
     except ValueError:
         return None
 

@@ -25,13 +25,14 @@ import statistics
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from engine import Engine, EngineError
+from engine.clock import as_utc
 from engine.core import AttemptRecord, EventRecord, attempt_t, event_t, parse_attempt_id
 from engine.diagrams import path_of
 from flows.password_recovery import NAME
@@ -91,12 +92,8 @@ def actor_of(key_name: str) -> str:
     return f"support:{key_name}"
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _iso(value: datetime | None) -> str | None:
-    return _aware(value).isoformat() if value is not None else None
+    return as_utc(value).isoformat() if value is not None else None
 
 
 # -- cursors ---------------------------------------------------------------
@@ -104,7 +101,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def encode_cursor(created_at: datetime, attempt_id: uuid.UUID) -> str:
     """An opaque keyset cursor: the last item's (created_at, id)."""
-    raw = json.dumps([_aware(created_at).isoformat(), attempt_id.hex], separators=(",", ":"))
+    raw = json.dumps([as_utc(created_at).isoformat(), attempt_id.hex], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -113,7 +110,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, ident = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        return _aware(datetime.fromisoformat(created)), uuid.UUID(hex=ident)
+        return as_utc(datetime.fromisoformat(created)), uuid.UUID(hex=ident)
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         raise InvalidInput("cursor", "the cursor is not one this service gave out") from None
 
@@ -276,9 +273,9 @@ class SupportService:
                 raise InvalidInput("reference", "a reference looks like ABCD-EFGH")
             conditions.append(attempt_t.c.id.between(*bounds))
         if since is not None:
-            conditions.append(attempt_t.c.created_at >= _aware(since))
+            conditions.append(attempt_t.c.created_at >= as_utc(since))
         if until is not None:
-            conditions.append(attempt_t.c.created_at < _aware(until))
+            conditions.append(attempt_t.c.created_at < as_utc(until))
         if cursor is not None:
             created, last_id = decode_cursor(cursor)
             # A row-value comparison: both databases start an index range from it
@@ -419,8 +416,8 @@ class SupportService:
         self, key_name: str, since: datetime | None = None, until: datetime | None = None
     ) -> dict[str, Any]:
         """Counts per state and the funnel of attempts created in [since, until)."""
-        until = _aware(until) if until is not None else self.clock.now()
-        since = _aware(since) if since is not None else until - DEFAULT_STATS_WINDOW
+        until = as_utc(until) if until is not None else self.clock.now()
+        since = as_utc(since) if since is not None else until - DEFAULT_STATS_WINDOW
         return self._audited(
             key_name,
             "stats",
@@ -461,7 +458,7 @@ class SupportService:
         reached = {state: int(n) for state, n in reached_rows}
         first_at: dict[Any, dict[str, datetime]] = {}
         for attempt_id, state, at in firsts:
-            first_at.setdefault(attempt_id, {})[state] = _aware(at)
+            first_at.setdefault(attempt_id, {})[state] = as_utc(at)
         funnel = []
         for i, step in enumerate(FUNNEL):
             count = reached.get(step, 0)
@@ -508,7 +505,7 @@ class SupportService:
                 "key_name": r.key_name,
                 "action": r.action,
                 "target": r.target,
-                "at": _aware(r.at),
+                "at": as_utc(r.at),
                 "detail": dict(r.detail or {}),
             }
             for r in rows
@@ -536,9 +533,9 @@ def _item(record: AttemptRecord) -> dict[str, Any]:
         "flow": record.flow,
         "state": record.state,
         "email_masked": mask_email(record.subject) if record.subject else "",
-        "created_at": _aware(record.created_at),
-        "updated_at": _aware(record.updated_at),
-        "deadline_at": _aware(record.deadline_at) if record.deadline_at else None,
+        "created_at": as_utc(record.created_at),
+        "updated_at": as_utc(record.updated_at),
+        "deadline_at": as_utc(record.deadline_at) if record.deadline_at else None,
     }
 
 
@@ -569,7 +566,7 @@ def _timeline_entry(event: EventRecord) -> dict[str, Any]:
         "from": event.from_state,
         "to": event.to_state,
         "actor": event.actor,
-        "at": _aware(event.at),
+        "at": as_utc(event.at),
         "accepted": event.accepted,
         "detail": _safe_detail(event.detail or {}),
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,19 +28,14 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.postgres import free_port
+
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 COMMAND_TIMEOUT_S = 120.0
 PORT_TRIES = 3
 _POLL_S = 0.02
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def command_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
