@@ -8,7 +8,6 @@ the line `backends: sqlite=N postgresql=M` (tests run per backend).
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections import Counter
@@ -24,7 +23,8 @@ from sqlmodel import SQLModel
 import engine.models  # noqa: F401  (registers the engine's tables)
 import flows.recovery.models  # noqa: F401  (registers the domain's tables)
 from engine import Database
-from tests.support.postgres import PostgresServer, find_pg_bin, running_postgres
+from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.tools import require
 
 pytest_plugins = ["tests.support.smtp"]
 
@@ -33,18 +33,10 @@ SHARED_PG_DB = "recovery_tests"
 _backend_runs: Counter[str] = Counter()
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole run, with a database holding the current schema."""
-    if find_pg_bin() is None:
-        reason = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
-        if in_ci():
-            pytest.fail(f"{reason}, and CI=true requires them")
-        pytest.skip(reason)
+    require("postgresql")
     with running_postgres() as server:
         janitor = DatabaseJanitor(
             user=server.user, host="127.0.0.1", port=server.port, dbname=SHARED_PG_DB

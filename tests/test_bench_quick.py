@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import find_pg_bin
+from tests.support.tools import find_pg_bin, require
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,8 +47,7 @@ POSTGRESQL_FIGURES = {
 def quick_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (Debian package wrk)")
+    require("wrk")
     out = tmp_path_factory.mktemp("bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
     done = subprocess.run(

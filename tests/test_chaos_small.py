@@ -32,19 +32,14 @@ from bench.chaos import (
 from flows import registry
 from flows.password_recovery import NAME
 from flows.recovery.identity import support_reference
-from tests.support.postgres import find_pg_bin
-from tests.support.redis import in_ci, require_redis
+from tests.support.tools import require
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The accounting of one small chaos run."""
-    if find_pg_bin() is None:
-        reason = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
-        if in_ci():
-            pytest.fail(f"{reason}, and CI=true requires them")
-        pytest.skip(reason)
-    require_redis()
+    require("postgresql")
+    require("redis")
     yield run_chaos(Scenario.small(), tmp_path_factory.mktemp("chaos"))
 
 

@@ -6,7 +6,6 @@ are rendered by the real Graphviz; "Graphviz missing" is a PATH without it.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from api.app import create_app
 from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.settings import Settings
 from tests.api.conftest import assert_error
+from tests.support.tools import require
 
 DIAGRAM = "/api/flows/password_recovery/diagram"
 
@@ -83,8 +83,7 @@ def test_diagrams_come_in_mermaid_dot_svg_and_png(client: TestClient) -> None:
     dot = client.get(DIAGRAM, params={"format": "dot"})
     assert dot.headers["content-type"].startswith("text/vnd.graphviz")
     assert dot.text.startswith('digraph "password_recovery"')
-    if shutil.which("dot") is None:
-        pytest.skip("Graphviz is not installed")
+    require("graphviz")
     svg = client.get(DIAGRAM)  # svg is the default
     assert (svg.status_code, svg.headers["content-type"]) == (200, "image/svg+xml")
     assert b"<svg" in svg.content and b"link_opened" in svg.content

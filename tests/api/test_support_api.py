@@ -16,6 +16,7 @@ from flows.recovery.identity import support_reference
 from flows.recovery.models import Account, AuditEntry, SupportKey
 from flows.recovery.tokens import token_hash
 from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, Api, assert_error
+from tests.support.tools import require
 
 T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
 DETAIL_KEYS = {
@@ -262,6 +263,7 @@ def test_reading_an_overdue_attempt_applies_its_deadline(api: Api) -> None:
 
 
 def test_the_attempt_diagram_highlights_its_state_and_path(api: Api) -> None:
+    """Mermaid and DOT show the attempt's current state, the states it passed and its arrows."""
     reader = api.support_headers("read")
     api.account()
     api.link_token()
@@ -276,7 +278,16 @@ def test_the_attempt_diagram_highlights_its_state_and_path(api: Api) -> None:
     assert "dispatch [mail_accepted] (1)" in answer.text
     dot = api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=dot", headers=reader)
     assert dot.status_code == 200 and dot.text.startswith("digraph")
-    svg = api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=svg", headers=reader)
+
+
+def test_the_attempt_diagram_is_drawn_as_svg_with_graphviz(api: Api) -> None:
+    """With Graphviz installed, the attempt's diagram is also served as SVG (the default)."""
+    require("graphviz")
+    reader = api.support_headers("read")
+    api.account()
+    api.link_token()
+    [attempt] = api.attempts()
+    svg = api.client.get(f"/api/support/attempts/{attempt.id}/diagram", headers=reader)
     assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
     assert b"<svg" in svg.content
 

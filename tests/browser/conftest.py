@@ -13,7 +13,6 @@ repository root (git-ignored), so a failing run leaves pictures behind.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from tests.browser.live import LiveServer, live_server
+from tests.support.tools import require
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -44,27 +44,10 @@ ORIGINAL_PASSWORD = "Quartz!Lantern-7401-Mosaic"
 _serial = itertools.count(1)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def chromium_path() -> str | None:
-    """Debian's Chromium, if installed."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
-    path = chromium_path()
-    if path is None:
-        reason = "Debian's chromium is not installed (apt-get install chromium)"
-        if _in_ci():
-            pytest.fail(f"{reason}, and CI=true requires it")
-        pytest.skip(reason)
-    return path
+    """Debian's Chromium; the suite skips without it (fails under CI=true)."""
+    return str(require("chromium"))
 
 
 @pytest.fixture(scope="module")

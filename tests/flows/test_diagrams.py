@@ -10,6 +10,7 @@ import pytest
 import flows
 from engine import Database, Engine, EventRefused, GraphvizMissing, diagrams
 from engine.flow import FlowSpec
+from tests.support.tools import require
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "diagrams"
@@ -118,18 +119,18 @@ def test_text_diagrams_are_deterministic(spec: FlowSpec) -> None:
     )
 
 
-@pytest.mark.skipif(not diagrams.graphviz_available(), reason="Graphviz's dot is not installed")
 def test_svg_is_deterministic_and_names_every_state(spec: FlowSpec) -> None:
     """Graphviz renders the same SVG twice, with a node titled by each state."""
+    require("graphviz")
     first = diagrams.svg(spec, current="emailed")
     assert first == diagrams.svg(spec, current="emailed")
     titles = set(re.findall(rb"<title>(\w+)</title>", first))
     assert {s.encode() for s in spec.states} <= titles
 
 
-@pytest.mark.skipif(not diagrams.graphviz_available(), reason="Graphviz's dot is not installed")
 def test_png_is_a_png(spec: FlowSpec) -> None:
     """PNG rendering gives PNG bytes."""
+    require("graphviz")
     assert diagrams.png(spec).startswith(b"\x89PNG\r\n\x1a\n")
 
 

@@ -28,6 +28,7 @@ from schemathesis import Config
 from schemathesis.schemas import BaseSchema
 
 from tests.browser.live import LiveServer, live_server, reset_link
+from tests.support.tools import require
 
 SEED = 20261130
 MAX_EXAMPLES = 25
@@ -92,6 +93,8 @@ _tally = Tally()
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A fully equipped server: with Graphviz, so every diagram format it documents is served."""
+    require("graphviz")
     with live_server(tmp_path_factory.mktemp("fuzz-server")) as running:
         yield running
 

@@ -18,16 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PG_BIN_DIRS = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14", "13")]
-
-
-def find_pg_bin() -> Path | None:
-    """The directory holding `initdb` and `pg_ctl`, or None."""
-    for candidate in PG_BIN_DIRS:
-        if (candidate / "pg_ctl").exists() and (candidate / "initdb").exists():
-            return candidate
-    found = shutil.which("pg_ctl")
-    return Path(found).resolve().parent if found else None
+from tests.support.tools import find_pg_bin
 
 
 def free_port() -> int:

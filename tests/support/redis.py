@@ -5,13 +5,12 @@ free 127.0.0.1 port, with no persistence (nothing written outside its own
 temporary directory), waits until it answers PING, and stops it afterwards.
 The `redis_server` fixture does the same for one test; where `redis-server`
 is not installed it skips with a reason, except under CI=true, where that is
-a failure (`.ci/run` installs it).
+a failure (`scripts/test.py` installs it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tools import TOOLS, require
+
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -31,9 +32,8 @@ _POLL_S = 0.02
 
 def find_redis_server() -> str | None:
     """The path of the `redis-server` binary, or None."""
-    return shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-    )
+    found = TOOLS["redis"].find()
+    return str(found) if found else None
 
 
 def _free_port() -> int:
@@ -132,17 +132,9 @@ def running_redis() -> Iterator[RedisServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def require_redis() -> None:
     """Skip the calling test when `redis-server` is missing (fail instead under CI=true)."""
-    if find_redis_server() is None:
-        reason = "redis-server is not installed (Debian package redis-server)"
-        if in_ci():
-            pytest.fail(f"{reason}, and CI=true requires it")
-        pytest.skip(reason)
+    require("redis")
 
 
 @pytest.fixture
