@@ -31,14 +31,12 @@ from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
-from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Message, Receive, Scope, Send
 
 import flows
 from api.errors import InvalidHost, exception_handlers
 from api.logs import AccessLogMiddleware
+from api.openapi import RefinedJsonRenderPlugin, openapi_config
 from api.ratelimit import STORE_NAME, rate_limit_config, rate_limit_store
 from engine import Database, Engine
 from engine.clock import Clock
@@ -150,35 +148,6 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
         headers["cache-control"] = "no-store"
 
 
-def openapi_config() -> OpenAPIConfig:
-    """OpenAPI at /schema/openapi.json (JSON only: the browsable UIs load third-party assets)."""
-    return OpenAPIConfig(
-        title="Account recovery",
-        version="1.0.0",
-        description=(
-            '"Forgot password?" as a persisted state machine: the public recovery and '
-            "sign-in API, the support API, flow diagrams and operations endpoints. Every "
-            'error answers {"error": {"code", "message", "details"}}.'
-        ),
-        path="/schema",
-        render_plugins=[JsonRenderPlugin()],
-        components=Components(
-            security_schemes={
-                "support_key": SecurityScheme(
-                    type="http",
-                    scheme="bearer",
-                    description="A support key (recovery support-key create); role read or write",
-                ),
-                "session": SecurityScheme(
-                    type="http",
-                    scheme="bearer",
-                    description="The session_token returned by POST /api/login",
-                ),
-            }
-        ),
-    )
-
-
 def create_app(
     settings: Settings,
     *,
@@ -251,7 +220,9 @@ def create_app(
         on_startup=[start_dispatcher],
         on_shutdown=[stop_dispatcher, close_database],
         after_exception=[support.audit_refusal],
-        openapi_config=openapi_config(),
+        openapi_config=openapi_config(
+            RefinedJsonRenderPlugin(svc.recovery.policy, svc.engine.flows)
+        ),
         stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config,

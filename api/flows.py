@@ -31,31 +31,42 @@ MEDIA_TYPES = {
     "mermaid": "text/plain; charset=utf-8",
 }
 ALL_FORMATS = tuple(MEDIA_TYPES)
+# An attempt's diagram is for reading on screen: no PNG.
+ATTEMPT_FORMATS = ("svg", "dot", "mermaid")
 
 
-@dataclass
-class DiagramOperation(Operation):
-    """A diagram route's OpenAPI operation: its 200 answer lists every format's media type.
+def diagram_operation(formats: Sequence[str]) -> type[Operation]:
+    """The OpenAPI operation of a diagram route: its 200 answer lists each format's media type.
 
     Litestar documents one media type per route; a diagram answers in the one
-    the `format` parameter picks (SVG by default), so each is listed.
+    the `format` parameter picks (SVG by default), so each it serves is listed.
     """
 
-    def __post_init__(self) -> None:
-        ok = (self.responses or {}).get("200")
-        if isinstance(ok, OpenAPIResponse):
-            ok.content = {
-                media_type.split(";")[0]: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
-                for media_type in MEDIA_TYPES.values()
-            }
+    @dataclass
+    class DiagramOperation(Operation):
+        def __post_init__(self) -> None:
+            ok = (self.responses or {}).get("200")
+            if isinstance(ok, OpenAPIResponse):
+                ok.content = {
+                    MEDIA_TYPES[fmt].split(";")[0]: OpenAPIMediaType(
+                        schema=Schema(type=OpenAPIType.STRING)
+                    )
+                    for fmt in formats
+                }
+
+    return DiagramOperation
+
+
+def format_parameter(formats: Sequence[str]) -> Any:
+    """The `format` query parameter, its values listed in the schema."""
+    return QueryParameter(description=" | ".join(formats), schema_extra={"enum": list(formats)})
 
 
 def check_format(value: str, allowed: Sequence[str] = ALL_FORMATS) -> str:
-    """`value` if it is one of `allowed`, else `InvalidInput` (400)."""
-    fmt = value.strip().lower()
-    if fmt not in allowed:
+    """`value` if it is exactly one of `allowed`, else `InvalidInput` (400)."""
+    if value not in allowed:
         raise InvalidInput("format", f"format must be one of: {', '.join(allowed)}")
-    return fmt
+    return value
 
 
 async def render_diagram(
@@ -101,12 +112,12 @@ async def describe_flow(services: NamedDependency[Services], name: FromPath[str]
     summary="A flow's diagram",
     responses=documented(400, 404, 501, database=False),
     media_type="text/plain",
-    operation_class=DiagramOperation,
+    operation_class=diagram_operation(ALL_FORMATS),
 )
 async def flow_diagram(
     services: NamedDependency[Services],
     name: FromPath[str],
-    format: Annotated[str, QueryParameter(description="svg | png | dot | mermaid")] = "svg",
+    format: Annotated[str, format_parameter(ALL_FORMATS)] = "svg",
 ) -> Response[bytes]:
     spec = services.engine.flows.get(name)
     return await render_diagram(spec, check_format(format))

@@ -30,8 +30,6 @@ from litestar.stores.memory import MemoryStore
 from litestar.types import Send
 
 STORE_NAME = "rate_limit"
-# A route can opt out with opt={"no_rate_limit": True} (none does today).
-EXEMPT_OPT = "no_rate_limit"
 MAX_FORWARDED_HOPS = 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,7 +94,6 @@ def rate_limit_config(per_minute: int, trusted_proxies: Iterable[str]) -> RateLi
         rate_limit=("minute", per_minute),
         identifier_for_request=identify,
         check_throttle_handler=applies,
-        exclude_opt_key=EXEMPT_OPT,
         middleware_class=QuietRateLimitMiddleware,
         store=STORE_NAME,
     )

@@ -9,7 +9,7 @@ password hash, a link token's hash, or a support key.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -26,14 +26,6 @@ class _Strict(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 # -- errors ---------------------------------------------------------------
-
-
-class ErrorDetail(Struct, frozen=True):
-    """One specific problem (a field, a policy rule, ...)."""
-
-    code: str | None = None
-    field: str | None = None
-    message: str | None = None
 
 
 class ErrorInfo(Struct, frozen=True):
@@ -76,7 +68,7 @@ class Accepted(Struct, frozen=True):
 
 class Verified(Struct, frozen=True):
     attempt_id: str
-    state: str
+    state: Literal["link_opened"]
     expires_at: datetime | None
 
 
@@ -192,6 +184,7 @@ class AuditItem(Struct, frozen=True):
 
 class AuditPage(Struct, frozen=True):
     items: list[AuditItem]
+    next_cursor: str | None
 
 
 # -- flows and operations -------------------------------------------------

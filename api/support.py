@@ -23,7 +23,13 @@ from litestar.types import Scope
 
 from api.app import Services
 from api.errors import answer_for, documented
-from api.flows import DiagramOperation, check_format, render_diagram
+from api.flows import (
+    ATTEMPT_FORMATS,
+    check_format,
+    diagram_operation,
+    format_parameter,
+    render_diagram,
+)
 from api.logs import escape
 from api.schemas import (
     AttemptItem,
@@ -41,7 +47,7 @@ from api.schemas import (
     TimelineEntry,
 )
 from flows.recovery.identity import support_reference
-from flows.recovery.support import DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE
+from flows.recovery.support import DEFAULT_AUDIT_PAGE, DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE
 
 ROLE_OPT = "support_role"
 ROLE_RANK = {"read": 0, "write": 1}
@@ -150,15 +156,15 @@ async def attempt_detail(
     summary="The flow diagram with this attempt's state and path highlighted",
     responses=documented(400, 401, 403, 404, 501),
     media_type="text/plain",
-    operation_class=DiagramOperation,
+    operation_class=diagram_operation(ATTEMPT_FORMATS),
 )
 async def attempt_diagram(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
     attempt_id: AttemptId,
-    format: Annotated[str, QueryParameter(description="svg | dot | mermaid")] = "svg",
+    format: Annotated[str, format_parameter(ATTEMPT_FORMATS)] = "svg",
 ) -> Response[bytes]:
-    fmt = check_format(format, allowed=("svg", "dot", "mermaid"))
+    fmt = check_format(format, allowed=ATTEMPT_FORMATS)
     flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
     spec = services.engine.flows.get(flow)
     return await render_diagram(spec, fmt, current=current, path=path)
@@ -226,16 +232,19 @@ async def stats(
 @get(
     "/audit",
     opt=READ,
-    summary="Support queries and actions with the key's name, newest first",
+    summary="Support queries and actions with the key's name, newest first, a keyset page",
     responses=documented(400, 401, 403),
 )
 async def audit(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
-    limit: Annotated[int, QueryParameter(ge=1, le=MAX_AUDIT_PAGE)] = 100,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_AUDIT_PAGE)] = DEFAULT_AUDIT_PAGE,
+    cursor: Annotated[
+        str | None, QueryParameter(description="next_cursor of the previous page")
+    ] = None,
 ) -> AuditPage:
-    items = await services.support.audit(key_name(request), limit)
-    return AuditPage(items=[AuditItem(**i) for i in items])
+    page = await services.support.audit(key_name(request), limit, cursor)
+    return AuditPage(items=[AuditItem(**i) for i in page.items], next_cursor=page.next_cursor)
 
 
 router = Router(

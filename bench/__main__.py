@@ -19,6 +19,7 @@ from pathlib import Path
 from bench import findings
 from bench.env import BACKENDS, BenchEnv
 from bench.harness import Figure, Sizes, describe_machine, table, write_results
+from tests.support import tools
 
 HERE = Path(__file__).resolve().parent
 Section = Callable[[BenchEnv], list[Figure]]
@@ -57,7 +58,7 @@ def _enumeration(env: BenchEnv) -> list[Figure]:
 def _hashing(env: BenchEnv) -> list[Figure]:
     from bench import hashing
 
-    return [hashing.measure(env)]
+    return [hashing.measure(env), hashing.measure_dummy_verify(env)]
 
 
 def _dispatch(env: BenchEnv) -> list[Figure]:
@@ -65,6 +66,11 @@ def _dispatch(env: BenchEnv) -> list[Figure]:
 
     return dispatch.measure(env)
 
+
+# The programs each section needs beyond Python (names in tests/support/tools.py);
+# every section measures SQLite and PostgreSQL, so each needs the PostgreSQL server.
+NEEDS: dict[str, tuple[str, ...]] = {"http": ("wrk",)}
+ALWAYS = ("postgresql",)
 
 SECTIONS: dict[str, Section] = {
     "engine": _engine,
@@ -105,18 +111,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def missing_programs(names: Sequence[str]) -> str | None:
+    """One line saying what to install for these sections, or None when all is there."""
+    wanted = {tool for name in names for tool in (*ALWAYS, *NEEDS.get(name, ()))}
+    absent = tools.missing(wanted)
+    if not absent:
+        return None
+    what = ", ".join(tool.what for tool in absent)
+    command = tools.install_command(tool.package for tool in absent)
+    return f"python -m bench needs {what}: run {command} (or python3 scripts/test.py)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    names = args.only or list(SECTIONS)
+    absent = missing_programs(names)
+    if absent is not None:
+        print(absent, file=sys.stderr)
+        return 2
     sizes = Sizes.tiny() if args.quick else Sizes.full()
     out_dir: Path = args.out or (HERE / "out" if args.quick else HERE)
-    names = args.only or list(SECTIONS)
     started = time.perf_counter()
     figures: list[Figure] = []
     failures: dict[str, str] = {}
     with BenchEnv(sizes) as env:
         pg_version = env.postgresql_version()
-        if pg_version is None:
-            print("PostgreSQL server binaries not found: PostgreSQL figures are skipped")
         for name in names:
             section_started = time.perf_counter()
             print(f"== {name} ...", flush=True)

@@ -171,6 +171,45 @@ def measure(env: BenchEnv, *, argon2_nice: int | None = None) -> Figure:
     )
 
 
+def measure_dummy_verify(env: BenchEnv) -> Figure:
+    """`dummy_verify_vs_real_ratio`: what a sign-in for an unknown address costs, against a
+    wrong password for a real one (SPEC §4: an unknown account still costs one verification)."""
+    hasher = Argon2Hasher(1)
+    stored = hasher.hash_sync(PASSWORD)
+    rounds = 3 if env.sizes.quick else 15
+    real: list[float] = []
+    dummy: list[float] = []
+    ratios: list[float] = []
+    for _ in range(env.sizes.runs):
+        times = {"real": [], "dummy": []}  # type: dict[str, list[float]]
+        for _ in range(rounds):
+            started = time.perf_counter()
+            hasher.verify_sync(stored, "a wrong password")
+            times["real"].append((time.perf_counter() - started) * 1000.0)
+            started = time.perf_counter()
+            hasher._verify_blocking(hasher._dummy_hash, b"a wrong password")
+            times["dummy"].append((time.perf_counter() - started) * 1000.0)
+        real.append(percentile(times["real"], 50))
+        dummy.append(percentile(times["dummy"], 50))
+        ratios.append(dummy[-1] / real[-1])
+    return Figure(
+        name="dummy_verify_vs_real_ratio",
+        unit="x",
+        runs=ratios,
+        target=">= 0.9",
+        better="higher",
+        threshold=0.9,
+        floor=Floor("median real verification of a wrong password, production Argon2", "ms", real),
+        ratio_runs=ratios,
+        description=(
+            "Median time of the dummy verification a sign-in for an unknown address runs, over "
+            f"the median of a real one with a wrong password ({rounds} of each per run, "
+            "production Argon2: t=3, 64 MiB, p=4)."
+        ),
+        detail={"dummy verification median ms": dummy},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.hashing --nice N`: the figure as the product is, then with niced threads."""
     import argparse

@@ -839,8 +839,3 @@ def _require_positive(name: str, value: int | timedelta) -> None:
     """
     if value <= (timedelta(0) if isinstance(value, timedelta) else 0):
         raise ValueError(f"{name} must be positive, got {value!r}")
-
-
-def live_filter(spec: FlowSpec) -> Any:
-    """A WHERE clause matching attempts of `spec` that are not in a final state."""
-    return and_(attempt_t.c.flow == spec.name, attempt_t.c.state.not_in(spec.final_states))

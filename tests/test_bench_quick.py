@@ -31,6 +31,7 @@ SQLITE_FIGURES = {
     "enumeration_median_diff_ms",
     "enumeration_mannwhitney_p",
     "loop_p99_ms_while_hashing",
+    "dummy_verify_vs_real_ratio",
     "serve_peak_rss_mb",
 }
 POSTGRESQL_FIGURES = {

@@ -44,24 +44,59 @@ class UnknownToken(RecoveryError):
 
 
 class LinkDead(RecoveryError):
-    """The link existed but can no longer be used: expired, superseded, cancelled or used."""
+    """The link existed but can no longer be used; never raised itself.
+
+    Each way a link dies has its own class and stable code, so a client can
+    tell the person which it was (SPEC §3); `reason` names it for the pages.
+    """
 
     code = "link_dead"
+    reason = "dead"
 
-    def __init__(self, reason: str, reference: str | None = None) -> None:
-        super().__init__(f"this link can no longer be used ({reason})")
-        self.reason = reason
+    def __init__(self, reference: str | None = None) -> None:
+        super().__init__(f"this link can no longer be used ({self.reason})")
         # The attempt's support reference, so the page can show it.
         self.reference = reference
+
+
+class LinkExpired(LinkDead):
+    """The link ran past its deadline."""
+
+    code = "link_expired"
+    reason = "expired"
+
+
+class LinkSuperseded(LinkDead):
+    """A newer link was emailed for the same account (or the password changed since)."""
+
+    code = "link_superseded"
+    reason = "superseded"
+
+
+class LinkCancelled(LinkDead):
+    """The person ("this wasn't me") or support cancelled the attempt."""
+
+    code = "link_cancelled"
+    reason = "cancelled"
 
 
 class LinkUsed(LinkDead):
     """The link already set a password."""
 
     code = "link_used"
+    reason = "used"
 
-    def __init__(self, reference: str | None = None) -> None:
-        super().__init__("used", reference)
+
+class LinkRevoked(LinkDead):
+    """The link was withdrawn while its email was on its way (the password changed meanwhile)."""
+
+    code = "link_revoked"
+    reason = "revoked"
+
+
+DEAD_LINKS: dict[str, type[LinkDead]] = {
+    cls.reason: cls for cls in (LinkExpired, LinkSuperseded, LinkCancelled, LinkUsed, LinkRevoked)
+}
 
 
 class PolicyFailed(RecoveryError):

@@ -26,6 +26,7 @@ from engine.clock import as_utc
 from engine.core import AttemptRecord, attempt_t
 from flows.password_recovery import LIVE_STATES, NAME
 from flows.recovery.errors import (
+    DEAD_LINKS,
     AccountExists,
     InvalidInput,
     LinkDead,
@@ -563,11 +564,9 @@ def _token_live(row: dict[str, Any]) -> bool:
 
 
 def _dead_link(state: str, row: dict[str, Any]) -> LinkDead:
-    reference = support_reference(row["attempt_id"])
-    if state in ("password_set", "logged_in") or row["used_at"] is not None:
-        return LinkUsed(reference)
-    reason = DEAD_REASONS.get(state, "revoked" if row["revoked_at"] else state)
-    return LinkDead(reason, reference)
+    """Why the token's link no longer works, from its attempt's state and the token row."""
+    reason = "used" if row["used_at"] is not None else DEAD_REASONS.get(state, "revoked")
+    return DEAD_LINKS[reason](support_reference(row["attempt_id"]))
 
 
 def _parse_time(value: Any) -> datetime | None:

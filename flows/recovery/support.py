@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine import Engine, EngineError
 from engine.clock import as_utc
-from engine.core import AttemptRecord, EventRecord, attempt_t, event_t, parse_attempt_id
+from engine.core import AttemptRecord, EventRecord, attempt_t, event_t
 from engine.diagrams import path_of
 from flows.password_recovery import NAME
 from flows.recovery.errors import InvalidInput, RecoveryError
@@ -58,6 +58,7 @@ MAX_KEY_CHARS = 200
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 MAX_AUDIT_PAGE = 500
+DEFAULT_AUDIT_PAGE = 100
 DEFAULT_STATS_WINDOW = timedelta(days=7)
 FUNNEL = ("requested", "emailed", "link_opened", "password_set", "logged_in")
 DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed", "none")
@@ -99,20 +100,37 @@ def _iso(value: datetime | None) -> str | None:
 # -- cursors ---------------------------------------------------------------
 
 
-def encode_cursor(created_at: datetime, attempt_id: uuid.UUID) -> str:
-    """An opaque keyset cursor: the last item's (created_at, id)."""
-    raw = json.dumps([as_utc(created_at).isoformat(), attempt_id.hex], separators=(",", ":"))
+def encode_cursor(at: datetime, key: uuid.UUID | int) -> str:
+    """An opaque keyset cursor: the last item's time and id (an attempt's UUID or a row number)."""
+    ident = key.hex if isinstance(key, uuid.UUID) else str(int(key))
+    raw = json.dumps([as_utc(at).isoformat(), ident], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The (created_at, id) inside a cursor, or `InvalidInput`."""
+def _cursor_parts(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created, ident = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        return as_utc(datetime.fromisoformat(created)), uuid.UUID(hex=ident)
+        at, ident = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        return as_utc(datetime.fromisoformat(at)), str(ident)
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         raise InvalidInput("cursor", "the cursor is not one this service gave out") from None
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, attempt id) inside a cursor of the attempt list, or `InvalidInput`."""
+    at, ident = _cursor_parts(cursor)
+    try:
+        return at, uuid.UUID(hex=ident)
+    except ValueError:
+        raise InvalidInput("cursor", "the cursor is not one this service gave out") from None
+
+
+def decode_row_cursor(cursor: str) -> tuple[datetime, int]:
+    """The (time, row number) inside a cursor of a list of numbered rows, or `InvalidInput`."""
+    at, ident = _cursor_parts(cursor)
+    if not ident.isdecimal():
+        raise InvalidInput("cursor", "the cursor is not one this service gave out")
+    return at, int(ident)
 
 
 class SupportService:
@@ -490,16 +508,23 @@ class SupportService:
 
     # -- the audit log ---------------------------------------------------------------
 
-    def audit_sync(self, key_name: str, limit: int = 100) -> list[dict[str, Any]]:
-        """Support queries and actions, newest first (this query included)."""
+    def audit_sync(
+        self, key_name: str, limit: int = DEFAULT_AUDIT_PAGE, cursor: str | None = None
+    ) -> Page:
+        """Support queries and actions, newest first (this query included), a keyset page."""
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise InvalidInput("limit", f"limit must be between 1 and {MAX_AUDIT_PAGE}")
-        self._audit(key_name, "audit", None, {"limit": limit, "outcome": "ok"})
+        after = decode_row_cursor(cursor) if cursor is not None else None
+        detail = {"limit": limit, "paged": True} if after else {"limit": limit}
+        self._audit(key_name, "audit", None, {**detail, "outcome": "ok"})
+        query = select(audit_t).order_by(audit_t.c.at.desc(), audit_t.c.id.desc()).limit(limit + 1)
+        if after is not None:
+            query = query.where(tuple_(audit_t.c.at, audit_t.c.id) < after)
         with self.db.transaction(write=False) as conn:
-            rows = conn.execute(
-                select(audit_t).order_by(audit_t.c.at.desc(), audit_t.c.id.desc()).limit(limit)
-            ).all()
-        return [
+            rows = conn.execute(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
             {
                 "id": r.id,
                 "key_name": r.key_name,
@@ -510,16 +535,13 @@ class SupportService:
             }
             for r in rows
         ]
+        next_cursor = encode_cursor(rows[-1].at, rows[-1].id) if more else None
+        return Page(items, next_cursor)
 
-    async def audit(self, key_name: str, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._run(self.audit_sync, key_name, limit)
-
-    # -- support's view of an attempt id ---------------------------------------------
-
-    @staticmethod
-    def parse_id(value: str) -> uuid.UUID:
-        """An attempt id from a URL, or `InvalidAttemptId` (400)."""
-        return parse_attempt_id(value)
+    async def audit(
+        self, key_name: str, limit: int = DEFAULT_AUDIT_PAGE, cursor: str | None = None
+    ) -> Page:
+        return await self._run(self.audit_sync, key_name, limit, cursor)
 
 
 def _text(value: object) -> str | None:

@@ -87,7 +87,7 @@ def test_diagrams_come_in_mermaid_dot_svg_and_png(client: TestClient) -> None:
     svg = client.get(DIAGRAM)  # svg is the default
     assert (svg.status_code, svg.headers["content-type"]) == (200, "image/svg+xml")
     assert b"<svg" in svg.content and b"link_opened" in svg.content
-    png = client.get(DIAGRAM, params={"format": "PNG"})
+    png = client.get(DIAGRAM, params={"format": "png"})
     assert (png.status_code, png.headers["content-type"]) == (200, "image/png")
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
 
@@ -95,8 +95,9 @@ def test_diagrams_come_in_mermaid_dot_svg_and_png(client: TestClient) -> None:
 def test_unknown_flows_are_404_and_unknown_formats_400(client: TestClient) -> None:
     assert_error(client.get("/api/flows/nope"), 404, "unknown_flow")
     assert_error(client.get("/api/flows/nope/diagram?format=mermaid"), 404, "unknown_flow")
-    error = assert_error(client.get(f"{DIAGRAM}?format=gif"), 400, "invalid_input")
-    assert error["details"][0]["field"] == "format"
+    for bad in ("gif", "PNG", " svg"):
+        error = assert_error(client.get(DIAGRAM, params={"format": bad}), 400, "invalid_input")
+        assert error["details"][0]["field"] == "format"
 
 
 def test_svg_and_png_without_graphviz_are_a_clear_501_and_text_formats_still_work(

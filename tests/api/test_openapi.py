@@ -120,3 +120,78 @@ def test_request_and_answer_bodies_are_described(document: dict[str, Any]) -> No
     assert {"timeline", "allowed_events", "delivery", "email_masked"} <= set(
         schemas[ref]["properties"]
     )
+
+
+def test_each_diagram_route_documents_exactly_the_formats_it_serves(
+    document: dict[str, Any],
+) -> None:
+    """The attempt diagram serves SVG, DOT and Mermaid (no PNG), the flow diagram all four; both
+    list their formats as the `format` parameter's values."""
+    operations = _operations(document)
+    expected = {
+        "/api/support/attempts/{attempt_id}/diagram": (
+            ["svg", "dot", "mermaid"],
+            {"image/svg+xml", "text/vnd.graphviz", "text/plain"},
+        ),
+        "/api/flows/{name}/diagram": (
+            ["svg", "png", "dot", "mermaid"],
+            {"image/svg+xml", "image/png", "text/vnd.graphviz", "text/plain"},
+        ),
+    }
+    for path, (formats, media_types) in expected.items():
+        operation = operations[("get", path)]
+        assert set(operation["responses"]["200"]["content"]) == media_types, path
+        [parameter] = [p for p in operation["parameters"] if p["name"] == "format"]
+        assert parameter["schema"]["enum"] == formats, path
+
+
+@pytest.mark.parametrize(("profile", "minimum"), [("classic", 12), ("nist", 15)])
+def test_the_password_field_follows_the_configured_policy(
+    tmp_path: Path, profile: str, minimum: int
+) -> None:
+    """The new password's documented length is the configured profile's (12 or 15 to 128)."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'p.db'}", password_policy=profile)
+    with TestClient(create_app(settings, hasher=Argon2Hasher.for_tests())) as client:
+        schemas = client.get("/schema/openapi.json").json()["components"]["schemas"]
+    password = schemas["PasswordBody"]["properties"]["password"]
+    assert (password["minLength"], password["maxLength"]) == (minimum, 128)
+    assert f"{minimum} to 128 characters" in password["description"]
+    assert schemas["PasswordBody"]["properties"]["password_confirm"]["maxLength"] == 128
+
+
+def test_state_fields_list_the_states_of_the_flows(document: dict[str, Any]) -> None:
+    """Every field holding a state, and the support list's state filter, enumerates them."""
+    states = {
+        "requested", "emailed", "link_opened", "password_set", "logged_in", "expired",
+        "cancelled", "superseded", "unknown_account", "throttled", "undeliverable",
+    }  # fmt: skip
+    schemas = document["components"]["schemas"]
+    for component, prop in (
+        ("AttemptItem", "state"),
+        ("SupportAttempt", "state"),
+        ("StateAnswer", "state"),
+        ("ResendAnswer", "state"),
+    ):
+        assert set(schemas[component]["properties"][prop]["enum"]) == states, component
+    for prop in ("from", "to"):
+        assert set(schemas["TimelineEntry"]["properties"][prop]["enum"]) == states | {None}
+    assert schemas["Verified"]["properties"]["state"]["const"] == "link_opened"
+    [state] = [
+        p
+        for p in _operations(document)[("get", "/api/support/attempts")]["parameters"]
+        if p["name"] == "state"
+    ]
+    assert set(state["schema"]["enum"]) == states | {None}
+
+
+def test_retry_after_is_declared_wherever_it_is_sent(document: dict[str, Any]) -> None:
+    """Every documented 429 (rate limit, login slow-down) and 503 (database outage) declares
+    the Retry-After header it carries."""
+    seen = 0
+    for key, operation in _operations(document).items():
+        for status in ("429", "503"):
+            if status in operation["responses"]:
+                seen += 1
+                headers = operation["responses"][status].get("headers", {})
+                assert headers["Retry-After"]["schema"]["type"] == "integer", (key, status)
+    assert seen >= 20

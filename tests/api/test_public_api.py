@@ -288,7 +288,7 @@ def test_a_link_is_live_at_the_deadline_and_410_expired_one_second_later(api: Ap
         assert api.client.post("/api/recovery/verify", json={"token": token}).status_code == 200
         clock.tick(1)
         error = assert_error(
-            api.client.post("/api/recovery/verify", json={"token": token}), 410, "link_dead"
+            api.client.post("/api/recovery/verify", json={"token": token}), 410, "link_expired"
         )
         assert error["details"] == [{"reason": "expired"}]
         assert_error(api.client.post("/api/recovery/password", json=_password_body(token)), 410)
@@ -314,6 +314,46 @@ def test_this_was_not_me_cancels_and_the_link_is_then_410(api: Api) -> None:
     assert error["details"] == [{"reason": "cancelled"}]
     assert_error(api.client.post("/api/recovery/password", json=_password_body(token)), 410)
     assert_error(api.client.post("/api/recovery/cancel", json={"token": token}), 410)
+
+
+def _dead_token(api: Api, how: str) -> str:
+    """A link token killed the way `how` says (expired, superseded, cancelled, used)."""
+    api.account()
+    if how == "expired":
+        with freeze_time(T0, real_asyncio=True) as clock:
+            token = api.link_token()
+            clock.tick(timedelta(minutes=60, seconds=1))
+            api.services.engine.sweep_sync()
+        return token
+    token = api.link_token()
+    if how == "superseded":
+        with freeze_time(datetime.now(UTC) + timedelta(seconds=61), real_asyncio=True):
+            api.link_token()
+    elif how == "cancelled":
+        assert api.client.post("/api/recovery/cancel", json={"token": token}).status_code == 200
+    else:
+        assert (
+            api.client.post("/api/recovery/password", json=_password_body(token)).status_code == 200
+        )
+    return token
+
+
+@pytest.mark.parametrize("how", ["expired", "superseded", "cancelled", "used"])
+def test_each_way_a_link_dies_has_its_own_code_on_every_endpoint_that_takes_a_token(
+    api: Api, how: str
+) -> None:
+    """verify, password and cancel all name why the link is dead: 410 link_<how>, bar a used link
+    on the password endpoint (409, someone submitted first)."""
+    token = _dead_token(api, how)
+    code = f"link_{how}"
+    for path, body in (
+        ("/api/recovery/verify", {"token": token}),
+        ("/api/recovery/password", _password_body(token, "Another-Fine-Pass-2031!")),
+        ("/api/recovery/cancel", {"token": token}),
+    ):
+        status = 409 if (how, path) == ("used", "/api/recovery/password") else 410
+        error = assert_error(api.client.post(path, json=body), status, code)
+        assert error["details"] == [{"reason": how}]
 
 
 def test_the_link_that_changed_the_password_is_used_up_for_every_route(api: Api) -> None:

@@ -425,6 +425,33 @@ def test_every_support_query_and_action_is_audited_with_the_keys_name(api: Api) 
     assert items[-1]["detail"]["state"] == "requested"
 
 
+def test_the_audit_log_pages_by_keyset_cursor_like_every_other_list(api: Api) -> None:
+    """`/api/support/audit` answers {"items", "next_cursor"}; following the cursors walks every
+    entry once, newest first, and the last page's cursor is null."""
+    reader = api.support_headers("read", name="reader-eve")
+    for _ in range(5):
+        api.client.get("/api/support/stats", headers=reader)
+    first = api.client.get("/api/support/audit?limit=3", headers=reader)
+    assert first.status_code == 200
+    body = first.json()
+    assert set(body) == {"items", "next_cursor"}
+    seen = [i["id"] for i in body["items"]]
+    cursor = body["next_cursor"]
+    while cursor is not None:
+        page = api.client.get(
+            "/api/support/audit", params={"limit": 3, "cursor": cursor}, headers=reader
+        ).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+    # 5 stats and the first page's own entry; later pages' own entries are newer than the cursor.
+    assert len(seen) == len(set(seen)) == 6
+    assert seen == sorted(seen, reverse=True)
+    for bad in ("nonsense", "W1siMjAyNiJdXQ"):
+        assert_error(
+            api.client.get("/api/support/audit", params={"cursor": bad}, headers=reader), 400
+        )
+
+
 def test_stats_count_states_and_the_funnel_with_conversion_and_median_times(api: Api) -> None:
     reader = api.support_headers("read")
     for address in ("a@example.com", "b@example.com", "d@example.com"):

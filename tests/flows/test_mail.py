@@ -6,7 +6,6 @@ import asyncio
 import email
 import email.policy
 import socket
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -88,11 +87,9 @@ async def test_smtp_5xx_is_permanent(smtp_sink: SmtpSink, stage: str) -> None:
 
 
 async def test_smtp_hung_server_times_out_as_temporary(silent_server: int) -> None:
-    """A server that never greets costs the timeout, then a temporary error."""
-    started = time.perf_counter()
-    with pytest.raises(TemporaryMailError):
+    """A server that never greets is given up at the timeout, as a temporary error."""
+    with pytest.raises(TemporaryMailError, match="Timeout"):
         await SmtpTransport(f"smtp://127.0.0.1:{silent_server}", timeout=0.3).send(message())
-    assert time.perf_counter() - started < 3
 
 
 # Plain-TCP AUTH is what the loopback sink offers; aiosmtpd warns about it.
