@@ -20,7 +20,7 @@ from engine.errors import (
     UnknownEvent,
     UnknownFlow,
 )
-from engine.flow import Deadline, FlowRegistry, FlowSpec
+from engine.flow import Deadline, Exclusive, FlowRegistry, FlowSpec, Job, OutboxHandler
 from engine.models import Attempt, AttemptEvent, Outbox
 
 __all__ = [
@@ -33,13 +33,16 @@ __all__ = [
     "Engine",
     "EngineError",
     "EventRefused",
+    "Exclusive",
     "Fired",
     "FlowRegistry",
     "FlowSpec",
     "GraphvizMissing",
     "InvalidAttemptId",
+    "Job",
     "NotFound",
     "Outbox",
+    "OutboxHandler",
     "StoredStateInvalid",
     "SystemClock",
     "Transaction",

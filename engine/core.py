@@ -7,13 +7,19 @@ the caller's thread (the command line, the worker, the sweep).
 Firing an event:
 1. the caller gathers the facts the flow's guards need (`params`);
 2. the engine loads the attempt, applies an overdue deadline first, and lets
-   a fresh machine bound to a copy of the row decide;
+   a fresh machine bound to a copy of the row decide; the transition's
+   callbacks (its effects) run inside the same database transaction and get
+   it as the `tx` keyword (`Transaction`: the connection, the time, the
+   outbox, other attempts);
 3. an accepted transition updates the row only if its `version` is still the
-   one read (optimistic lock) and appends its event row; the caller's
-   `in_tx` hook then runs inside the same transaction (and may queue outbox
-   work that runs after commit);
+   one read (optimistic lock) and appends its event row; entering a live
+   state of an exclusive group ends the subject's other live attempts of
+   that group in the same transaction;
 4. a refused event (wrong state, failed guard) appends a refused event row and
    changes nothing else.
+
+Reading the tables is also the engine's: `engine.queries` holds the lists,
+counts and event-log windows everything above it uses.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,7 +49,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
 from statemachine.exceptions import TransitionNotAllowed
 
-from engine.clock import Clock, SystemClock
+from engine.clock import Clock, SystemClock, as_utc
 from engine.db import Database
 from engine.errors import (
     ConflictError,
@@ -54,6 +60,7 @@ from engine.errors import (
 )
 from engine.flow import FlowRegistry, FlowSpec
 from engine.models import Attempt, AttemptEvent, Outbox
+from engine.queries import Queries
 
 attempt_t = Attempt.__table__
 event_t = AttemptEvent.__table__
@@ -117,6 +124,8 @@ _LOG_RETURNING = insert(event_t).values(seq=_NEXT_SEQ, **_EVENT_VALUES).returnin
 _SELECT_NEXT_SEQ = select(_NEXT_SEQ)
 _LOG = insert(event_t).values(seq=_bind(event_t.c.seq, "b_seq"), **_EVENT_VALUES)
 START_EVENT = "start"
+# First key of the PostgreSQL advisory locks taken per (exclusive group, subject).
+ADVISORY_LOCK_CLASS = 0x656E6467  # "endg"
 
 
 # The canonical spelling only. `uuid.UUID()` alone also takes braces, "urn:uuid:",
@@ -187,13 +196,22 @@ class Fired:
 
 @dataclass
 class Transaction:
-    """What an `in_tx` hook sees: the open connection, the clock's now, and the outbox."""
+    """What a transition's effects (and an `in_tx` hook) see: the open connection, the
+    clock's now, the attempt as it was before the transition, and the outbox.
+
+    Effects may write other tables through `conn`, merge facts into the
+    attempt's data (`data`), queue work to run after the commit (`enqueue`),
+    fire events at other attempts (`fire`) and end the subject's other live
+    journeys (`end_journeys`); all of it commits, or rolls back, with the
+    transition.
+    """
 
     conn: Connection
     now: datetime
     attempt: AttemptRecord
     previous_state: str
     engine: Engine
+    data: dict[str, Any] = field(default_factory=dict)
 
     def fire(
         self,
@@ -233,6 +251,19 @@ class Transaction:
             )
         )
 
+    def end_journeys(
+        self, subject: str | None = None, *, detail: Mapping[str, Any], group: str | None = None
+    ) -> list[uuid.UUID]:
+        """End every live attempt of `subject` (this attempt's by default) in an exclusive
+        group (this flow's by default), this attempt excepted; the ids ended."""
+        spec = self.engine._spec_for(self.attempt)
+        name = group or (spec.exclusive.group if spec.exclusive else None)
+        if name is None:
+            return []
+        return self.engine._end_live(
+            self.conn, name, subject or self.attempt.subject, self.attempt.id, detail
+        )
+
 
 InTx = Callable[[Transaction], None]
 
@@ -257,6 +288,13 @@ class _Outcome:
     refused: EventRefused | None = None
 
 
+def deadline_detail(deadline_at: datetime | None) -> dict[str, Any]:
+    """What an applied deadline records, whether a read or the sweep applied it."""
+    if deadline_at is None:
+        return {}
+    return {"deadline_at": as_utc(deadline_at).isoformat(timespec="microseconds")}
+
+
 class Engine:
     """Runs registered flows against one database through one clock."""
 
@@ -266,6 +304,7 @@ class Engine:
         self.db = db
         self.flows = flows if isinstance(flows, FlowRegistry) else FlowRegistry(flows)
         self.clock = clock or SystemClock()
+        self.queries = Queries(self)
 
     # -- async surface -------------------------------------------------
 
@@ -300,41 +339,43 @@ class Engine:
         detail: Mapping[str, Any] | None = None,
         attempt_id: uuid.UUID | None = None,
     ) -> AttemptRecord:
-        """Create an attempt in its flow's initial state, with its creation logged."""
+        """Create an attempt in its flow's initial state (newest version), creation logged."""
         spec = self.flows.get(flow)
         now = self.clock.now()
-        state = spec.initial_state
-        deadline = spec.deadlines.get(state)
-        values = {
-            "id": attempt_id or uuid.uuid4(),
-            "flow": spec.name,
-            "flow_version": spec.version,
-            "state": state,
-            "version": 1,
-            "created_at": now,
-            "updated_at": now,
-            "deadline_at": now + deadline.after if deadline else None,
-            "lease_until": None,
-            "subject": subject,
-            "locale": locale,
-            "data": dict(data or {}),
-        }
+        record = AttemptRecord(
+            id=attempt_id or uuid.uuid4(),
+            flow=spec.name,
+            flow_version=spec.version,
+            state=spec.initial_state,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            deadline_at=None,
+            lease_until=None,
+            subject=subject,
+            locale=locale,
+            data=dict(data or {}),
+        )
+        deadline = spec.deadlines.get(record.state)
+        if deadline is not None:
+            record = replace(record, deadline_at=now + deadline.duration(record))
+        values = {**record.__dict__, "data": dict(record.data)}
         with self.db.transaction() as conn:
             conn.execute(insert(attempt_t).values(**values))
             conn.execute(
                 insert(event_t).values(
-                    attempt_id=values["id"],
+                    attempt_id=record.id,
                     seq=1,
                     event=START_EVENT,
                     from_state=None,
-                    to_state=state,
+                    to_state=record.state,
                     actor=actor,
                     at=now,
                     accepted=True,
                     detail=dict(detail or {}),
                 )
             )
-        return AttemptRecord(**values)
+        return record
 
     # -- firing --------------------------------------------------------
 
@@ -350,7 +391,13 @@ class Engine:
         in_tx: InTx | None = None,
         expected_version: int | None = None,
     ) -> Fired:
-        """Fire `event` on an attempt; raise `EventRefused` (after recording it) if not allowed."""
+        """Fire `event` on an attempt; raise `EventRefused` (after recording it) if not allowed.
+
+        `params` reach the flow's guards and effects by name; `data` is merged
+        into the attempt's data; `in_tx` runs after the transition, in its
+        transaction; `expected_version` makes the fire a conflict if the
+        attempt changed since the caller read it.
+        """
         attempt_id = parse_attempt_id(attempt_id)
         try:
             with self.db.transaction() as conn:
@@ -397,20 +444,9 @@ class Engine:
             if event != deadline.event:
                 expired_at = record.deadline_at
                 record = self._apply_deadline(conn, spec, record, now).attempt
-        model = _Model(
-            id=record.id,
-            state=record.state,
-            subject=record.subject,
-            locale=record.locale,
-            created_at=record.created_at,
-            deadline_at=record.deadline_at,
-            now=now,
-            data=dict(record.data),
-        )
-        machine = spec.machine(model=model, state_field="state")
-        try:
-            machine.send(event, **params)
-        except TransitionNotAllowed:
+        tx = Transaction(conn, now, record, record.state, self)
+        target = self._decide(spec, record, event, now, {**params, "tx": tx})
+        if target is None:
             reason = "guard_failed" if event in spec.events_from(record.state) else "wrong_state"
             if expired_at is not None:
                 reason = "expired"
@@ -429,13 +465,40 @@ class Engine:
             return _Outcome(
                 refused=EventRefused(record.id, event, record.state, reason, expired_at)
             )
-        new_data = {**model.data, **(data or {})}
+        new_data = {**record.data, **tx.data, **(data or {})}
         fired = self._commit_transition(
-            conn, spec, record, event, model.state, actor, now, dict(detail), new_data
+            conn, spec, record, event, target, actor, now, dict(detail), new_data
         )
         if in_tx is not None:
             in_tx(Transaction(conn, now, fired.attempt, record.state, self))
         return _Outcome(fired=fired)
+
+    def _decide(
+        self,
+        spec: FlowSpec,
+        record: AttemptRecord,
+        event: str,
+        now: datetime,
+        params: Mapping[str, Any],
+    ) -> str | None:
+        """Let a machine on a copy of the row take the event (its effects run now, in the
+        transaction); the state it reached, or None if it refused."""
+        model = _Model(
+            id=record.id,
+            state=record.state,
+            subject=record.subject,
+            locale=record.locale,
+            created_at=record.created_at,
+            deadline_at=record.deadline_at,
+            now=now,
+            data=dict(record.data),
+        )
+        machine = spec.machine(model=model, state_field="state")
+        try:
+            machine.send(event, **params)
+        except TransitionNotAllowed:
+            return None
+        return model.state
 
     def _commit_transition(
         self,
@@ -449,20 +512,29 @@ class Engine:
         detail: dict[str, Any],
         data: dict[str, Any],
     ) -> Fired:
+        after = replace(
+            record,
+            state=target,
+            version=record.version + 1,
+            updated_at=now,
+            lease_until=None,
+            data=data,
+        )
         deadline = spec.deadlines.get(target)
         if deadline is None:
             deadline_at = None
         elif not deadline.restart and record.deadline_at is not None:
             deadline_at = record.deadline_at
         else:
-            deadline_at = now + deadline.after
+            deadline_at = now + deadline.duration(after)
+        after = replace(after, deadline_at=deadline_at)
         result = conn.execute(
             _TRANSITION,
             {
                 "b_id": record.id,
                 "b_version": record.version,
                 "b_state": target,
-                "b_new_version": record.version + 1,
+                "b_new_version": after.version,
                 "b_now": now,
                 "b_deadline_at": deadline_at,
                 "b_data": data,
@@ -471,24 +543,65 @@ class Engine:
         if result.rowcount != 1:
             raise ConflictError(record.id, event)
         logged = self._log(conn, record.id, event, record.state, target, actor, now, True, detail)
-        after = AttemptRecord(
-            **{
-                **record.__dict__,
-                "state": target,
-                "version": record.version + 1,
-                "updated_at": now,
-                "deadline_at": deadline_at,
-                "lease_until": None,
-                "data": data,
-            }
-        )
+        live = spec.live_states
+        if spec.exclusive is not None and target in live and record.state not in live:
+            # One live journey per subject in the group: the older ones end now.
+            self._end_live(
+                conn,
+                spec.exclusive.group,
+                record.subject,
+                record.id,
+                {"superseded_by": str(record.id)},
+            )
         return Fired(after, logged, record.state)
+
+    def _end_live(
+        self,
+        conn: Connection,
+        group: str,
+        subject: str,
+        keep: uuid.UUID,
+        detail: Mapping[str, Any],
+    ) -> list[uuid.UUID]:
+        """Send each live attempt of `subject` in `group` (but `keep`) its flow's end event."""
+        if not self.db.is_sqlite:
+            # Two transactions making two attempts of one subject live at once must
+            # still leave exactly one: the second waits here, then (READ COMMITTED)
+            # sees the first as live and ends it. An advisory lock, not a row lock:
+            # whoever ends journeys locks attempts in no fixed order.
+            conn.execute(
+                select(
+                    func.pg_advisory_xact_lock(
+                        ADVISORY_LOCK_CLASS, func.hashtext(literal(f"{group}\x1f{subject}"))
+                    )
+                )
+            )
+        ended = []
+        for other in self.queries.live_in(conn, group, subject, exclude=keep):
+            spec = self.flows.get(other.flow, other.flow_version)
+            assert spec.exclusive is not None
+            outcome = self._fire_in(
+                conn,
+                other.id,
+                spec.exclusive.end_event,
+                actor=SYSTEM,
+                params={},
+                detail=dict(detail),
+                data=None,
+                in_tx=None,
+                expected_version=None,
+            )
+            if outcome.fired is not None:
+                ended.append(other.id)
+        return ended
 
     def _apply_deadline(
         self, conn: Connection, spec: FlowSpec, record: AttemptRecord, now: datetime
     ) -> Fired:
+        """Fire the state's deadline event, effects and all (the transition is unguarded)."""
         deadline = spec.deadlines[record.state]
-        target = spec.target_of(record.state, deadline.event)
+        tx = Transaction(conn, now, record, record.state, self)
+        target = self._decide(spec, record, deadline.event, now, {"tx": tx})
         assert target is not None  # FlowSpec checks this at definition time
         return self._commit_transition(
             conn,
@@ -498,8 +611,8 @@ class Engine:
             target,
             SYSTEM,
             now,
-            {"deadline_at": record.deadline_at.isoformat() if record.deadline_at else None},
-            dict(record.data),
+            deadline_detail(record.deadline_at),
+            {**record.data, **tx.data},
         )
 
     def _log(
@@ -544,10 +657,15 @@ class Engine:
         return AttemptRecord.from_row(row)
 
     def _spec_for(self, record: AttemptRecord) -> FlowSpec:
-        spec = self.flows.get(record.flow)
+        """The flow version the attempt started on (an attempt never changes version)."""
+        spec = self.flows.get(record.flow, record.flow_version)
         if record.state not in spec.states:
             raise StoredStateInvalid(record.id, record.flow, record.state)
         return spec
+
+    def spec_of(self, record: AttemptRecord) -> FlowSpec:
+        """The flow version an attempt runs on."""
+        return self._spec_for(record)
 
     def _overdue(self, record: AttemptRecord, now: datetime) -> bool:
         return record.deadline_at is not None and record.deadline_at < now
@@ -587,34 +705,73 @@ class Engine:
     # -- deadlines in bulk ---------------------------------------------
 
     def sweep_sync(self, batch_size: int = 5000) -> int:
-        """Apply every overdue deadline, set-based, one batch per transaction."""
+        """Apply every overdue deadline, one batch per transaction.
+
+        A deadline transition that runs effects, or enters a state whose own
+        deadline depends on the attempt or that is live in an exclusive group,
+        is applied attempt by attempt, exactly as a read would; the others are
+        applied set-based, wholly in the database. Both record the same detail.
+        """
         _require_positive("batch_size", batch_size)
         total = 0
-        for spec in self.flows:
+        for spec in self.flows.all_versions():
             for state, deadline in spec.deadlines.items():
                 target = spec.target_of(state, deadline.event)
                 assert target is not None
                 if not self._anything_overdue(spec, state):
                     continue  # a read on the live index, not a write transaction
+                next_deadline = spec.deadlines.get(target)
+                one_by_one = (
+                    bool(spec.effects_of(state, deadline.event))
+                    or (next_deadline is not None and next_deadline.fixed is None)
+                    or target in spec.live_states
+                )
                 while True:
-                    moved = self._sweep_batch(spec, state, target, deadline.event, batch_size)
+                    if one_by_one:
+                        moved = self._sweep_each(spec, state, batch_size)
+                    else:
+                        moved = self._sweep_batch(spec, state, target, deadline.event, batch_size)
                     total += moved
                     if moved < batch_size:
                         break
         return total
 
+    def _overdue_clause(self, spec: FlowSpec, state: str, now: datetime) -> Any:
+        return and_(
+            attempt_t.c.flow == spec.name,
+            attempt_t.c.flow_version == spec.version,
+            attempt_t.c.state == state,
+            attempt_t.c.deadline_at < now,
+        )
+
     def _anything_overdue(self, spec: FlowSpec, state: str) -> bool:
         with self.db.transaction(write=False) as conn:
             found = conn.execute(
                 select(attempt_t.c.id)
-                .where(
-                    attempt_t.c.flow == spec.name,
-                    attempt_t.c.state == state,
-                    attempt_t.c.deadline_at < self.clock.now(),
-                )
+                .where(self._overdue_clause(spec, state, self.clock.now()))
                 .limit(1)
             ).first()
         return found is not None
+
+    def _sweep_each(self, spec: FlowSpec, state: str, batch_size: int) -> int:
+        """Apply up to `batch_size` overdue deadlines one attempt at a time, in one transaction."""
+        now = self.clock.now()
+        pick = (
+            select(attempt_t.c.id)
+            .where(self._overdue_clause(spec, state, now))
+            .order_by(attempt_t.c.deadline_at)
+            .limit(batch_size)
+        )
+        if not self.db.is_sqlite:
+            pick = pick.with_for_update(skip_locked=True)
+        with self.db.transaction() as conn:
+            moved = 0
+            for attempt_id in list(conn.execute(pick).scalars()):
+                record = self._load(conn, attempt_id)
+                if record.state == state and self._overdue(record, now):
+                    self._apply_deadline(conn, spec, record, now)
+                    moved += 1
+        return moved
 
     def _sweep_batch(
         self, spec: FlowSpec, state: str, target: str, event: str, batch_size: int
@@ -628,20 +785,18 @@ class Engine:
         """
         now = self.clock.now()
         new_deadline = spec.deadlines.get(target)
-        overdue = and_(
-            attempt_t.c.flow == spec.name,
-            attempt_t.c.state == state,
-            attempt_t.c.deadline_at < now,
-        )
+        overdue = self._overdue_clause(spec, state, now)
         moved_values = {
             "state": target,
             "version": attempt_t.c.version + 1,
             "updated_at": now,
-            "deadline_at": now + new_deadline.after if new_deadline else None,
+            "deadline_at": now + new_deadline.fixed
+            if new_deadline and new_deadline.fixed
+            else None,
             "lease_until": None,
         }
 
-        def expire_rows(attempt_id: Any) -> Select[Any]:
+        def expire_rows(attempt_id: Any, deadline_at: Any) -> Select[Any]:
             seq = (
                 select(func.coalesce(func.max(event_t.c.seq), 0) + 1)
                 .where(event_t.c.attempt_id == attempt_id)
@@ -656,7 +811,7 @@ class Engine:
                 literal(SYSTEM),
                 literal(now, type_=event_t.c.at.type),
                 literal(True),
-                literal({"sweep": True}, type_=event_t.c.detail.type),
+                self._deadline_detail_sql(deadline_at),
             )
 
         with self.db.transaction() as conn:
@@ -673,16 +828,18 @@ class Engine:
                 )
                 logged = conn.execute(
                     insert(event_t).from_select(
-                        _EVENT_COLUMNS, expire_rows(attempt_t.c.id).where(rowid.in_(pick))
+                        _EVENT_COLUMNS,
+                        expire_rows(attempt_t.c.id, attempt_t.c.deadline_at).where(rowid.in_(pick)),
                     )
                 ).rowcount
                 if logged:
                     conn.execute(update(attempt_t).where(rowid.in_(pick)).values(moved_values))
                 return logged
             # PostgreSQL: one statement. Rows another transaction holds are skipped,
-            # not waited for; the UPDATE's RETURNING feeds the event rows.
+            # not waited for; the UPDATE's RETURNING feeds the event rows (with the
+            # deadline each attempt had, read before the update).
             picked = (
-                select(attempt_t.c.id)
+                select(attempt_t.c.id, attempt_t.c.deadline_at)
                 .where(overdue)
                 .order_by(attempt_t.c.deadline_at)
                 .limit(batch_size)
@@ -693,18 +850,27 @@ class Engine:
                 update(attempt_t)
                 .where(attempt_t.c.id == picked.c.id)
                 .values(moved_values)
-                .returning(attempt_t.c.id)
+                .returning(attempt_t.c.id, picked.c.deadline_at)
                 .cte("moved")
             )
             logged_rows = (
                 insert(event_t)
-                .from_select(_EVENT_COLUMNS, expire_rows(moved.c.id))
+                .from_select(_EVENT_COLUMNS, expire_rows(moved.c.id, moved.c.deadline_at))
                 .returning(event_t.c.id)
                 .cte("logged")
             )
             # An INSERT carrying data-modifying CTEs reports no rowcount: count instead.
             count = select(func.count()).select_from(logged_rows).add_cte(picked).add_cte(moved)
             return int(conn.execute(count).scalar_one())
+
+    def _deadline_detail_sql(self, deadline_at: Any) -> Any:
+        """`deadline_detail(deadline_at)` computed in SQL, byte for byte the same JSON value."""
+        if self.db.is_sqlite:
+            # SQLite keeps UTC datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff'.
+            iso = func.replace(deadline_at, " ", "T").concat("+00:00")
+            return func.json_object("deadline_at", iso).label("detail")
+        iso = func.to_char(func.timezone("UTC", deadline_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+        return func.json_build_object("deadline_at", iso).label("detail")
 
     # -- claiming work -------------------------------------------------
 

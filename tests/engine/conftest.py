@@ -1,14 +1,14 @@
-"""Fixtures for the engine's tests: an `Engine` on the per-backend test database."""
+"""Fixtures for the engine's tests: an `Engine` running the test-only ticket flow."""
 
 from __future__ import annotations
 
 import pytest
 
-import flows
 from engine import Database, Engine
+from tests.engine import ticket
 
 
 @pytest.fixture
 def engine(database: Database) -> Engine:
-    """The engine with the product's flows and the system clock (which freezegun moves)."""
-    return Engine(database, flows.registry())
+    """The engine with the ticket flow and the system clock (which freezegun moves)."""
+    return Engine(database, [ticket.spec()])

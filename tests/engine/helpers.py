@@ -1,4 +1,4 @@
-"""Helpers shared by the engine's tests: row counts, and attempts brought to a given state."""
+"""Helpers shared by the engine's tests: row counts, and bookings brought to a given state."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from sqlalchemy import func, select
 from engine import Database, Engine
 from engine.core import AttemptRecord
 from engine.models import Attempt, AttemptEvent, Outbox
+from tests.engine.ticket import HOLD, NAME, OFFER
 
-FLOW = "password_recovery"
-# Guard facts that take each event down its main arrow.
-SEND = {"throttled": False, "account_exists": True, "mail_accepted": True}
-OPEN = {"token_valid": True}
+FLOW = NAME
 
 
 def row_counts(db: Database) -> dict[str, int]:
@@ -25,13 +23,13 @@ def row_counts(db: Database) -> dict[str, int]:
         }
 
 
-def emailed(engine: Engine, subject: str = "someone") -> AttemptRecord:
-    """A new attempt moved to `emailed` now."""
+def offered(engine: Engine, subject: str = "customer-1") -> AttemptRecord:
+    """A new booking moved to `offered` now."""
     attempt = engine.start_sync(FLOW, subject=subject)
-    return engine.fire_sync(attempt.id, "dispatch", params=SEND).attempt
+    return engine.fire_sync(attempt.id, "offer", params=OFFER).attempt
 
 
-def link_opened(engine: Engine, subject: str = "someone") -> AttemptRecord:
-    """A new attempt moved to `link_opened` now."""
-    attempt = emailed(engine, subject)
-    return engine.fire_sync(attempt.id, "open_link", params=OPEN).attempt
+def held(engine: Engine, subject: str = "customer-1") -> AttemptRecord:
+    """A new booking moved to `held` now."""
+    attempt = offered(engine, subject)
+    return engine.fire_sync(attempt.id, "hold", params=HOLD).attempt

@@ -8,7 +8,8 @@ import pytest
 from freezegun import freeze_time
 
 from engine import Database, Engine, Transaction
-from tests.engine.helpers import FLOW, SEND
+from tests.engine.helpers import FLOW
+from tests.engine.ticket import OFFER
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -23,17 +24,17 @@ def test_claim_leases_oldest_first_and_releases_when_the_lease_runs_out(engine: 
             frozen.tick(timedelta(seconds=1))
         claimed_at = T0 + timedelta(seconds=5)
 
-        first = engine.claim_sync(FLOW, "requested", lease=LEASE, limit=3)
+        first = engine.claim_sync(FLOW, "queued", lease=LEASE, limit=3)
         assert [r.id for r in first] == ids[:3]
         assert all(r.lease_until == claimed_at + LEASE for r in first)
         assert [engine.read_sync(i).lease_until for i in ids[:3]] == [claimed_at + LEASE] * 3
-        assert [r.id for r in engine.claim_sync(FLOW, "requested", lease=LEASE)] == ids[3:]
-        assert engine.claim_sync(FLOW, "requested", lease=LEASE) == []
+        assert [r.id for r in engine.claim_sync(FLOW, "queued", lease=LEASE)] == ids[3:]
+        assert engine.claim_sync(FLOW, "queued", lease=LEASE) == []
 
         frozen.move_to(claimed_at + LEASE)  # exactly at the end: still leased
-        assert engine.claim_sync(FLOW, "requested", lease=LEASE) == []
+        assert engine.claim_sync(FLOW, "queued", lease=LEASE) == []
         frozen.tick(timedelta(seconds=1))
-        again = engine.claim_sync(FLOW, "requested", lease=LEASE, limit=10)
+        again = engine.claim_sync(FLOW, "queued", lease=LEASE, limit=10)
         assert [r.id for r in again] == ids
 
 
@@ -42,12 +43,12 @@ def test_claims_only_take_attempts_in_the_asked_state(engine: Engine) -> None:
     waiting = engine.start_sync(FLOW, subject="a")
     moved = engine.start_sync(FLOW, subject="b")
     [claimed_moved] = [
-        r for r in engine.claim_sync(FLOW, "requested", lease=LEASE, limit=10) if r.id == moved.id
+        r for r in engine.claim_sync(FLOW, "queued", lease=LEASE, limit=10) if r.id == moved.id
     ]
-    fired = engine.fire_sync(moved.id, "dispatch", params=SEND)
+    fired = engine.fire_sync(moved.id, "offer", params=OFFER)
     assert claimed_moved.lease_until is not None and fired.attempt.lease_until is None
     with freeze_time(datetime.now(UTC) + timedelta(minutes=5)):
-        assert [r.id for r in engine.claim_sync(FLOW, "requested", lease=LEASE)] == [waiting.id]
+        assert [r.id for r in engine.claim_sync(FLOW, "queued", lease=LEASE)] == [waiting.id]
 
 
 def _queue(engine: Engine, kind: str, payload: dict[str, object]) -> None:
@@ -56,7 +57,7 @@ def _queue(engine: Engine, kind: str, payload: dict[str, object]) -> None:
     def hook(tx: Transaction) -> None:
         tx.enqueue(kind, payload)
 
-    engine.fire_sync(attempt.id, "cancel", in_tx=hook)
+    engine.fire_sync(attempt.id, "withdraw", in_tx=hook)
 
 
 def test_outbox_items_are_claimed_once_per_lease_and_finished(
@@ -113,7 +114,7 @@ def test_a_claim_with_a_limit_or_lease_that_is_not_positive_is_refused_before_le
         {"lease": -LEASE, "limit": 1},
     ):
         with pytest.raises(ValueError, match="must be positive"):
-            engine.claim_sync(FLOW, "requested", **kwargs)
+            engine.claim_sync(FLOW, "queued", **kwargs)
         with pytest.raises(ValueError, match="must be positive"):
             engine.outbox_claim_sync(["notify"], **kwargs)
     assert engine.read_sync(attempt.id) == attempt

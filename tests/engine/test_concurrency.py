@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-import flows
 from engine import ConflictError, Database, Engine, EventRefused, Fired, Transaction
 from engine.models import Attempt
-from tests.engine.helpers import FLOW, emailed, row_counts
+from tests.engine import ticket
+from tests.engine.helpers import FLOW, offered, row_counts
+from tests.engine.ticket import HOLD
 
-# Every one of these leads out of `emailed` into a final state, so after the
+# Every one of these leads out of `offered` into a final state, so after the
 # winner's transition none of the others may apply.
-FINAL_EVENTS = ("cancel", "supersede", "expire")
+FINAL_EVENTS = ("withdraw", "replace", "lapse")
 
 
 def _run_together(db_url: str, jobs: list[Callable[[Engine], Any]]) -> list[Any]:
@@ -34,7 +35,7 @@ def _run_together(db_url: str, jobs: list[Callable[[Engine], Any]]) -> list[Any]
     databases = [Database(db_url, pool_size=1) for _ in jobs]
 
     def worker(i: int) -> None:
-        engine = Engine(databases[i], flows.registry())
+        engine = Engine(databases[i], [ticket.spec()])
         barrier.wait()
         try:
             results[i] = jobs[i](engine)
@@ -64,10 +65,10 @@ def test_of_concurrent_transitions_exactly_one_wins_and_the_others_write_nothing
 ) -> None:
     """N threads fire at one attempt at once: one transition happens; each loser either gets
     ConflictError (wrote nothing) or saw the new state and was refused (wrote only its refusal)."""
-    attempt = emailed(engine)
+    attempt = offered(engine)
     counts = row_counts(database)
     jobs = [
-        _firing(attempt.id, FINAL_EVENTS[i % len(FINAL_EVENTS)], f"support:agent{i}")
+        _firing(attempt.id, FINAL_EVENTS[i % len(FINAL_EVENTS)], f"desk:clerk{i}")
         for i in range(writers)
     ]
     results = _run_together(db_url, jobs)
@@ -82,7 +83,7 @@ def test_of_concurrent_transitions_exactly_one_wins_and_the_others_write_nothing
     assert final.state == winners[0].attempt.state
     assert final.version == attempt.version + 1
     history = engine.history_sync(attempt.id)
-    assert [e.event for e in history if e.accepted] == ["start", "dispatch", winners[0].event.event]
+    assert [e.event for e in history if e.accepted] == ["start", "offer", winners[0].event.event]
     assert sum(not e.accepted for e in history) == len(refused)
     assert row_counts(database) == {
         **counts,
@@ -96,7 +97,7 @@ def test_a_writer_that_read_before_another_committed_gets_conflict_or_sees_the_n
     """While one transition is open, a second writer on PostgreSQL reads the old version and gets
     ConflictError at its update (nothing written); SQLite's single writer makes it wait and see
     the new state instead, so it is refused."""
-    attempt = emailed(engine)
+    attempt = offered(engine)
     inside = threading.Event()
 
     def slow_hook(tx: Transaction) -> None:
@@ -108,7 +109,7 @@ def test_a_writer_that_read_before_another_committed_gets_conflict_or_sees_the_n
     first: list[Any] = []
     holder = threading.Thread(
         target=lambda: first.append(
-            Engine(first_db, flows.registry()).fire_sync(attempt.id, "cancel", in_tx=slow_hook)
+            Engine(first_db, [ticket.spec()]).fire_sync(attempt.id, "withdraw", in_tx=slow_hook)
         )
     )
     holder.start()
@@ -116,18 +117,18 @@ def test_a_writer_that_read_before_another_committed_gets_conflict_or_sees_the_n
     counts = row_counts(database)
     if backend == "postgresql":
         with pytest.raises(ConflictError) as error:
-            engine.fire_sync(attempt.id, "supersede")
-        assert (error.value.attempt_id, error.value.event) == (attempt.id, "supersede")
+            engine.fire_sync(attempt.id, "replace")
+        assert (error.value.attempt_id, error.value.event) == (attempt.id, "replace")
         assert error.value.code == "conflict"
         holder.join(10)
         assert row_counts(database) == {**counts, "attempt_event": counts["attempt_event"] + 1}
     else:
         with pytest.raises(EventRefused, match="wrong_state"):
-            engine.fire_sync(attempt.id, "supersede")
+            engine.fire_sync(attempt.id, "replace")
         holder.join(10)
     first_db.close()
     assert isinstance(first[0], Fired)
-    assert engine.read_sync(attempt.id).state == "cancelled"
+    assert engine.read_sync(attempt.id).state == "withdrawn"
 
 
 def test_a_fire_expecting_a_stale_version_is_a_conflict_and_writes_nothing(
@@ -135,15 +136,15 @@ def test_a_fire_expecting_a_stale_version_is_a_conflict_and_writes_nothing(
 ) -> None:
     """A caller who read version v and fires after someone else moved the attempt is refused
     with ConflictError, and no row changes."""
-    attempt = emailed(engine)
-    engine.fire_sync(attempt.id, "open_link", params={"token_valid": True})
+    attempt = offered(engine)
+    engine.fire_sync(attempt.id, "hold", params=HOLD)
     counts = row_counts(database)
     before = engine.read_sync(attempt.id)
     with pytest.raises(ConflictError):
-        engine.fire_sync(attempt.id, "cancel", expected_version=attempt.version)
+        engine.fire_sync(attempt.id, "withdraw", expected_version=attempt.version)
     assert engine.read_sync(attempt.id) == before
     assert row_counts(database) == counts
-    fired = engine.fire_sync(attempt.id, "cancel", expected_version=before.version)
+    fired = engine.fire_sync(attempt.id, "withdraw", expected_version=before.version)
     assert fired.attempt.version == before.version + 1
 
 
@@ -171,7 +172,7 @@ def test_two_concurrent_claimers_get_disjoint_sets(
     results = _run_together(
         db_url,
         [
-            lambda e: e.claim_sync(FLOW, "requested", lease=timedelta(minutes=1), limit=5)
+            lambda e: e.claim_sync(FLOW, "queued", lease=timedelta(minutes=1), limit=5)
             for _ in range(2)
         ],
     )
@@ -196,7 +197,7 @@ def test_postgresql_claims_skip_rows_another_worker_holds(
                 select(attempts.c.id).where(attempts.c.id.in_(ids[:2])).with_for_update()
             ).all()
             started = time.perf_counter()
-            claimed = engine.claim_sync(FLOW, "requested", lease=timedelta(minutes=1), limit=10)
+            claimed = engine.claim_sync(FLOW, "queued", lease=timedelta(minutes=1), limit=10)
             waited = time.perf_counter() - started
     finally:
         other.close()

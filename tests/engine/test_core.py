@@ -22,7 +22,8 @@ from engine import (
     UnknownFlow,
 )
 from engine.models import Attempt, Outbox
-from tests.engine.helpers import FLOW, OPEN, SEND, emailed, row_counts
+from tests.engine.helpers import FLOW, offered, row_counts
+from tests.engine.ticket import HOLD, OFFER
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 
@@ -30,18 +31,18 @@ T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 def test_start_creates_an_attempt_in_the_initial_state_and_logs_its_creation(
     engine: Engine,
 ) -> None:
-    """A started attempt is in `requested`, version 1, with its facts stored and one start event."""
+    """A started attempt is in `queued`, version 1, with its facts stored and one start event."""
     with freeze_time(T0):
         attempt = engine.start_sync(
-            FLOW, subject="jane@example.com", locale="fr", data={"ip": "192.0.2.1"}, actor="person"
+            FLOW, subject="customer-7", locale="fr", data={"ip": "192.0.2.1"}, actor="customer"
         )
         stored = engine.get_sync(attempt.id)
     assert stored == attempt
     assert (stored.state, stored.version, stored.locale, stored.subject) == (
-        "requested",
+        "queued",
         1,
         "fr",
-        "jane@example.com",
+        "customer-7",
     )
     assert stored.data == {"ip": "192.0.2.1"}
     assert stored.created_at == stored.updated_at == T0
@@ -51,8 +52,8 @@ def test_start_creates_an_attempt_in_the_initial_state_and_logs_its_creation(
         1,
         "start",
         None,
-        "requested",
-        "person",
+        "queued",
+        "customer",
     )
     assert start.accepted and start.at == T0
 
@@ -63,38 +64,38 @@ def test_fire_moves_the_attempt_and_appends_one_event(engine: Engine) -> None:
     with freeze_time(T0):
         fired = engine.fire_sync(
             attempt.id,
-            "dispatch",
+            "offer",
             actor="system",
-            params=SEND,
+            params=OFFER,
             detail={"delivery": "sent"},
             data={"account": "a1"},
         )
-    assert fired.previous_state == "requested"
-    assert (fired.attempt.state, fired.attempt.version) == ("emailed", 2)
+    assert fired.previous_state == "queued"
+    assert (fired.attempt.state, fired.attempt.version) == ("offered", 2)
     assert fired.attempt.deadline_at == T0 + timedelta(minutes=60)
     assert fired.attempt.data == {"account": "a1"}
     assert fired.event.seq == 2 and fired.event.accepted
-    assert (fired.event.from_state, fired.event.to_state) == ("requested", "emailed")
+    assert (fired.event.from_state, fired.event.to_state) == ("queued", "offered")
     assert fired.event.detail == {"delivery": "sent"}
     assert engine.read_sync(attempt.id) == fired.attempt
-    assert [e.event for e in engine.history_sync(attempt.id)] == ["start", "dispatch"]
-    assert engine.allowed_events(fired.attempt) == ["open_link", "expire", "cancel", "supersede"]
+    assert [e.event for e in engine.history_sync(attempt.id)] == ["start", "offer"]
+    assert engine.allowed_events(fired.attempt) == ["hold", "lapse", "withdraw", "replace"]
 
 
 def test_attempt_ids_are_accepted_as_strings_too(engine: Engine) -> None:
     """Callers holding the id as text (URLs, JSON) reach the same attempt."""
     attempt = engine.start_sync(FLOW)
     assert engine.get_sync(str(attempt.id)).id == attempt.id
-    assert engine.fire_sync(str(attempt.id), "cancel").attempt.state == "cancelled"
+    assert engine.fire_sync(str(attempt.id), "withdraw").attempt.state == "withdrawn"
 
 
 async def test_async_surface_awaits_the_same_operations(engine: Engine) -> None:
     """start/fire/get/history/sweep can be awaited from async handlers."""
     attempt = await engine.start(FLOW, subject="s")
-    fired = await engine.fire(attempt.id, "dispatch", params=SEND)
-    assert fired.attempt.state == "emailed"
-    assert (await engine.get(attempt.id)).state == "emailed"
-    assert [e.event for e in await engine.history(attempt.id)] == ["start", "dispatch"]
+    fired = await engine.fire(attempt.id, "offer", params=OFFER)
+    assert fired.attempt.state == "offered"
+    assert (await engine.get(attempt.id)).state == "offered"
+    assert [e.event for e in await engine.history(attempt.id)] == ["start", "offer"]
     assert await engine.sweep() == 0
 
 
@@ -104,7 +105,7 @@ def _assert_refused_changed_nothing(
     before = engine.read_sync(attempt_id)
     counts = row_counts(database)
     with pytest.raises(EventRefused) as refused:
-        engine.fire_sync(attempt_id, event, actor="person", detail={"ua": "test"}, **kw)
+        engine.fire_sync(attempt_id, event, actor="customer", detail={"ua": "test"}, **kw)
     assert (refused.value.reason, refused.value.state, refused.value.event) == (
         reason,
         before.state,
@@ -120,7 +121,7 @@ def _assert_refused_changed_nothing(
         False,
         before.state,
         None,
-        "person",
+        "customer",
     )
     assert last.detail == {"reason": reason, "ua": "test"}
 
@@ -128,47 +129,47 @@ def _assert_refused_changed_nothing(
 def test_event_in_the_wrong_state_is_recorded_as_refused_and_changes_nothing(
     engine: Engine, database: Database
 ) -> None:
-    """`log_in` on a just-requested attempt is refused (wrong_state); only the refusal is logged."""
+    """`log_in` on a just-queued attempt is refused (wrong_state); only the refusal is logged."""
     attempt = engine.start_sync(FLOW)
     _assert_refused_changed_nothing(
-        engine, database, attempt.id, "log_in", "wrong_state", params={"signed_in": True}
+        engine, database, attempt.id, "sit", "wrong_state", params={"signed_in": True}
     )
 
 
 def test_event_whose_guards_fail_is_recorded_as_refused_and_changes_nothing(
     engine: Engine, database: Database
 ) -> None:
-    """`open_link` with an invalid token is refused (guard_failed); state, version, data kept."""
-    attempt = emailed(engine)
+    """`hold` with a wrong code is refused (guard_failed); state, version, data kept."""
+    attempt = offered(engine)
     _assert_refused_changed_nothing(
-        engine, database, attempt.id, "open_link", "guard_failed", params={"token_valid": False}
+        engine, database, attempt.id, "hold", "guard_failed", params={"code_ok": False}
     )
 
 
 def test_events_after_a_final_state_are_refused(engine: Engine, database: Database) -> None:
-    """A cancelled attempt refuses every further event."""
-    attempt = emailed(engine)
-    engine.fire_sync(attempt.id, "cancel", actor="support:alice")
-    for event in ("open_link", "dispatch", "cancel", "expire"):
+    """A withdrawn attempt refuses every further event."""
+    attempt = offered(engine)
+    engine.fire_sync(attempt.id, "withdraw", actor="desk:alice")
+    for event in ("hold", "offer", "withdraw", "lapse"):
         _assert_refused_changed_nothing(
-            engine, database, attempt.id, event, "wrong_state", params=OPEN
+            engine, database, attempt.id, event, "wrong_state", params=HOLD
         )
 
 
 def test_in_tx_hook_runs_in_the_transition_transaction(engine: Engine, database: Database) -> None:
     """The hook sees the new state, can queue outbox work and fire at other attempts, atomically."""
-    older = emailed(engine, "same")
-    newer = engine.start_sync(FLOW, subject="same")
+    older = offered(engine, "another customer")
+    newer = engine.start_sync(FLOW, subject="this customer")
     seen: list[str] = []
 
     def hook(tx: Transaction) -> None:
         seen.append(tx.attempt.state)
         tx.enqueue("notify", {"attempt": str(tx.attempt.id)})
-        assert tx.fire(older.id, "supersede", detail={"by": str(tx.attempt.id)}) is not None
+        assert tx.fire(older.id, "replace", detail={"by": str(tx.attempt.id)}) is not None
 
-    engine.fire_sync(newer.id, "dispatch", params=SEND, in_tx=hook)
-    assert seen == ["emailed"]
-    assert engine.read_sync(older.id).state == "superseded"
+    engine.fire_sync(newer.id, "offer", params=OFFER, in_tx=hook)
+    assert seen == ["offered"]
+    assert engine.read_sync(older.id).state == "replaced"
     with database.transaction(write=False) as conn:
         [item] = conn.execute(select(Outbox)).all()
     assert (item.kind, item.attempt_id, item.payload) == (
@@ -182,20 +183,20 @@ def test_a_failing_in_tx_hook_rolls_the_whole_transition_back(
     engine: Engine, database: Database
 ) -> None:
     """If the caller's hook raises, neither the state, the event, nor queued work is kept."""
-    older = emailed(engine, "same")
-    newer = engine.start_sync(FLOW, subject="same")
+    older = offered(engine, "another customer")
+    newer = engine.start_sync(FLOW, subject="this customer")
     counts = row_counts(database)
 
     def hook(tx: Transaction) -> None:
         tx.enqueue("notify", {})
-        tx.fire(older.id, "supersede")
+        tx.fire(older.id, "replace")
         raise RuntimeError("side effect failed")
 
     with pytest.raises(RuntimeError, match="side effect failed"):
-        engine.fire_sync(newer.id, "dispatch", params=SEND, in_tx=hook)
+        engine.fire_sync(newer.id, "offer", params=OFFER, in_tx=hook)
     assert row_counts(database) == counts
-    assert engine.read_sync(newer.id).state == "requested"
-    assert engine.read_sync(older.id).state == "emailed"
+    assert engine.read_sync(newer.id).state == "queued"
+    assert engine.read_sync(older.id).state == "offered"
 
 
 # -- bad input: a clear error from the tree, and nothing written -------------
@@ -217,7 +218,7 @@ def test_firing_an_unknown_event_is_a_clear_error_and_writes_nothing(
     engine: Engine, database: Database
 ) -> None:
     """UnknownEvent names the flow and event; the attempt and its log are untouched."""
-    attempt = emailed(engine)
+    attempt = offered(engine)
     counts = row_counts(database)
     with pytest.raises(UnknownEvent, match="has no event 'teleport'") as error:
         engine.fire_sync(attempt.id, "teleport")
@@ -235,20 +236,20 @@ def test_an_unknown_event_on_an_overdue_attempt_still_writes_nothing(
 ) -> None:
     """Bad input is rejected before the overdue deadline would be applied."""
     with freeze_time(T0) as frozen:
-        attempt = emailed(engine)
+        attempt = offered(engine)
         frozen.tick(timedelta(hours=2))
         counts = row_counts(database)
         with pytest.raises(UnknownEvent):
             engine.fire_sync(attempt.id, "teleport")
         assert row_counts(database) == counts
-        assert engine.read_sync(attempt.id).state == "emailed"
+        assert engine.read_sync(attempt.id).state == "offered"
 
 
 def test_a_stored_state_outside_the_flow_is_reported_and_nothing_is_written(
     engine: Engine, database: Database
 ) -> None:
     """A row whose state the flow lacks raises StoredStateInvalid on read and fire; no writes."""
-    attempt = emailed(engine)
+    attempt = offered(engine)
     with database.transaction() as conn:
         conn.execute(
             update(Attempt.__table__).where(Attempt.__table__.c.id == attempt.id).values(state="x")
@@ -257,7 +258,7 @@ def test_a_stored_state_outside_the_flow_is_reported_and_nothing_is_written(
     for call in (
         lambda: engine.read_sync(attempt.id),
         lambda: engine.get_sync(attempt.id),
-        lambda: engine.fire_sync(attempt.id, "cancel"),
+        lambda: engine.fire_sync(attempt.id, "withdraw"),
     ):
         with pytest.raises(StoredStateInvalid, match="state 'x', which flow") as error:
             call()
@@ -288,7 +289,7 @@ def test_a_malformed_attempt_id_is_a_clear_error_and_writes_nothing(
     counts = row_counts(database)
     for bad_id in MALFORMED_IDS:
         for call, args in (
-            (engine.fire_sync, (bad_id, "cancel")),
+            (engine.fire_sync, (bad_id, "withdraw")),
             (engine.get_sync, (bad_id,)),
             (engine.read_sync, (bad_id,)),
             (engine.history_sync, (bad_id,)),
@@ -307,7 +308,7 @@ def test_an_unknown_attempt_id_is_not_found_and_writes_nothing(
     missing = uuid.uuid4()
     counts = row_counts(database)
     for call in (
-        lambda: engine.fire_sync(missing, "cancel"),
+        lambda: engine.fire_sync(missing, "withdraw"),
         lambda: engine.get_sync(missing),
         lambda: engine.history_sync(missing),
     ):
@@ -327,6 +328,6 @@ def test_a_callers_detail_cannot_overwrite_the_recorded_refusal_reason(engine: E
     """The log keeps the engine's reason even if the caller's detail carries a `reason` key."""
     attempt = engine.start_sync(FLOW)
     with pytest.raises(EventRefused):
-        engine.fire_sync(attempt.id, "log_in", detail={"reason": "all fine", "ua": "x"})
+        engine.fire_sync(attempt.id, "sit", detail={"reason": "all fine", "ua": "x"})
     last = engine.history_sync(attempt.id)[-1]
     assert last.detail == {"reason": "wrong_state", "ua": "x"}
