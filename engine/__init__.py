@@ -22,30 +22,37 @@ from engine.errors import (
 )
 from engine.flow import Deadline, Exclusive, FlowRegistry, FlowSpec, Job, OutboxHandler
 from engine.models import Attempt, AttemptEvent, Outbox
+from engine.queries import FunnelStep, Page
+from engine.records import AttemptRecord, EventRecord, parse_attempt_id
 
 __all__ = [
     "Attempt",
     "AttemptEvent",
+    "AttemptRecord",
     "Clock",
     "ConflictError",
     "Database",
     "Deadline",
     "Engine",
     "EngineError",
+    "EventRecord",
     "EventRefused",
     "Exclusive",
     "Fired",
     "FlowRegistry",
     "FlowSpec",
+    "FunnelStep",
     "GraphvizMissing",
     "InvalidAttemptId",
     "Job",
     "NotFound",
     "Outbox",
     "OutboxHandler",
+    "Page",
     "StoredStateInvalid",
     "SystemClock",
     "Transaction",
     "UnknownEvent",
     "UnknownFlow",
+    "parse_attempt_id",
 ]

@@ -24,7 +24,6 @@ counts and event-log windows everything above it uses.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -54,13 +53,13 @@ from engine.db import Database
 from engine.errors import (
     ConflictError,
     EventRefused,
-    InvalidAttemptId,
     NotFound,
     StoredStateInvalid,
 )
 from engine.flow import FlowRegistry, FlowSpec
 from engine.models import Attempt, AttemptEvent, Outbox
 from engine.queries import Queries
+from engine.records import AttemptRecord, EventRecord, parse_attempt_id
 
 attempt_t = Attempt.__table__
 event_t = AttemptEvent.__table__
@@ -126,63 +125,6 @@ _LOG = insert(event_t).values(seq=_bind(event_t.c.seq, "b_seq"), **_EVENT_VALUES
 START_EVENT = "start"
 # First key of the PostgreSQL advisory locks taken per (exclusive group, subject).
 ADVISORY_LOCK_CLASS = 0x656E6467  # "endg"
-
-
-# The canonical spelling only. `uuid.UUID()` alone also takes braces, "urn:uuid:",
-# misplaced hyphens, underscores and non-ASCII digits, so one attempt could be
-# named many ways (and "1234_678..." even names a different one).
-_ATTEMPT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-
-
-def parse_attempt_id(value: str | uuid.UUID) -> uuid.UUID:
-    """A UUID from user input in its canonical 8-4-4-4-12 hex form, or `InvalidAttemptId`."""
-    if isinstance(value, uuid.UUID):
-        return value
-    if not isinstance(value, str) or not _ATTEMPT_ID.fullmatch(value):
-        raise InvalidAttemptId(str(value))
-    return uuid.UUID(value)
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    """A read-only snapshot of an attempt row."""
-
-    id: uuid.UUID
-    flow: str
-    flow_version: int
-    state: str
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    deadline_at: datetime | None
-    lease_until: datetime | None
-    subject: str
-    locale: str
-    data: Mapping[str, Any]
-
-    @classmethod
-    def from_row(cls, row: Any) -> AttemptRecord:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One entry of an attempt's event log."""
-
-    seq: int
-    event: str
-    from_state: str | None
-    to_state: str | None
-    actor: str
-    at: datetime
-    accepted: bool
-    detail: Mapping[str, Any]
-
-    @classmethod
-    def from_row(cls, row: Any) -> EventRecord:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -304,7 +246,7 @@ class Engine:
         self.db = db
         self.flows = flows if isinstance(flows, FlowRegistry) else FlowRegistry(flows)
         self.clock = clock or SystemClock()
-        self.queries = Queries(self)
+        self.queries = Queries(db, self.flows)
 
     # -- async surface -------------------------------------------------
 

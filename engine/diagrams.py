@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from engine.core import EventRecord
 from engine.errors import GraphvizMissing
 from engine.flow import FlowRegistry, FlowSpec, Transition
+from engine.records import EventRecord
 
 PathStep = tuple[str | None, str, str]
 

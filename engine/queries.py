@@ -26,15 +26,15 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select, tuple_
 
 from engine.clock import as_utc
+from engine.db import Database
+from engine.flow import FlowRegistry
 from engine.models import Attempt, AttemptEvent, Outbox
-
-if TYPE_CHECKING:
-    from engine.core import AttemptRecord, Engine
+from engine.records import AttemptRecord
 
 attempt_t = Attempt.__table__
 event_t = AttemptEvent.__table__
@@ -62,17 +62,15 @@ class FunnelStep:
 
 
 def _records(rows: Iterable[Any]) -> list[AttemptRecord]:
-    from engine.core import AttemptRecord
-
     return [AttemptRecord.from_row(r) for r in rows]
 
 
 class Queries:
     """The engine's read API (see the module docstring)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.db = engine.db
+    def __init__(self, db: Database, flows: FlowRegistry) -> None:
+        self.db = db
+        self.flows = flows
 
     async def _read(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await self.db.run(fn, *args, write=False, **kw)
@@ -244,7 +242,7 @@ class Queries:
         """A subject's attempts in a live state of their flow, among the flows of `group`
         (on an open connection: inside a transition)."""
         by_flow: dict[str, set[str]] = {}
-        for spec in self.engine.flows.group(group):
+        for spec in self.flows.group(group):
             by_flow.setdefault(spec.name, set()).update(spec.live_states)
         if not by_flow:
             return []
