@@ -34,6 +34,10 @@ class Account(SQLModel, table=True):
     disabled: bool = Field(default=False)
     created_at: datetime
     password_changed_at: datetime
+    # Bumped by every password change. A sign-in reads it with the hash it verifies and
+    # opens its session (or writes its rehash) only if it is unchanged, under a lock on
+    # the row: a sign-in that verified a password a reset has replaced opens nothing.
+    credential_version: int = Field(default=0)
 
 
 class RecoveryToken(SQLModel, table=True):

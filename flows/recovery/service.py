@@ -224,13 +224,22 @@ class RecoveryService:
         )
         if consumed.rowcount != 1:
             raise ConflictError(tx.attempt.id, "set_password")
+        # The row lock orders this change with every sign-in that opens a session or
+        # writes a rehash (they lock the row too, see `_open_session`); the history is
+        # read under it, so two changes cannot drop each other's hash from it.
+        current = tx.conn.execute(
+            select(account_t.c.password_history, account_t.c.credential_version)
+            .where(account_t.c.id == account.id)
+            .with_for_update()
+        ).one()
         tx.conn.execute(
             update(account_t)
             .where(account_t.c.id == account.id)
             .values(
                 password_hash=new_hash,
-                password_history=[new_hash, *account.password_history][:HISTORY_SIZE],
+                password_history=[new_hash, *current.password_history][:HISTORY_SIZE],
                 password_changed_at=tx.now,
+                credential_version=current.credential_version + 1,
             )
         )
         revoke_account_secrets(tx, account.id, keep_token=row["token_hash"])
@@ -419,8 +428,22 @@ class RecoveryService:
         expires_at: datetime,
         rehashed: str | None,
     ) -> uuid.UUID | None:
+        """Open the session (and store the rehash) if the password verified is still the
+        account's; `LoginFailed` if a password change committed since it was read.
+
+        The account row is locked first: a password change committing meanwhile either
+        came before (its new `credential_version` is seen here, nothing is written) or
+        waits for this transaction and then revokes the session inserted here.
+        """
         now = self.clock.now()
         with self.db.transaction() as conn:
+            version = conn.execute(
+                select(account_t.c.credential_version)
+                .where(account_t.c.id == account.id)
+                .with_for_update()
+            ).scalar()
+            if version != account.credential_version:
+                raise LoginFailed()
             conn.execute(
                 insert(session_t).values(
                     token_hash=digest, account_id=account.id, created_at=now, expires_at=expires_at
@@ -428,9 +451,14 @@ class RecoveryService:
             )
             conn.execute(delete(failure_t).where(failure_t.c.key == key))
             if rehashed is not None:
+                # The same password under new parameters: the version stays, so
+                # other sign-ins with it that are under way still succeed.
                 conn.execute(
                     update(account_t)
-                    .where(account_t.c.id == account.id)
+                    .where(
+                        account_t.c.id == account.id,
+                        account_t.c.credential_version == account.credential_version,
+                    )
                     .values(
                         password_hash=rehashed,
                         password_history=[rehashed, *account.password_history[1:]][:HISTORY_SIZE],

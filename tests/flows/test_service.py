@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -38,7 +39,7 @@ from flows.recovery.errors import (
     UnknownToken,
 )
 from flows.recovery.mail import FileTransport
-from flows.recovery.models import Account, RecoveryToken
+from flows.recovery.models import Account, LoginSession, RecoveryToken
 from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.service import RecoveryService
 from flows.recovery.settings import Settings
@@ -360,6 +361,72 @@ async def test_login_rehashes_a_hash_made_with_other_parameters(
     finally:
         cheap.db.close()
         production.db.close()
+
+
+class GatedHasher(Argon2Hasher):
+    """The cheap profile; a verification of `held` waits, once done, until `release`.
+
+    It stands for a sign-in whose verification is still in Argon2's queue when a
+    reset commits: the order of the two is chosen by the test, not by the scheduler.
+    """
+
+    held: str | None = None
+
+    def arm(self, password: str) -> None:
+        self.held = password
+        self.verified = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def verify(self, stored_hash: str, password: str) -> bool:
+        ok = await super().verify(stored_hash, password)
+        if password == self.held:
+            self.verified.set()
+            await self.release.wait()
+        return ok
+
+
+@pytest.mark.parametrize("rehash", [False, True])
+async def test_a_sign_in_that_verified_the_old_password_before_a_reset_opens_nothing_after_it(
+    db_url: str, tmp_path: Path, rehash: bool
+) -> None:
+    """The old password verified, then the reset committed, then the sign-in went on: it
+    fails as a generic 401, opens no session, writes no rehash over the new hash and does
+    not fire `log_in`; the new password then signs in and moves the attempt."""
+    hasher = GatedHasher.for_tests(max_concurrent=8)
+    world = World(db_url, tmp_path / "mail", hasher=hasher)
+    try:
+        if rehash:
+            # Made with other parameters than the service's: each sign-in rehashes it.
+            other = World(db_url, tmp_path / "mail", hasher=Argon2Hasher())
+            other.account()
+            other.db.close()
+        else:
+            world.account()
+        token = await world.emailed_token()
+        await world.service.open_link(token)
+        hasher.arm(OLD_PASSWORD)
+        late = asyncio.create_task(world.service.login("jane.doe@example.com", OLD_PASSWORD))
+        await hasher.verified.wait()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        hasher.release.set()
+        with pytest.raises(LoginFailed):
+            await late
+        assert world.count(LoginSession.__table__) == 0
+        with pytest.raises(LoginFailed):
+            await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+        [attempt] = await _attempts(world)
+        assert attempt.state == "password_set"
+        await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+        [attempt] = await _attempts(world)
+        assert attempt.state == "logged_in"
+    finally:
+        world.db.close()
+
+
+async def _attempts(world: World) -> list[Any]:
+    with world.db.transaction(write=False) as conn:
+        ids = conn.execute(select(attempt_t.c.id)).scalars().all()
+    return [await world.engine.get(i) for i in ids]
 
 
 async def test_logout_revokes_the_session(world: World) -> None:
