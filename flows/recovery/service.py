@@ -174,6 +174,17 @@ class RecoveryService:
         if attempt.state == "emailed":
             # An API client may submit without verifying first: that is an open too.
             attempt = (await self.open_link(token, method="POST")).attempt
+        if attempt.state != "link_opened" or not _token_live(row):
+            # A dead link is refused (and recorded) before any policy or history
+            # work: neither its answer nor its cost may depend on the password typed.
+            await self._fire_for_token(
+                row,
+                attempt,
+                "set_password",
+                {"token_valid": _token_live(row), "password_accepted": False},
+                {},
+            )
+            raise _dead_link(attempt.state, row)
         account = await self.db.run(self._account_by_id, row["account_id"], write=False)
         # zxcvbn costs up to ~25 ms: keep it off the event loop (the policy is thread-safe).
         violations = await asyncio.to_thread(
@@ -182,7 +193,10 @@ class RecoveryService:
             confirmation,
             PersonalData(account.name, account.email, account.birth_date),
         )
-        if not any(v.code == "too_long" for v in violations) and await check_history(
+        # The history last, and only for a password that passed every other rule, the
+        # confirmation included: a mistyped confirmation must not tell whether a guess
+        # is one of the last passwords, nor cost up to five Argon2 verifications.
+        if not violations and await check_history(
             self.hasher, password, account.password_history
         ):
             violations.append(self.policy.reused_violation())

@@ -41,6 +41,7 @@ from flows.recovery.errors import (
 from flows.recovery.mail import FileTransport
 from flows.recovery.models import Account, LoginSession, RecoveryToken
 from flows.recovery.passwords import Argon2Hasher
+from flows.recovery.policy import PasswordPolicy, PersonalData, Violation
 from flows.recovery.service import RecoveryService
 from flows.recovery.settings import Settings
 from flows.recovery.tokens import new_token, token_hash
@@ -258,6 +259,101 @@ async def test_a_policy_failure_is_recorded_as_refused_and_changes_nothing(world
     assert "too_short" in refused[0].detail["violations"]
     assert world.service.hasher.verify_sync(_account_hash(world, account.id), OLD_PASSWORD)
     assert world.count(RecoveryToken.__table__, RecoveryToken.__table__.c.used_at.is_(None)) == 1
+
+
+class ArgonCounter(Argon2Hasher):
+    """The cheap profile, counting every Argon2 operation (hash or verification) it runs."""
+
+    operations = 0
+
+    def _hash_blocking(self, secret: bytes) -> str:
+        self.operations += 1
+        return super()._hash_blocking(secret)
+
+    def _verify_blocking(self, stored_hash: str, secret: bytes) -> bool:
+        self.operations += 1
+        return super()._verify_blocking(stored_hash, secret)
+
+
+class PolicyCounter(PasswordPolicy):
+    """The real policy, counting how often it is asked."""
+
+    checks = 0
+
+    def check(self, password: str, confirmation: str, personal: PersonalData) -> list[Violation]:
+        self.checks += 1
+        return super().check(password, confirmation, personal)
+
+
+@pytest.fixture
+async def counted(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A world whose hasher counts Argon2 operations and whose policy counts checks."""
+    w = World(db_url, tmp_path / "mail", hasher=ArgonCounter.for_tests(max_concurrent=8))
+    w.service.policy = PolicyCounter(w.settings.password_policy)
+    yield w
+    w.db.close()
+
+
+@pytest.mark.parametrize("death", ["used", "expired", "superseded", "cancelled"])
+async def test_a_dead_link_is_refused_before_any_policy_or_hashing_work(
+    counted: World, death: str
+) -> None:
+    """A guess equal to the current password and a wrong one get the same refusal from a
+    dead link, and neither costs a policy check or an Argon2 operation (SPEC §9)."""
+    world = counted
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as clock:
+        token = await world.emailed_token()
+        await world.service.open_link(token)
+        if death == "used":
+            await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        elif death == "expired":
+            clock.tick(timedelta(minutes=61))
+        elif death == "superseded":
+            clock.tick(timedelta(minutes=2))
+            await world.emailed_token()
+        else:
+            await world.service.cancel_by_token(token)
+        current = NEW_PASSWORD if death == "used" else OLD_PASSWORD
+        hasher, policy = world.hasher, world.service.policy
+        assert isinstance(hasher, ArgonCounter) and isinstance(policy, PolicyCounter)
+        hasher.operations = policy.checks = 0
+        answers = []
+        for guess in (current, "Wrong-Guess-Entirely-73!"):
+            with pytest.raises(LinkDead) as info:
+                await world.service.set_password(token, guess, guess + "x", locale="en")
+            answers.append((type(info.value), info.value.reason, info.value.message))
+        assert answers[0] == answers[1]
+        assert (hasher.operations, policy.checks) == (0, 0)
+    refused = [e for e in await world.engine.history(_attempt_of(world, token)) if not e.accepted]
+    assert [e.event for e in refused][-2:] == ["set_password", "set_password"]
+
+
+async def test_the_history_is_checked_only_once_every_other_rule_has_passed(
+    counted: World,
+) -> None:
+    """With a live link and a mistyped confirmation, a guess that is the current password
+    gets exactly the answer a new password would (no `reused_password`), at no Argon2
+    cost; with the confirmation right, it is refused as reused and the link stays live."""
+    world = counted
+    world.account()
+    token = await world.emailed_token()
+    await world.service.open_link(token)
+    hasher = world.hasher
+    assert isinstance(hasher, ArgonCounter)
+    hasher.operations = 0
+    codes = []
+    for guess in (OLD_PASSWORD, "Wrong-Guess-Entirely-73!"):
+        with pytest.raises(PolicyFailed) as info:
+            await world.service.set_password(token, guess, guess + " ", locale="en")
+        codes.append([d["code"] for d in info.value.details])
+    assert codes == [["confirmation_mismatch"], ["confirmation_mismatch"]]
+    assert hasher.operations == 0
+    with pytest.raises(PolicyFailed) as reused:
+        await world.service.set_password(token, OLD_PASSWORD, OLD_PASSWORD, locale="en")
+    assert [d["code"] for d in reused.value.details] == ["reused_password"]
+    done = await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert done.state == "password_set"
 
 
 async def test_a_reset_revokes_every_session_and_queues_the_notification(world: World) -> None:
