@@ -61,6 +61,7 @@ from flows.recovery.tokens import plausible_token
 
 __all__ = [
     "CSRF_COOKIE",
+    "DEVICE_COOKIE",
     "SESSION_COOKIE",
     "TOKEN_COOKIE",
     "csrf_config",
@@ -75,6 +76,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 TOKEN_COOKIE = "recovery_token"
 TOKEN_COOKIE_PATH = "/recovery"
 SESSION_COOKIE = "session"
+# The browser's device cookie (OWASP): set by a successful sign-in here, sent only to
+# the sign-in page, it keeps others' failed sign-ins from slowing this browser down.
+DEVICE_COOKIE = "login_device"
+DEVICE_COOKIE_PATH = "/login"
 CSRF_COOKIE = "csrftoken"
 
 # Paths the CSRF middleware leaves alone: JSON clients carry no cookies of ours
@@ -372,23 +377,42 @@ async def login_submit(request: Request[Any, Any, Any]) -> Template:
     email = fields["email"].strip()
     service = _service(request)
     try:
-        signed = await service.login(email, fields["password"])
+        signed = await service.login(
+            email,
+            fields["password"],
+            device=request.cookies.get(DEVICE_COOKIE),
+            remember_device=True,
+        )
         info = await service.session(signed.session_token)
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="login", values={"email": email})
-    cookie = Cookie(
-        key=SESSION_COOKIE,
-        value=signed.session_token,
-        path="/",
-        max_age=_seconds_until(signed.expires_at, service),
-        httponly=True,
-        samesite="strict",
-        secure=_https(settings),
-    )
+    cookies = [
+        Cookie(
+            key=SESSION_COOKIE,
+            value=signed.session_token,
+            path="/",
+            max_age=_seconds_until(signed.expires_at, service),
+            httponly=True,
+            samesite="strict",
+            secure=_https(settings),
+        )
+    ]
+    if signed.device_token is not None:
+        cookies.append(
+            Cookie(
+                key=DEVICE_COOKIE,
+                value=signed.device_token,
+                path=DEVICE_COOKIE_PATH,
+                max_age=_seconds_until(signed.device_expires_at, service),
+                httponly=True,
+                samesite="strict",
+                secure=_https(settings),
+            )
+        )
     return render(
         page,
         "signed_in.html",
-        cookies=[cookie],
+        cookies=cookies,
         email_masked=info.email_masked,
         expires_at=signed.expires_at,
     )

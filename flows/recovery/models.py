@@ -66,14 +66,35 @@ class LoginSession(SQLModel, table=True):
 
 
 class LoginFailure(SQLModel, table=True):
-    """One failed sign-in, keyed by the normalised address typed (account or not)."""
+    """One failed sign-in, keyed by the normalised address typed (account or not).
+
+    `device` is the digest of the browser's device cookie when it came from a browser
+    that signed in to this account before (see `LoginDevice`), else None: the two are
+    counted apart, so a stranger's failures never slow such a browser down.
+    """
 
     __tablename__ = "login_failure"
-    __table_args__ = (Index("ix_login_failure_key_at", "key", "at"),)
+    __table_args__ = (Index("ix_login_failure_key_device_at", "key", "device", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=320)
+    device: str | None = Field(default=None, max_length=64)
     at: datetime
+
+
+class LoginDevice(SQLModel, table=True):
+    """A browser that signed in to an account: the digest of its device cookie.
+
+    OWASP's "device cookies": sign-in failures from a browser carrying one are counted
+    for that browser alone. A password change forgets the account's devices.
+    """
+
+    __tablename__ = "login_device"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    account_id: uuid.UUID = Field(index=True)
+    created_at: datetime
+    expires_at: datetime
 
 
 class SupportKey(SQLModel, table=True):

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     login_free_failures: int = Field(default=5, ge=1)
     login_failure_window_minutes: int = Field(default=15, ge=1)
+    # How long a browser that signed in on the login page is remembered (its device
+    # cookie): failures typed elsewhere do not slow its sign-ins down.
+    login_device_days: int = Field(default=180, ge=1)
 
     # Mail delivery.
     mail_max_tries: int = Field(default=5, ge=1)

@@ -788,6 +788,33 @@ def test_a_slowed_down_login_says_how_long_to_wait(make_site: SiteFactory) -> No
     assert f"Réessayez dans {wait} seconde" in doc(slowed).by_id("error-summary").text
 
 
+def test_a_strangers_failed_sign_ins_do_not_slow_down_a_browser_that_signed_in_here(
+    site: Site,
+) -> None:
+    """Signing in on the page leaves a device cookie (HttpOnly, SameSite=Strict, sent only
+    to /login); while a stranger's wrong passwords slow the address down for everyone
+    else, this browser still signs in at once (OWASP's device cookies)."""
+    first = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
+    assert first.status_code == 200
+    device = cookie_attributes(set_cookie(first, "login_device"))
+    assert device["path"] == "/login" and device["samesite"].lower() == "strict"
+    assert "httponly" in device and int(device["max-age"]) > 150 * 86400
+    for _ in range(8):
+        stranger = site.client.post(
+            "/api/login", json={"email": EMAIL, "password": "Guessing-Wrong-1!"}
+        )
+        assert stranger.status_code in (401, 429)
+    assert stranger.status_code == 429
+    again = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
+    assert again.status_code == 200
+    # The browser keeps the cookie it has: no second one is handed out.
+    assert not [h for h in again.headers.get_list("set-cookie") if h.startswith("login_device=")]
+    cookies = dict(site.client.cookies)
+    site.client.cookies.clear()
+    assert site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD}).status_code == 429
+    site.client.cookies.update(cookies)
+
+
 @sqlite_only
 def test_signing_out_revokes_the_session(site: Site) -> None:
     """The sign-out button revokes the session and forgets its cookie."""

@@ -8,6 +8,7 @@ profile unless a test needs the production one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import hmac
 import re
@@ -39,7 +40,13 @@ from flows.recovery.errors import (
     UnknownToken,
 )
 from flows.recovery.mail import FileTransport
-from flows.recovery.models import Account, LoginSession, RecoveryToken
+from flows.recovery.models import (
+    Account,
+    LoginDevice,
+    LoginFailure,
+    LoginSession,
+    RecoveryToken,
+)
 from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.policy import PasswordPolicy, PersonalData, Violation
 from flows.recovery.service import RecoveryService
@@ -429,6 +436,72 @@ async def test_login_delays_grow_after_five_failures_relax_and_never_block_a_res
         frozen.tick(timedelta(minutes=16))
         signed_in = await world.service.login("jane.doe@example.com", NEW_PASSWORD)
         assert signed_in.session_token
+
+
+async def test_a_successful_reset_clears_the_accounts_sign_in_failures(world: World) -> None:
+    """Slowed down by someone's failures, the owner resets and signs in with the new
+    password at once: no wait is left over from before the reset (SPEC §9)."""
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        for _ in range(8):
+            frozen.tick(timedelta(seconds=1))
+            with contextlib.suppress(LoginFailed, LoginSlowedDown):
+                await world.service.login("Jane.Doe@example.com", "Wrong-Password-123!")
+        with pytest.raises(LoginSlowedDown):
+            await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+        token = await world.emailed_token()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        signed_in = await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+    assert signed_in.session_token
+    assert world.count(LoginFailure.__table__) == 0
+
+
+async def test_a_strangers_failures_never_slow_down_a_browser_that_signed_in_before(
+    world: World,
+) -> None:
+    """A browser that signed in before carries a device cookie: a stranger's failures
+    (no cookie, or someone else's) slow down the stranger, not that browser; its own
+    failures slow down only itself; a password change forgets the device."""
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        owner = await world.service.login(
+            "jane.doe@example.com", OLD_PASSWORD, remember_device=True
+        )
+        device = owner.device_token
+        assert device is not None and owner.device_expires_at == T0 + timedelta(days=180)
+        # A browser that already has a device cookie is not given another.
+        again = await world.service.login(
+            "jane.doe@example.com", OLD_PASSWORD, device=device, remember_device=True
+        )
+        assert again.device_token is None
+        world.account("other@example.com")
+        other = await world.service.login("other@example.com", OLD_PASSWORD, remember_device=True)
+        # No cookie, a made-up one, garbage, another account's: all one stranger.
+        for forged in (None, new_token(), "not a token", other.device_token):
+            for _ in range(4):
+                frozen.tick(timedelta(seconds=1))
+                with contextlib.suppress(LoginFailed, LoginSlowedDown):
+                    await world.service.login(
+                        "jane.doe@example.com", "Wrong-Password-123!", device=forged
+                    )
+        for forged in (None, other.device_token):
+            with pytest.raises(LoginSlowedDown):
+                await world.service.login("jane.doe@example.com", OLD_PASSWORD, device=forged)
+        assert await world.service.login("jane.doe@example.com", OLD_PASSWORD, device=device)
+        # The device's own failures count for it, and only for it.
+        for _ in range(6):
+            frozen.tick(timedelta(seconds=1))
+            with contextlib.suppress(LoginFailed, LoginSlowedDown):
+                await world.service.login("jane.doe@example.com", "Wrong-1!", device=device)
+        with pytest.raises(LoginSlowedDown):
+            await world.service.login("jane.doe@example.com", OLD_PASSWORD, device=device)
+        frozen.tick(timedelta(minutes=20))
+        token = await world.emailed_token()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert (
+        world.count(LoginDevice.__table__, LoginDevice.__table__.c.token_hash == token_hash(device))
+        == 0
+    )
 
 
 async def test_the_same_password_typed_in_nfc_or_nfd_signs_in(world: World) -> None:

@@ -1,7 +1,9 @@
-"""A reset that sticks (issue 18): the account's credential version.
+"""A reset that sticks (issue 18): credential versions, device cookies.
 
 - `account.credential_version`: bumped by every password change; a sign-in opens its
   session or writes its rehash only while it is unchanged.
+- `login_device` and `login_failure.device`: failures from a browser that signed in
+  before are counted for it alone.
 
 Revision ID: 0002
 Revises: 0001
@@ -30,7 +32,33 @@ def upgrade() -> None:
     with op.batch_alter_table("account", schema=None) as batch_op:
         batch_op.alter_column("credential_version", server_default=None)
 
+    op.create_table(
+        "login_device",
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("token_hash"),
+    )
+    with op.batch_alter_table("login_device", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_login_device_account_id"), ["account_id"], unique=False
+        )
+    with op.batch_alter_table("login_failure", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("device", sa.String(length=64), nullable=True))
+        batch_op.drop_index("ix_login_failure_key_at")
+        batch_op.create_index(
+            "ix_login_failure_key_device_at", ["key", "device", "at"], unique=False
+        )
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("login_failure", schema=None) as batch_op:
+        batch_op.drop_index("ix_login_failure_key_device_at")
+        batch_op.create_index("ix_login_failure_key_at", ["key", "at"], unique=False)
+        batch_op.drop_column("device")
+    with op.batch_alter_table("login_device", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_login_device_account_id"))
+    op.drop_table("login_device")
     with op.batch_alter_table("account", schema=None) as batch_op:
         batch_op.drop_column("credential_version")
