@@ -29,12 +29,13 @@ from litestar import Litestar
 from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
 from api.errors import InvalidHost, exception_handlers
@@ -59,6 +60,7 @@ SKIP_HOST_CHECK = "skip_host_check"
 # machine and Litestar's TestClient (testserver.local) in; a link is never built
 # from the Host header anyway (it comes from public_base_url), so they forge nothing.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver.local")
+METRICS_PATH = "/metrics"
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -132,6 +134,21 @@ class HostGuard(AllowedHostsMiddleware):
         await self.app(scope, receive, send)
 
 
+class MetricsListenerGuard:
+    """On the metrics listener's socket (RECOVERY_METRICS_LISTEN) only /metrics answers:
+    the listener is for the scraper, not a second way into the service."""
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if server and server[1] == self.port and scope.get("path") != METRICS_PATH:
+            raise NotFoundException()
+        await self.app(scope, receive, send)
+
+
 def _needs_no_store(path: str) -> bool:
     if path.startswith(NO_STORE_PREFIXES):
         return True
@@ -173,6 +190,11 @@ def openapi_config() -> OpenAPIConfig:
                     type="http",
                     scheme="bearer",
                     description="The session_token returned by POST /api/login",
+                ),
+                "metrics_token": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="RECOVERY_METRICS_TOKEN, for /metrics",
                 ),
             }
         ),
@@ -242,11 +264,16 @@ def create_app(
         exclude_opt_key=SKIP_HOST_CHECK,
         www_redirect=False,
     )
+    middleware: list[Any] = [DefineMiddleware(HostGuard, config=host_config)]
+    if settings.metrics_address is not None:
+        port = settings.metrics_address[1]
+        middleware.append(DefineMiddleware(MetricsListenerGuard, port=port))
+    middleware.append(rate_limit.middleware)
     app = Litestar(
         route_handlers=route_handlers,
         dependencies={"services": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
-        middleware=[DefineMiddleware(HostGuard, config=host_config), rate_limit.middleware],
+        middleware=middleware,
         before_send=[add_security_headers],
         on_startup=[start_dispatcher],
         on_shutdown=[stop_dispatcher, close_database],

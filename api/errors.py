@@ -77,6 +77,10 @@ class InvalidHost(ClientException):
     status_code = HTTP_400_BAD_REQUEST
 
 
+class MetricsNotServed(NotFoundException):
+    """/metrics is not served at this address (see `Settings.metrics_token`/`metrics_listen`)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """How one kind of error is answered: status, and (for framework errors) code and message."""
@@ -124,6 +128,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     TooManyRequestsException: Answer(
         429, "rate_limited", "too many requests; try again after the time in Retry-After"
     ),
+    MetricsNotServed: Answer(404, "not_found", "metrics are not served at this address"),
     NotFoundException: Answer(404, "not_found", "there is nothing at this address"),
     MethodNotAllowedException: Answer(
         405, "method_not_allowed", "this method is not allowed at this address"

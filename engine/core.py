@@ -14,6 +14,9 @@ Firing an event:
    work that runs after commit);
 4. a refused event (wrong state, failed guard) appends a refused event row and
    changes nothing else.
+
+Every write transaction also adds what it changed to the flows' running totals
+(`engine.tally`) just before it commits.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ from engine.errors import (
 )
 from engine.flow import FlowRegistry, FlowSpec
 from engine.models import Attempt, AttemptEvent, Outbox
+from engine.tally import Tally
+from engine.tally import add as add_tally
+from engine.tally import read as read_tally
 
 attempt_t = Attempt.__table__
 event_t = AttemptEvent.__table__
@@ -194,6 +200,8 @@ class Transaction:
     attempt: AttemptRecord
     previous_state: str
     engine: Engine
+    # What the transaction changed, added to the running totals before it commits.
+    tally: Tally = field(default_factory=Tally)
 
     def fire(
         self,
@@ -215,6 +223,7 @@ class Transaction:
             data=None,
             in_tx=None,
             expected_version=None,
+            tally=self.tally,
         )
         return outcome.fired
 
@@ -321,6 +330,8 @@ class Engine:
         }
         with self.db.transaction() as conn:
             conn.execute(insert(attempt_t).values(**values))
+            tally = Tally()
+            tally.moved(spec.name, START_EVENT, None, state)
             conn.execute(
                 insert(event_t).values(
                     attempt_id=values["id"],
@@ -334,6 +345,7 @@ class Engine:
                     detail=dict(detail or {}),
                 )
             )
+            add_tally(conn, tally)
         return AttemptRecord(**values)
 
     # -- firing --------------------------------------------------------
@@ -354,6 +366,7 @@ class Engine:
         attempt_id = parse_attempt_id(attempt_id)
         try:
             with self.db.transaction() as conn:
+                tally = Tally()
                 outcome = self._fire_in(
                     conn,
                     attempt_id,
@@ -364,7 +377,9 @@ class Engine:
                     data=data,
                     in_tx=in_tx,
                     expected_version=expected_version,
+                    tally=tally,
                 )
+                add_tally(conn, tally)
         except IntegrityError:
             raise ConflictError(attempt_id, event) from None
         if outcome.refused is not None:
@@ -384,6 +399,7 @@ class Engine:
         data: Mapping[str, Any] | None,
         in_tx: InTx | None,
         expected_version: int | None,
+        tally: Tally,
     ) -> _Outcome:
         now = self.clock.now()
         record = self._load(conn, attempt_id)
@@ -396,7 +412,7 @@ class Engine:
             deadline = spec.deadlines[record.state]
             if event != deadline.event:
                 expired_at = record.deadline_at
-                record = self._apply_deadline(conn, spec, record, now).attempt
+                record = self._apply_deadline(conn, spec, record, now, tally).attempt
         model = _Model(
             id=record.id,
             state=record.state,
@@ -426,15 +442,16 @@ class Engine:
                 # The engine's reason wins over any the caller's detail carries.
                 {**detail, "reason": reason},
             )
+            tally.refused(record.flow, event)
             return _Outcome(
                 refused=EventRefused(record.id, event, record.state, reason, expired_at)
             )
         new_data = {**model.data, **(data or {})}
         fired = self._commit_transition(
-            conn, spec, record, event, model.state, actor, now, dict(detail), new_data
+            conn, spec, record, event, model.state, actor, now, dict(detail), new_data, tally
         )
         if in_tx is not None:
-            in_tx(Transaction(conn, now, fired.attempt, record.state, self))
+            in_tx(Transaction(conn, now, fired.attempt, record.state, self, tally))
         return _Outcome(fired=fired)
 
     def _commit_transition(
@@ -448,6 +465,7 @@ class Engine:
         now: datetime,
         detail: dict[str, Any],
         data: dict[str, Any],
+        tally: Tally,
     ) -> Fired:
         deadline = spec.deadlines.get(target)
         if deadline is None:
@@ -471,6 +489,7 @@ class Engine:
         if result.rowcount != 1:
             raise ConflictError(record.id, event)
         logged = self._log(conn, record.id, event, record.state, target, actor, now, True, detail)
+        tally.moved(record.flow, event, record.state, target)
         after = AttemptRecord(
             **{
                 **record.__dict__,
@@ -485,7 +504,12 @@ class Engine:
         return Fired(after, logged, record.state)
 
     def _apply_deadline(
-        self, conn: Connection, spec: FlowSpec, record: AttemptRecord, now: datetime
+        self,
+        conn: Connection,
+        spec: FlowSpec,
+        record: AttemptRecord,
+        now: datetime,
+        tally: Tally,
     ) -> Fired:
         deadline = spec.deadlines[record.state]
         target = spec.target_of(record.state, deadline.event)
@@ -500,6 +524,7 @@ class Engine:
             now,
             {"deadline_at": record.deadline_at.isoformat() if record.deadline_at else None},
             dict(record.data),
+            tally,
         )
 
     def _log(
@@ -567,7 +592,9 @@ class Engine:
             record = self._load(conn, attempt_id)
             spec = self._spec_for(record)
             if self._overdue(record, self.clock.now()):
-                record = self._apply_deadline(conn, spec, record, self.clock.now()).attempt
+                tally = Tally()
+                record = self._apply_deadline(conn, spec, record, self.clock.now(), tally).attempt
+                add_tally(conn, tally)
         return record
 
     def history_sync(self, attempt_id: uuid.UUID | str) -> list[EventRecord]:
@@ -579,6 +606,15 @@ class Engine:
                 select(event_t).where(event_t.c.attempt_id == attempt_id).order_by(event_t.c.seq)
             )
             return [EventRecord.from_row(r) for r in rows]
+
+    def totals_sync(self) -> dict[tuple[str, str, str], int]:
+        """The flows' running totals, (flow, kind, name) -> value (see `engine.tally`).
+
+        A handful of rows whatever the history: attempts per state (`attempts`),
+        events accepted and refused per event (`accepted`, `refused`).
+        """
+        with self.db.transaction(write=False) as conn:
+            return {(flow, kind, name): value for flow, kind, name, value in read_tally(conn)}
 
     def allowed_events(self, record: AttemptRecord) -> list[str]:
         """Events with a transition out of the attempt's current state."""
@@ -678,6 +714,7 @@ class Engine:
                 ).rowcount
                 if logged:
                     conn.execute(update(attempt_t).where(rowid.in_(pick)).values(moved_values))
+                    self._tally_swept(conn, spec.name, event, state, target, logged)
                 return logged
             # PostgreSQL: one statement. Rows another transaction holds are skipped,
             # not waited for; the UPDATE's RETURNING feeds the event rows.
@@ -704,7 +741,16 @@ class Engine:
             )
             # An INSERT carrying data-modifying CTEs reports no rowcount: count instead.
             count = select(func.count()).select_from(logged_rows).add_cte(picked).add_cte(moved)
-            return int(conn.execute(count).scalar_one())
+            swept = int(conn.execute(count).scalar_one())
+            self._tally_swept(conn, spec.name, event, state, target, swept)
+            return swept
+
+    def _tally_swept(
+        self, conn: Connection, flow: str, event: str, state: str, target: str, n: int
+    ) -> None:
+        tally = Tally()
+        tally.moved(flow, event, state, target, n)
+        add_tally(conn, tally)
 
     # -- claiming work -------------------------------------------------
 

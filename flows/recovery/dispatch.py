@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from engine import ConflictError, Engine, EventRefused, Transaction
 from engine.clock import as_utc
 from engine.core import AttemptRecord, attempt_t, event_t, outbox_t
+from engine.tally import ATTEMPTS
 from flows.password_recovery import LIVE_STATES, NAME
 from flows.recovery import i18n
 from flows.recovery.emails import password_changed_email, recovery_email
@@ -164,13 +165,13 @@ class Dispatcher:
                     await asyncio.wait_for(stop.wait(), self.settings.dispatch_poll_seconds)
 
     def queue_depth(self) -> int:
-        """Requested attempts waiting (including those backing off) plus pending outbox items."""
+        """Requested attempts waiting (including those backing off) plus pending outbox items.
+
+        The attempts come from the engine's running totals (one row, however many
+        wait); the pending items from the outbox's pending index.
+        """
+        attempts = self.engine.totals_sync().get((NAME, ATTEMPTS, "requested"), 0)
         with self.db.transaction(write=False) as conn:
-            attempts = conn.execute(
-                select(func.count())
-                .select_from(attempt_t)
-                .where(attempt_t.c.flow == NAME, attempt_t.c.state == "requested")
-            ).scalar_one()
             items = conn.execute(
                 select(func.count())
                 .select_from(outbox_t)

@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Operations. /metrics is never public (it would tell, read before and after a
+    # request, whether an address has an account). With RECOVERY_METRICS_TOKEN it
+    # answers on the service's own port to `Authorization: Bearer <token>` only; with
+    # RECOVERY_METRICS_LISTEN (host:port) `recovery serve` opens a second socket there
+    # that answers /metrics and nothing else, and the public port does not serve it
+    # (both set: the listener wants the token too). With neither, /metrics is not
+    # served at all (404): the safe default.
+    metrics_token: SecretStr | None = None
+    metrics_listen: str | None = None
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _trusted_proxies(cls, value: object) -> object:
@@ -70,6 +80,20 @@ class Settings(BaseSettings):
         if isinstance(value, (tuple, list)):
             for address in value:
                 ipaddress.ip_network(address, strict=False)  # ValueError names it
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_METRICS_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_METRICS_TOKEN_CHARS} characters")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _host_port(value)  # ValueError says what is wrong
         return value
 
     @field_validator("database_url")
@@ -125,12 +149,32 @@ class Settings(BaseSettings):
         return host
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics listener binds (RECOVERY_METRICS_LISTEN), or None."""
+        return _host_port(self.metrics_listen) if self.metrics_listen else None
+
+    @property
     def mail_dir(self) -> Path | None:
         """The directory of the file transport, or None for SMTP."""
         parts = urlsplit(self.mail_url)
         if parts.scheme != "file":
             return None
         return Path(parts.netloc + parts.path)
+
+
+MIN_METRICS_TOKEN_CHARS = 16
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9100` → ("127.0.0.1", 9100); `[::1]:9100` → ("::1", 9100)."""
+    parts = urlsplit(f"//{value.strip()}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or port == 0 or parts.path or parts.username:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+    return parts.hostname, port
 
 
 class SettingsError(Exception):

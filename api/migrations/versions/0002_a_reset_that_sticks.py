@@ -4,6 +4,8 @@
   session or writes its rehash only while it is unchanged.
 - `login_device` and `login_failure.device`: failures from a browser that signed in
   before are counted for it alone.
+- `flow_tally`: the engine's running totals (attempts per state, events fired),
+  seeded here from the attempt table and the event log, so metrics read a few rows.
 
 Revision ID: 0002
 Revises: 0001
@@ -51,8 +53,29 @@ def upgrade() -> None:
             "ix_login_failure_key_device_at", ["key", "device", "at"], unique=False
         )
 
+    op.create_table(
+        "flow_tally",
+        sa.Column("flow", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("flow", "kind", "name"),
+    )
+    # The totals so far, counted once: from here on every transition keeps them.
+    op.execute(
+        "INSERT INTO flow_tally (flow, kind, name, value) "
+        "SELECT flow, 'attempts', state, count(*) FROM attempt GROUP BY flow, state"
+    )
+    op.execute(
+        "INSERT INTO flow_tally (flow, kind, name, value) "
+        "SELECT a.flow, CASE WHEN e.accepted THEN 'accepted' ELSE 'refused' END, e.event, "
+        "count(*) FROM attempt_event e JOIN attempt a ON a.id = e.attempt_id "
+        "GROUP BY a.flow, e.accepted, e.event"
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("flow_tally")
     with op.batch_alter_table("login_failure", schema=None) as batch_op:
         batch_op.drop_index("ix_login_failure_key_device_at")
         batch_op.create_index("ix_login_failure_key_at", ["key", "at"], unique=False)
