@@ -11,7 +11,8 @@ What wraps every request:
 - security headers on every answer, and `Cache-Control: no-store` on the
   recovery, login and session answers (a `before_send` hook);
 - allowed hosts (Litestar's middleware, answering in the JSON error shape);
-- per-IP, per-endpoint rate limits on public POSTs (`api.ratelimit`);
+- per-IP, per-endpoint rate limits on every endpoint but /health and /ready
+  (`api.ratelimit`);
 - a body size cap (`request_max_body_size`), and one exception table
   (`api.errors`).
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,9 +39,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
+from api.diagram_cache import DiagramCache
 from api.errors import InvalidHost, exception_handlers
 from api.logs import AccessLogMiddleware
-from api.ratelimit import STORE_NAME, rate_limit_config, rate_limit_store
+from api.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
 from engine import Database, Engine
 from engine.clock import Clock
 from flows.recovery.dispatch import Dispatcher
@@ -85,6 +87,7 @@ class Services:
     support: SupportService
     hasher: PasswordHasher
     dispatcher: Dispatcher | None
+    diagrams: DiagramCache = field(default_factory=DiagramCache)
 
 
 def build_services(
@@ -258,7 +261,12 @@ def create_app(
     template_config = pages.template_config()
     csrf_config = pages.csrf_config(settings)
 
-    rate_limit = rate_limit_config(settings.public_rate_limit_per_minute, settings.trusted_proxies)
+    budgets = Budgets(
+        post=settings.public_rate_limit_per_minute,
+        read=settings.public_get_rate_limit_per_minute,
+        support=settings.support_rate_limit_per_minute,
+    )
+    rate_limit = rate_limit_config(budgets, settings.trusted_proxies)
     host_config = AllowedHostsConfig(
         allowed_hosts=allowed_hosts(settings),
         exclude_opt_key=SKIP_HOST_CHECK,

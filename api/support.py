@@ -161,7 +161,7 @@ async def attempt_diagram(
     fmt = check_format(format, allowed=("svg", "dot", "mermaid"))
     flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
     spec = services.engine.flows.get(flow)
-    return await render_diagram(spec, fmt, current=current, path=path)
+    return await render_diagram(services.diagrams, spec, fmt, current=current, path=path)
 
 
 @post(

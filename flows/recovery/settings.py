@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     emails_per_hour: int = Field(default=3, ge=1)
     resend_cooldown_seconds: int = Field(default=60, ge=0)
     public_rate_limit_per_minute: int = Field(default=20, ge=1)
+    # GETs (and any other method but POST) per client IP and endpoint: pages, link
+    # checks, diagrams, /metrics, static files. /health and /ready are never limited.
+    public_get_rate_limit_per_minute: int = Field(default=60, ge=1)
+    # Any request to the support API per client IP and endpoint (a request with a bad
+    # key is audited, so it must not come free).
+    support_rate_limit_per_minute: int = Field(default=600, ge=1)
     # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     login_free_failures: int = Field(default=5, ge=1)

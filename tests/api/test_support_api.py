@@ -6,6 +6,7 @@ and that support never sees a secret.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -279,6 +280,26 @@ def test_the_attempt_diagram_highlights_its_state_and_path(api: Api) -> None:
     svg = api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=svg", headers=reader)
     assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
     assert b"<svg" in svg.content
+
+
+def test_an_attempts_diagram_is_rendered_once_per_state_and_path(
+    api: Api, graphviz_runs: Callable[[], int]
+) -> None:
+    """Asked again, the same attempt's SVG is the kept one; once the attempt moves, its
+    diagram is another (rendered once more) and shows the new state."""
+    reader = api.support_headers("read")
+    api.account()
+    token = api.link_token()
+    [attempt] = api.attempts()
+    url = f"/api/support/attempts/{attempt.id}/diagram?format=svg"
+    first = [api.client.get(url, headers=reader) for _ in range(3)]
+    assert {a.status_code for a in first} == {200} and len({a.content for a in first}) == 1
+    assert graphviz_runs() == 1
+    assert api.client.post("/api/recovery/verify", json={"token": token}).status_code == 200
+    moved = api.client.get(url, headers=reader)
+    assert moved.status_code == 200 and moved.content != first[0].content
+    assert api.client.get(url, headers=reader).content == moved.content
+    assert graphviz_runs() == 2
 
 
 # -- actions ---------------------------------------------------------------------------------------
