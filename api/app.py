@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
@@ -40,7 +40,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
 from api.diagram_cache import DiagramCache
-from api.errors import InvalidHost, exception_handlers
+from api.errors import InvalidHost, JsonTooDeep, exception_handlers
 from api.logs import AccessLogMiddleware
 from api.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
 from engine import Database, Engine
@@ -117,11 +117,33 @@ def allowed_hosts(settings: Settings) -> list[str]:
 
 
 def _hostname(host_header: str) -> str:
-    """`example.com:8000` → `example.com`; `[::1]:8000` → `::1`."""
+    """`example.com:8000` → `example.com`; `[::1]:8000` → `::1`; "" when malformed.
+
+    The port is checked too (`127.0.0.1:evil`, `localhost:99999` are malformed):
+    anything that later builds the request's URL would raise on it.
+    """
     try:
-        return urlsplit(f"//{host_header}").hostname or ""
+        parts = urlsplit(f"//{host_header}")
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:
         return ""
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return ""
+    return parts.hostname or ""
+
+
+class RecoveryRequest(Request[Any, Any, Any]):
+    """Litestar's request, with JSON nested too deeply for the decoder refused as a 400.
+
+    msgspec has no depth limit: about 1,000 levels of `[` make it raise the builtin
+    `RecursionError`, which Litestar would answer as a 500 with a traceback logged.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise JsonTooDeep() from None
 
 
 class HostGuard(AllowedHostsMiddleware):
@@ -282,6 +304,7 @@ def create_app(
         dependencies={"services": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=middleware,
+        request_class=RecoveryRequest,
         before_send=[add_security_headers],
         on_startup=[start_dispatcher],
         on_shutdown=[stop_dispatcher, close_database],

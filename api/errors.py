@@ -77,6 +77,12 @@ class InvalidHost(ClientException):
     status_code = HTTP_400_BAD_REQUEST
 
 
+class JsonTooDeep(ClientException):
+    """The JSON body nests deeper than the decoder can follow (msgspec raises RecursionError)."""
+
+    status_code = HTTP_400_BAD_REQUEST
+
+
 class MetricsNotServed(NotFoundException):
     """/metrics is not served at this address (see `Settings.metrics_token`/`metrics_listen`)."""
 
@@ -136,6 +142,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     NotAuthorizedException: Answer(401, "unauthorized", "a valid bearer key is required"),
     PermissionDeniedException: Answer(403, "forbidden", "this key may not do that"),
     InvalidHost: Answer(400, "invalid_host", "this service does not answer to that host name"),
+    JsonTooDeep: Answer(400, "invalid_request", "the JSON body is nested too deeply"),
     ClientException: Answer(400, "bad_request", "the request is not valid"),
     HTTPException: Answer(500, "internal_error", GENERIC_500),
     Exception: Answer(500, "internal_error", GENERIC_500),
@@ -207,7 +214,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             "database unavailable (%s) on %s %s",
             describe(exc),
             request.method,
-            escape(request.url.path),
+            escape(_path(request)),
         )
         body = error_body("unavailable", UNAVAILABLE)
         return _json(status, body, {"Retry-After": str(RETRY_AFTER_OUTAGE_SECONDS)})
@@ -233,13 +240,19 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Respons
     return Response(content=body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
+def _path(request: Request[Any, Any, Any]) -> str:
+    # From the scope, not `request.url`: building the URL parses the Host header,
+    # which raises on a bad port, and an error handler must not fail a second time.
+    return str(request.scope.get("path", ""))
+
+
 def _log_unexpected(request: Request[Any, Any, Any], exc: BaseException) -> None:
     frames = "".join(traceback.format_tb(exc.__traceback__))
     log.error(
         "unhandled %s on %s %s\n%s",
         describe(exc),
         request.method,
-        escape(request.url.path),
+        escape(_path(request)),
         frames,
     )
 

@@ -32,9 +32,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from litestar import Request, Router, get, post, route
 from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.enums import HttpMethod
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Response, Template
@@ -190,7 +192,9 @@ def _page(request: Request[Any, Any, Any], locale: str | None = None) -> Page:
     accept = request.headers.get("accept-language")
     browser = pick_locale(accept)
     chosen = locale or pick_locale(accept, request.query_params.get("lang"))
-    return Page(locale=chosen, browser_locale=browser, path=request.url.path)
+    # The scope's path, not `request.url`: building that parses the Host header, and an
+    # error page for a malformed one must not fail on it a second time.
+    return Page(locale=chosen, browser_locale=browser, path=str(request.scope.get("path", "/")))
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
@@ -629,8 +633,22 @@ pages_router = Router(
     include_in_schema=False,
 )
 
+
+async def plain_file_name(
+    connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+) -> None:
+    """A static file name with a NUL or another control character names no file (and the
+    file system would raise on it): a 404, before the file system is asked."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(connection.scope.get("path", ""))):
+        raise NotFoundException()
+
+
 static_router = create_static_files_router(
-    path="/static", directories=[STATIC_DIR], name="static", include_in_schema=False
+    path="/static",
+    directories=[STATIC_DIR],
+    name="static",
+    include_in_schema=False,
+    guards=[plain_file_name],
 )
 
 route_handlers: list[Router] = [pages_router, static_router]

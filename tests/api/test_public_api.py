@@ -436,6 +436,80 @@ def test_login_slows_down_after_five_failures_and_a_reset_still_works_meanwhile(
     assert attempt.state == "logged_in"
 
 
+# -- requests that used to be 500s --------------------------------------------------------------
+
+JSON_POSTS = [
+    "/api/recovery",
+    "/api/recovery/verify",
+    "/api/recovery/password",
+    "/api/recovery/cancel",
+    "/api/login",
+    "/api/support/attempts/00000000-0000-0000-0000-000000000000/cancel",
+    "/api/support/attempts/00000000-0000-0000-0000-000000000000/resend",
+]
+DEEP_JSON = b"[" * 3000 + b"]" * 3000
+
+
+def _one_line_each(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """What was logged: nothing above INFO, no traceback, each record one line."""
+    records = list(caplog.records)
+    assert [r for r in records if r.levelno > logging.INFO] == []
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
+    return records
+
+
+@pytest.mark.parametrize("path", JSON_POSTS)
+def test_json_nested_a_thousand_deep_is_a_400_logged_in_one_line(
+    api: Api, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    headers = {"Content-Type": "application/json", **api.support_headers("write")}
+    answer = api.client.post(path, content=DEEP_JSON, headers=headers)
+    assert_error(answer, 400, "invalid_request")
+    access = [r for r in _one_line_each(caplog) if r.name == "recovery.access"]
+    assert [r.getMessage().split()[:3] for r in access] == [["POST", path, "400"]]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:evil", "localhost:99999", "accounts.example.test:x"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/recovery"),
+        ("POST", "/api/login"),
+        ("GET", "/api/flows"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("GET", "/recovery"),
+        ("GET", "/recovery/reset"),
+        ("POST", "/recovery/reset"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_host_header_with_a_bad_port_is_a_400_and_records_nothing(
+    api: Api, host: str, method: str, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"json": {"email": "jane.doe@example.com", "password": "x"}} if method == "POST" else {}
+    answer = api.client.request(method, path, headers={"Host": host}, **body)
+    assert answer.status_code == 400
+    if path.startswith("/api"):
+        assert_error(answer, 400, "invalid_host")
+    else:
+        assert answer.headers["content-type"].startswith("text/html")
+    _one_line_each(caplog)
+    assert api.attempts() == []
+
+
+@pytest.mark.parametrize("path", ["/static/%00", "/static/pages%00.css", "/static/%0d%0a"])
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_static_file_name_with_a_control_character_is_a_404_logged_in_one_line(
+    api: Api, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert_error(api.client.get(path), 404, "not_found")
+    _one_line_each(caplog)
+    assert api.client.get("/static/pages.css").status_code == 200
+
+
 # -- Host headers ---------------------------------------------------------------------------------
 
 
