@@ -10,8 +10,8 @@ Two real transports sit behind one small protocol:
 Errors come in two kinds the dispatcher acts on: `TemporaryMailError` (the
 server is down, slow, or answered 4xx: try again later) and
 `PermanentMailError` (the server answered 5xx: never retry). Their messages
-carry the SMTP code and the server's reply, never the message body, because
-the body holds the recovery link.
+carry the SMTP code and the server's reply (addresses in it masked), never the
+message body, because the body holds the recovery link.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import email.message
 import email.policy
 import itertools
 import os
+import re
 import secrets
 import socket
 from email.utils import getaddresses, parseaddr
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from engine.clock import Clock, SystemClock
+from flows.recovery.identity import mask_email
 
 MAX_ERROR_CHARS = 300
 DEFAULT_MAIL_DIR = Path("var/mail")
@@ -86,10 +88,16 @@ def envelope(message: email.message.EmailMessage) -> tuple[str, str]:
     return sender, recipients[0]
 
 
+# An address as mail servers quote them in replies (`<jane@example.com>`, bare or in quotes).
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:@\[\]]+@[^\s<>\"'(),;:@\[\]]+")
+
+
 def _clean(text: str) -> str:
-    """A server reply made safe for logs and stored facts: one line, bounded."""
+    """A server reply made safe for logs and stored facts: one line, bounded, and every
+    address in it masked as support sees addresses (the reply often quotes the
+    recipient in full, and it is stored where support reads it)."""
     one_line = " ".join(str(text).split())
-    return one_line[:MAX_ERROR_CHARS]
+    return _ADDRESS.sub(lambda m: mask_email(m.group()), one_line)[:MAX_ERROR_CHARS]
 
 
 class FileTransport:

@@ -526,6 +526,36 @@ async def test_permanent_refusal_is_undeliverable_at_once(
     assert token_rows(database) == []
 
 
+async def test_addresses_quoted_in_a_mail_servers_refusal_are_stored_masked(
+    frozen: FrozenDateTimeFactory,
+    database: Database,
+    engine: Engine,
+    dispatcher: Dispatcher,
+    smtp_sink: SmtpSink,
+) -> None:
+    """Servers quote the recipient in their replies; the delivery facts support reads and
+    the outbox's last error keep the reply with every address in it masked."""
+    add_account(database, "jane.doe@example.com")
+    attempt = request(engine, "jane.doe@example.com")
+    await dispatcher.run_once()
+    reset_password(engine, attempt)
+    refused = add_account(database, "Noor.Haddad@Example.org")
+    bounced = request(engine, "noor.haddad@example.org")
+    reply = (
+        "5.1.1 <Noor.Haddad@Example.org>: Recipient address rejected (also jane.doe@example.com)"
+    )
+    smtp_sink.refuse(550, text=reply)
+    frozen.tick(timedelta(minutes=2))
+    await dispatcher.run_once()
+    error = engine.read_sync(bounced.id).data["delivery"]["last_error"]
+    (item,) = outbox_rows(database)
+    for stored in (error, item["last_error"]):
+        assert "550" in stored and "Recipient address rejected" in stored
+        assert "N***d@E***e.org" in stored and "j***e@e***e.com" in stored
+        for secret in (refused.email, "jane.doe@example.com", "Haddad", "jane.doe"):
+            assert secret not in stored
+
+
 async def test_retries_run_out_into_undeliverable(
     frozen: FrozenDateTimeFactory,
     db_url: str,
