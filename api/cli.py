@@ -138,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", required=True)
     create_key.add_argument("--role", required=True, choices=("read", "write"))
     create_key.set_defaults(handler=_create_key)
+    list_keys = key_commands.add_parser(
+        "list", help="every key's name, role, and when it was created or revoked"
+    )
+    list_keys.set_defaults(handler=_list_keys)
+    revoke_key = key_commands.add_parser(
+        "revoke", help="revoke the live key with this name (its name may then be reused)"
+    )
+    revoke_key.add_argument("name", metavar="NAME")
+    revoke_key.set_defaults(handler=_revoke_key)
 
     attempts = commands.add_parser("attempts", help="inspect recovery attempts")
     attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -445,6 +454,32 @@ def _create_key(args: argparse.Namespace) -> int:
     print(f"created support key {_printable(args.name)!r} with role {args.role}.")
     print("It is shown only this once; keep it secret. The key:")
     print(key)
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    from flows.recovery.support import SupportService
+
+    settings = _settings()
+    with open_engine(settings) as engine:
+        keys = SupportService(engine).list_keys_sync()
+    if not keys:
+        print("no support keys")
+    for key in keys:
+        status = f"revoked {_iso(key['revoked_at'])}" if key["revoked_at"] else "live"
+        print(
+            f"{_printable(key['name'])}\t{key['role']}\tcreated {_iso(key['created_at'])}\t{status}"
+        )
+    return 0
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    from flows.recovery.support import SupportService
+
+    settings = _settings()
+    with open_engine(settings) as engine:
+        SupportService(engine).revoke_key_sync(args.name)
+    print(f"revoked support key {_printable(args.name)!r}; it no longer works")
     return 0
 
 

@@ -59,7 +59,7 @@ from flows.recovery.errors import (
     UnknownToken,
     describe,
 )
-from flows.recovery.support import KeyNameTaken
+from flows.recovery.support import KeyNameTaken, KeyNotFound
 
 log = logging.getLogger("api.errors")
 
@@ -115,6 +115,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     SessionInvalid: Answer(401),
     AccountExists: Answer(409),
     KeyNameTaken: Answer(409),
+    KeyNotFound: Answer(404),
     RecoveryError: Answer(400),
     # the engine
     InvalidAttemptId: Answer(400),

@@ -16,15 +16,16 @@ from typing import Annotated, Any
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.types import Scope
 
 from api.app import Services
 from api.errors import answer_for, documented
-from api.flows import DiagramOperation, check_format, render_diagram
+from api.flows import DiagramOperation, render_diagram
 from api.logs import escape
+from api.ratelimit import client_ip, parse_networks
 from api.schemas import (
     AttemptItem,
     AttemptPage,
@@ -40,9 +41,12 @@ from api.schemas import (
     SupportAttempt,
     TimelineEntry,
 )
+from engine import EngineError
+from flows.recovery.errors import RecoveryError
 from flows.recovery.identity import support_reference
-from flows.recovery.support import DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE
+from flows.recovery.support import DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE, UNKNOWN_KEY
 
+SUPPORT_PATH = "/api/support"
 ROLE_OPT = "support_role"
 ROLE_RANK = {"read": 0, "write": 1}
 
@@ -67,17 +71,53 @@ async def require_support_key(
 
 
 async def audit_refusal(exc: Exception, scope: Scope) -> None:
-    """`after_exception` hook: a support request refused before its handler ran (a body or
-    query that fails validation, a role too low) is audited too, under the key's name.
-    Refusals raised by the support service itself are audited there."""
-    name = (scope.get("state") or {}).get("support_key_name")
-    if name is None or not isinstance(exc, HTTPException):
+    """`after_exception` hook: every support request refused outside the support service
+    is audited too. Under the key's name when the key is valid: a body or query that
+    fails validation, a role too low, a path or method the API does not have (404, 405).
+    A key that is no key of ours on a route (401, counted by the support API's rate
+    limit) is recorded as `UNKNOWN_KEY` with the client's address, never the key;
+    elsewhere, and without any key, there is nothing to attribute and nothing recorded.
+    Refusals raised by the support service itself are audited there (and marked)."""
+    path = str(scope.get("path", ""))
+    if not (path == SUPPORT_PATH or path.startswith(SUPPORT_PATH + "/")):
+        return
+    if getattr(exc, "audited", False):
         return
     services: Services = scope["litestar_app"].state["services"]
-    outcome = answer_for(exc).code or "refused"
+    name = (scope.get("state") or {}).get("support_key_name")
+    client = None
+    if name is None:
+        # The guard did not run (no such route or method) or refused the key.
+        key = _bearer(scope)
+        if key is None:
+            return
+        found = await services.support.authenticate(key)
+        if found is None:
+            if not isinstance(exc, NotAuthorizedException):
+                # No such route or method: the rate limits never saw it (they apply to
+                # routes), so a row per request would be a free write for anyone.
+                return
+            name = UNKNOWN_KEY
+            client = client_ip(Request(scope), parse_networks(services.settings.trusted_proxies))
+        else:
+            name = found[0]
+    if isinstance(exc, RecoveryError | EngineError):
+        outcome = exc.code
+    else:
+        outcome = answer_for(exc).code or "refused"
     await services.support.record_refusal(
-        str(name), str(scope.get("method", "")), escape(str(scope.get("path", ""))), outcome
+        str(name), str(scope.get("method", "")), escape(path), outcome, client
     )
+
+
+def _bearer(scope: Scope) -> str | None:
+    for header, value in scope.get("headers") or ():
+        if header == b"authorization":
+            scheme, _, key = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return key.strip() or None
+    return None
 
 
 def key_name(request: Request[Any, Any, Any]) -> str:
@@ -158,7 +198,8 @@ async def attempt_diagram(
     attempt_id: AttemptId,
     format: Annotated[str, QueryParameter(description="svg | dot | mermaid")] = "svg",
 ) -> Response[bytes]:
-    fmt = check_format(format, allowed=("svg", "dot", "mermaid"))
+    # The service checks the format, so that a bad one is audited like any refusal.
+    fmt = format.strip().lower()
     flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
     spec = services.engine.flows.get(flow)
     return await render_diagram(services.diagrams, spec, fmt, current=current, path=path)
@@ -239,7 +280,7 @@ async def audit(
 
 
 router = Router(
-    path="/api/support",
+    path=SUPPORT_PATH,
     route_handlers=[
         list_attempts,
         attempt_detail,

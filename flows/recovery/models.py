@@ -10,7 +10,7 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -98,12 +98,25 @@ class LoginDevice(SQLModel, table=True):
 
 
 class SupportKey(SQLModel, table=True):
-    """An API key for support agents, with its role; only the key's hash is kept."""
+    """An API key for support agents, with its role; only the key's hash is kept.
+
+    A name is unique among live keys: once its key is revoked, the name can be given
+    to a new one (the audit log, which records names, keeps both histories).
+    """
 
     __tablename__ = "support_key"
+    __table_args__ = (
+        Index(
+            "uq_support_key_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    name: str = Field(max_length=100, unique=True)
+    name: str = Field(max_length=100)
     role: str = Field(max_length=16)
     key_hash: str = Field(max_length=64, unique=True, index=True)
     created_at: datetime

@@ -140,3 +140,13 @@ def test_0002_seeds_the_running_totals_from_the_rows_already_stored(empty_db_url
         assert engine_.totals_sync()[(flow, "attempts", "requested")] == 2
     finally:
         db.close()
+
+
+def test_every_migration_downgrades_and_upgrades_again(empty_db_url: str) -> None:
+    """Down to the first revision and back up: the schema matches the models again."""
+    migrate.upgrade(empty_db_url)
+    with migrate._locked_connection(empty_db_url) as conn:
+        command.downgrade(migrate._config(conn), "0001")
+    assert migrate.current_revision(empty_db_url) == "0001"
+    migrate.upgrade(empty_db_url)
+    migrate.check(empty_db_url)

@@ -4,6 +4,7 @@
   session or writes its rehash only while it is unchanged.
 - `login_device` and `login_failure.device`: failures from a browser that signed in
   before are counted for it alone.
+- `support_key.name`: unique among live keys only, so a revoked key's name can be reused.
 - `flow_tally`: the engine's running totals (attempts per state, events fired),
   seeded here from the attempt table and the event log, so metrics read a few rows.
 
@@ -73,8 +74,37 @@ def upgrade() -> None:
         "GROUP BY a.flow, e.accepted, e.event"
     )
 
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        # 0001 made SQLite's UNIQUE(name) unnamed (a downgrade names it): the naming
+        # convention names an unnamed one for the batch copy, which then drops it.
+        [found] = [
+            c["name"]
+            for c in sa.inspect(bind).get_unique_constraints("support_key")
+            if c["column_names"] == ["name"]
+        ]
+        with op.batch_alter_table(
+            "support_key",
+            recreate="always",
+            naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"},
+        ) as batch_op:
+            batch_op.drop_constraint(found or "uq_support_key_name", type_="unique")
+    else:
+        op.drop_constraint("support_key_name_key", "support_key", type_="unique")
+    op.create_index(
+        "uq_support_key_live_name",
+        "support_key",
+        ["name"],
+        unique=True,
+        sqlite_where=sa.text("revoked_at IS NULL"),
+        postgresql_where=sa.text("revoked_at IS NULL"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_index("uq_support_key_live_name", table_name="support_key")
+    with op.batch_alter_table("support_key", schema=None) as batch_op:
+        batch_op.create_unique_constraint("support_key_name_key", ["name"])
     op.drop_table("flow_tally")
     with op.batch_alter_table("login_failure", schema=None) as batch_op:
         batch_op.drop_index("ix_login_failure_key_device_at")
