@@ -76,6 +76,7 @@ OUTAGE_FIRST_PAUSE = 0.2
 OUTAGE_MAX_PAUSE = 2.0
 OUTAGE_MARGIN_SECONDS = 2.0
 
+UNUSABLE_ADDRESS = "the stored address cannot be written into an email"
 # First key of the PostgreSQL advisory locks taken per address while dispatching.
 ADVISORY_LOCK_CLASS = 0x6D61696C  # "mail"
 
@@ -310,19 +311,31 @@ class Dispatcher:
         token = new_token()
         now = self.clock.now()
         base = self.settings.public_base_url
-        message = recovery_email(
-            locale=_locale(record.locale),
-            to=account.email,
-            mail_from=self.settings.mail_from,
-            link=f"{base}/recovery/reset?token={token}",
-            cancel_link=f"{base}/recovery/cancel?token={token}",
-            expires_at=now + timedelta(minutes=self.settings.link_ttl_minutes),
-            reference=support_reference(record.id),
-            name=account.name,
-            sent_at=now,
-        )
-        digest = token_hash(token)
         tries = int(delivery.get("tries") or 0) + 1
+        try:
+            message = recovery_email(
+                locale=_locale(record.locale),
+                to=account.email,
+                mail_from=self.settings.mail_from,
+                link=f"{base}/recovery/reset?token={token}",
+                cancel_link=f"{base}/recovery/cancel?token={token}",
+                expires_at=now + timedelta(minutes=self.settings.link_ttl_minutes),
+                reference=support_reference(record.id),
+                name=account.name,
+                sent_at=now,
+            )
+        except ValueError:
+            # The stored address cannot be written into a message: no later try can,
+            # so end the attempt now rather than fail it at every lease until it expires.
+            failed = {**delivery, "tries": tries, "last_error": UNUSABLE_ADDRESS}
+            await self._fire(
+                record,
+                "bounce",
+                detail={"reason": "address_unusable", "tries": tries},
+                data={"delivery": {**failed, "status": "failed", "sent_at": None}},
+            )
+            return
+        digest = token_hash(token)
         # The digest is stored before the mail leaves, so a link opened the
         # instant it arrives is found (the service waits for `dispatch` to commit).
         await self.db.run(self._store_token, record.id, account.id, digest)
@@ -348,7 +361,7 @@ class Dispatcher:
             return
         failed = {**delivery, "tries": tries, "last_error": str(error), "sent_at": None}
         if isinstance(error, PermanentMailError) or tries >= self.settings.mail_max_tries:
-            reason = "refused" if isinstance(error, PermanentMailError) else "retries_exhausted"
+            reason = error.reason if isinstance(error, PermanentMailError) else "retries_exhausted"
             await self._fire(
                 record,
                 "bounce",
@@ -524,16 +537,20 @@ class Dispatcher:
             await self._finish(item["id"], error="account not found")
             return
         now = self.clock.now()
-        message = password_changed_email(
-            locale=_locale(payload.get("locale")),
-            to=account.email,
-            mail_from=self.settings.mail_from,
-            changed_at=as_utc(item["created_at"]),
-            reference=support_reference(attempt_id),
-            name=account.name,
-            recovery_page=f"{self.settings.public_base_url}/recovery",
-            sent_at=now,
-        )
+        try:
+            message = password_changed_email(
+                locale=_locale(payload.get("locale")),
+                to=account.email,
+                mail_from=self.settings.mail_from,
+                changed_at=as_utc(item["created_at"]),
+                reference=support_reference(attempt_id),
+                name=account.name,
+                recovery_page=f"{self.settings.public_base_url}/recovery",
+                sent_at=now,
+            )
+        except ValueError:
+            await self._finish(item["id"], error=UNUSABLE_ADDRESS)
+            return
         error = await self._send(message)
         if error is None:
             await self._finish(item["id"])

@@ -53,6 +53,26 @@ class TemporaryMailError(MailError):
 class PermanentMailError(MailError):
     """The server refused the message for good (5xx): retrying cannot help."""
 
+    # What the attempt's bounce records as its reason.
+    reason = "refused"
+
+
+class AddressNotSupported(PermanentMailError):
+    """The address has non-ASCII characters and the server does not offer SMTPUTF8."""
+
+    reason = "address_not_supported"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the mail server cannot deliver to an address with non-ASCII characters "
+            "(it does not offer SMTPUTF8)"
+        )
+
+
+def needs_smtputf8(*addresses: str) -> bool:
+    """Whether an envelope with these addresses needs SMTPUTF8 (RFC 6531)."""
+    return not all(address.isascii() for address in addresses)
+
 
 class MailTransport(Protocol):
     """Something that accepts a finished message for delivery, or raises a `MailError`."""
@@ -132,8 +152,11 @@ class FileTransport:
         return final
 
     async def send(self, message: email.message.EmailMessage) -> None:
-        envelope(message)  # the same one-recipient rule as SMTP
-        data = message.as_bytes(policy=email.policy.SMTP)
+        sender, recipient = envelope(message)  # the same one-recipient rule as SMTP
+        # An address with non-ASCII characters is written as UTF-8 (as SMTPUTF8 sends it);
+        # the ASCII policy would turn it into an encoded word, which is no address.
+        utf8 = needs_smtputf8(sender, recipient)
+        data = message.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
         try:
             await asyncio.to_thread(self._write, self._name(), data)
         except OSError as exc:
@@ -205,6 +228,8 @@ class SmtpTransport:
         return self._local_hostname
 
     async def send(self, message: email.message.EmailMessage) -> None:
+        """Send; aiosmtplib asks for SMTPUTF8 itself when an address needs it and the
+        server offers it. A server that does not cannot ever take it: permanent."""
         sender, recipient = envelope(message)
         try:
             await aiosmtplib.send(
@@ -220,6 +245,11 @@ class SmtpTransport:
                 start_tls=self.start_tls,
                 timeout=self.timeout,
             )
+        except aiosmtplib.SMTPNotSupported as exc:
+            if needs_smtputf8(sender, recipient):
+                raise AddressNotSupported() from None
+            # STARTTLS asked for and not offered: our configuration, may be fixed.
+            raise TemporaryMailError(f"SMTP {type(exc).__name__}: {_clean(str(exc))}") from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0] if exc.recipients else None
             code = refused.code if refused else 0
