@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from litestar import Litestar, Request
 from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import InternalServerException, NotFoundException
 from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
@@ -40,7 +41,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
 from api.diagram_cache import DiagramCache
-from api.errors import InvalidHost, JsonTooDeep, exception_handlers
+from api.errors import ClientDisconnected, InvalidHost, JsonTooDeep, exception_handlers
 from api.logs import AccessLogMiddleware
 from api.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
 from engine import Database, Engine
@@ -133,10 +134,13 @@ def _hostname(host_header: str) -> str:
 
 
 class RecoveryRequest(Request[Any, Any, Any]):
-    """Litestar's request, with JSON nested too deeply for the decoder refused as a 400.
+    """Litestar's request, with two ends of a body that are the client's doing, not ours:
 
-    msgspec has no depth limit: about 1,000 levels of `[` make it raise the builtin
-    `RecursionError`, which Litestar would answer as a 500 with a traceback logged.
+    - JSON nested too deeply for the decoder is a 400: msgspec has no depth limit,
+      and about 1,000 levels of `[` make it raise the builtin `RecursionError`,
+      which Litestar would answer as a 500 with a traceback logged;
+    - a client gone before its body was complete (or cut off by the server's body
+      timeout) is `ClientDisconnected`, which Litestar would log as a 500.
     """
 
     async def json(self) -> Any:
@@ -144,6 +148,14 @@ class RecoveryRequest(Request[Any, Any, Any]):
             return await super().json()
         except RecursionError:
             raise JsonTooDeep() from None
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in super().stream():
+                yield chunk
+        except InternalServerException:
+            # The only one Litestar's stream raises: "client disconnected prematurely".
+            raise ClientDisconnected() from None
 
 
 class HostGuard(AllowedHostsMiddleware):

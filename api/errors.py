@@ -83,6 +83,13 @@ class JsonTooDeep(ClientException):
     status_code = HTTP_400_BAD_REQUEST
 
 
+class ClientDisconnected(ClientException):
+    """The client went away before its request body was complete (or was cut off for
+    sending it too slowly): nobody reads the answer, and nothing went wrong here."""
+
+    status_code = HTTP_400_BAD_REQUEST
+
+
 class MetricsNotServed(NotFoundException):
     """/metrics is not served at this address (see `Settings.metrics_token`/`metrics_listen`)."""
 
@@ -144,6 +151,9 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     PermissionDeniedException: Answer(403, "forbidden", "this key may not do that"),
     InvalidHost: Answer(400, "invalid_host", "this service does not answer to that host name"),
     JsonTooDeep: Answer(400, "invalid_request", "the JSON body is nested too deeply"),
+    ClientDisconnected: Answer(
+        400, "client_disconnected", "the request ended before its body was complete"
+    ),
     ClientException: Answer(400, "bad_request", "the request is not valid"),
     HTTPException: Answer(500, "internal_error", GENERIC_500),
     Exception: Answer(500, "internal_error", GENERIC_500),

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # `recovery serve`: a request's headers must arrive within the first timeout (of its
+    # first byte, or of the connection), its body within the second (of the headers),
+    # else 408 and the connection is closed; past `http_max_connections` open
+    # connections new requests get 503. Handler time and idle keep-alive are not counted.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_max_connections: int = Field(default=1000, ge=1)
+
     # Operations. /metrics is never public (it would tell, read before and after a
     # request, whether an address has an account). With RECOVERY_METRICS_TOKEN it
     # answers on the service's own port to `Authorization: Bearer <token>` only; with
