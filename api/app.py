@@ -8,8 +8,9 @@ serve` applies migrations first, and tests create tables with fixtures.
 What wraps every request:
 - access log (outermost, so 404s are logged too): method, path without query,
   status, duration, request id (`api.logs`);
-- security headers on every answer, and `Cache-Control: no-store` on the
-  recovery, login and session answers (a `before_send` hook);
+- security headers on every answer (Strict-Transport-Security too when the
+  public base URL is https), and `Cache-Control: no-store` on the recovery,
+  login and session answers (a `before_send` hook);
 - allowed hosts (Litestar's middleware, answering in the JSON error shape);
 - per-IP, per-endpoint rate limits on every endpoint but /health and /ready
   (`api.ratelimit`);
@@ -22,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from litestar import Litestar, Request
 from litestar.config.allowed_hosts import AllowedHostsConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.exceptions import InternalServerException, NotFoundException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
@@ -41,7 +44,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
 from api.diagram_cache import DiagramCache
-from api.errors import ClientDisconnected, InvalidHost, JsonTooDeep, exception_handlers
+from api.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.logs import AccessLogMiddleware
 from api.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
 from engine import Database, Engine
@@ -58,11 +61,14 @@ log = logging.getLogger("api.app")
 # A route sets this opt to skip the host check (health probes use whatever
 # name reaches the container; they build no links).
 SKIP_HOST_CHECK = "skip_host_check"
-# Host names that cannot belong to someone else on the internet: loopback
-# names, and `.local` (mDNS, never delegated). They let a health probe on the
-# machine and Litestar's TestClient (testserver.local) in; a link is never built
-# from the Host header anyway (it comes from public_base_url), so they forge nothing.
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver.local")
+# Host names that cannot belong to someone else on the internet: the loopback
+# names. They let a probe or a scraper on the machine in; a link is never built
+# from the Host header anyway (it comes from public_base_url), so they forge
+# nothing. Any other name must be configured (RECOVERY_EXTRA_ALLOWED_HOSTS: tests
+# add Litestar's TestClient name, testserver.local, there).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Sent when the public base URL is https: browsers then refuse plain http for a year.
+HSTS = "max-age=31536000"
 METRICS_PATH = "/metrics"
 
 SECURITY_HEADERS = {
@@ -113,8 +119,9 @@ def build_services(
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
-    """The host names the service answers to: the public one, plus names local to the machine."""
-    return sorted({settings.public_host, *LOCAL_HOSTS})
+    """The host names the service answers to: the public one, the loopback names, and
+    any configured in RECOVERY_EXTRA_ALLOWED_HOSTS."""
+    return sorted({settings.public_host, *LOCAL_HOSTS, *settings.extra_allowed_hosts})
 
 
 def _hostname(host_header: str) -> str:
@@ -186,22 +193,58 @@ class MetricsListenerGuard:
         await self.app(scope, receive, send)
 
 
+JSON_MEDIA_TYPE = "application/json"
+
+
+async def require_json_body(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """A handler that takes a JSON body takes it only as application/json (415 otherwise).
+
+    Litestar parses any body as JSON whatever its Content-Type. A browser sends a
+    cross-site POST with `text/plain` or a form type without a CORS preflight, so a
+    third-party page could make visitors' browsers drive the JSON API; with
+    application/json required, such a request needs a preflight this service never
+    grants. A request with no body at all is left to the handler (a missing body is its
+    400, an optional one is fine).
+    """
+    if "data" not in handler.parsed_fn_signature.parameters:
+        return
+    content_type = connection.headers.get("content-type")
+    if content_type is None:
+        length = connection.headers.get("content-length")
+        has_body = "transfer-encoding" in connection.headers or (length not in (None, "0"))
+        if has_body:
+            raise NotJson()
+        return
+    if content_type.split(";", 1)[0].strip().lower() != JSON_MEDIA_TYPE:
+        raise NotJson()
+
+
 def _needs_no_store(path: str) -> bool:
     if path.startswith(NO_STORE_PREFIXES):
         return True
     return any(path == p or path.startswith(p + "/") for p in NO_STORE_PAGES)
 
 
-async def add_security_headers(message: Message, scope: Scope) -> None:
-    """Security headers on every response (a route may set a stricter CSP itself)."""
-    if message["type"] != "http.response.start":
-        return
-    headers = MutableScopeHeaders.from_message(message)
-    for name, value in SECURITY_HEADERS.items():
-        if name not in headers:
-            headers[name] = value
-    if _needs_no_store(scope.get("path", "")):
-        headers["cache-control"] = "no-store"
+def security_headers(settings: Settings) -> Callable[[Message, Scope], Awaitable[None]]:
+    """The `before_send` hook: security headers on every response (a route may set a
+    stricter CSP itself), and Strict-Transport-Security when the site is https."""
+    always = dict(SECURITY_HEADERS)
+    if urlsplit(settings.public_base_url).scheme == "https":
+        always["strict-transport-security"] = HSTS
+
+    async def add_security_headers(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start":
+            return
+        headers = MutableScopeHeaders.from_message(message)
+        for name, value in always.items():
+            if name not in headers:
+                headers[name] = value
+        if _needs_no_store(scope.get("path", "")):
+            headers["cache-control"] = "no-store"
+
+    return add_security_headers
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -316,8 +359,9 @@ def create_app(
         dependencies={"services": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=middleware,
+        guards=[require_json_body],
         request_class=RecoveryRequest,
-        before_send=[add_security_headers],
+        before_send=[security_headers(settings)],
         on_startup=[start_dispatcher],
         on_shutdown=[stop_dispatcher, close_database],
         after_exception=[support.audit_refusal],

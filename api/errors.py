@@ -30,7 +30,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.status_codes import HTTP_400_BAD_REQUEST
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from sqlalchemy.exc import OperationalError
 
 from api.logs import escape
@@ -81,6 +81,12 @@ class JsonTooDeep(ClientException):
     """The JSON body nests deeper than the decoder can follow (msgspec raises RecursionError)."""
 
     status_code = HTTP_400_BAD_REQUEST
+
+
+class NotJson(HTTPException):
+    """A body sent to the JSON API with another Content-Type than application/json."""
+
+    status_code = HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 
 class ClientDisconnected(ClientException):
@@ -153,6 +159,9 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     JsonTooDeep: Answer(400, "invalid_request", "the JSON body is nested too deeply"),
     ClientDisconnected: Answer(
         400, "client_disconnected", "the request ended before its body was complete"
+    ),
+    NotJson: Answer(
+        415, "unsupported_media_type", "the body must be JSON, sent as application/json"
     ),
     ClientException: Answer(400, "bad_request", "the request is not valid"),
     HTTPException: Answer(500, "internal_error", GENERIC_500),
@@ -284,6 +293,7 @@ _DESCRIPTIONS = {
     409: "Conflict: not allowed in the current state, or another request won",
     410: "The link can no longer be used (expired, used, superseded, cancelled)",
     413: "The request body is larger than the configured cap",
+    415: "The body was not sent as application/json",
     422: "The new password breaks the policy; details list every violation",
     429: "Too many requests; see Retry-After",
     501: "Graphviz is not installed on the server (ask for dot or mermaid)",

@@ -88,7 +88,7 @@ async def render_diagram(
     return Response(content=body, media_type=MEDIA_TYPES[fmt], status_code=200)
 
 
-@get("/", summary="The registered flows")
+@get("/", summary="The registered flows", responses=documented(429, database=False))
 async def list_flows(services: NamedDependency[Services]) -> FlowList:
     return FlowList(
         items=[
@@ -101,7 +101,7 @@ async def list_flows(services: NamedDependency[Services]) -> FlowList:
 @get(
     "/{name:str}",
     summary="A flow's states, events, transitions and deadlines",
-    responses=documented(400, 404, database=False),
+    responses=documented(400, 404, 429, database=False),
 )
 async def describe_flow(services: NamedDependency[Services], name: FromPath[str]) -> dict[str, Any]:
     return services.engine.flows.get(name).describe()
@@ -110,7 +110,7 @@ async def describe_flow(services: NamedDependency[Services], name: FromPath[str]
 @get(
     "/{name:str}/diagram",
     summary="A flow's diagram",
-    responses=documented(400, 404, 501, database=False),
+    responses=documented(400, 404, 429, 501, database=False),
     media_type="text/plain",
     operation_class=DiagramOperation,
 )

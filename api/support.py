@@ -134,7 +134,7 @@ AttemptId = Annotated[str, PathParameter(description="the attempt's id (a UUID)"
     "/attempts",
     opt=READ,
     summary="Attempts, newest first, masked, one keyset page at a time",
-    responses=documented(400, 401, 403),
+    responses=documented(400, 401, 403, 429),
 )
 async def list_attempts(
     request: Request[Any, Any, Any],
@@ -170,7 +170,7 @@ async def list_attempts(
     "/attempts/{attempt_id:str}",
     opt=READ,
     summary="One attempt: its state, delivery facts, full timeline, allowed events",
-    responses=documented(400, 401, 403, 404),
+    responses=documented(400, 401, 403, 404, 429),
 )
 async def attempt_detail(
     request: Request[Any, Any, Any], services: NamedDependency[Services], attempt_id: AttemptId
@@ -188,7 +188,7 @@ async def attempt_detail(
     "/attempts/{attempt_id:str}/diagram",
     opt=READ,
     summary="The flow diagram with this attempt's state and path highlighted",
-    responses=documented(400, 401, 403, 404, 501),
+    responses=documented(400, 401, 403, 404, 429, 501),
     media_type="text/plain",
     operation_class=DiagramOperation,
 )
@@ -210,7 +210,7 @@ async def attempt_diagram(
     status_code=200,
     opt=WRITE,
     summary="Cancel the attempt (kills its link); 409 when not allowed in its state",
-    responses=documented(400, 401, 403, 404, 409, 413),
+    responses=documented(400, 401, 403, 404, 409, 413, 415, 429),
 )
 async def cancel_attempt(
     request: Request[Any, Any, Any],
@@ -227,7 +227,7 @@ async def cancel_attempt(
     status_code=202,
     opt=WRITE,
     summary="Start a new attempt for the same address; once emailed it supersedes older links",
-    responses=documented(400, 401, 403, 404, 413),
+    responses=documented(400, 401, 403, 404, 413, 415, 429),
 )
 async def resend(
     request: Request[Any, Any, Any],
@@ -251,7 +251,7 @@ async def resend(
     opt=READ,
     summary="Counts per state, and the funnel with conversion and median time between steps",
     description="Over attempts created in [since, until); the default window is the last 7 days.",
-    responses=documented(400, 401, 403),
+    responses=documented(400, 401, 403, 429),
 )
 async def stats(
     request: Request[Any, Any, Any],
@@ -268,7 +268,7 @@ async def stats(
     "/audit",
     opt=READ,
     summary="Support queries and actions with the key's name, newest first",
-    responses=documented(400, 401, 403),
+    responses=documented(400, 401, 403, 429),
 )
 async def audit(
     request: Request[Any, Any, Any],

@@ -309,6 +309,9 @@ class Dispatcher:
         self, record: AttemptRecord, account: _Known, delivery: dict[str, Any]
     ) -> None:
         token = new_token()
+        # The "this wasn't me" link carries a token of its own, which can only cancel:
+        # the reset token in it would open the password form to whoever clicks it.
+        cancel_token = new_token()
         now = self.clock.now()
         base = self.settings.public_base_url
         tries = int(delivery.get("tries") or 0) + 1
@@ -318,7 +321,7 @@ class Dispatcher:
                 to=account.email,
                 mail_from=self.settings.mail_from,
                 link=f"{base}/recovery/reset?token={token}",
-                cancel_link=f"{base}/recovery/cancel?token={token}",
+                cancel_link=f"{base}/recovery/cancel?token={cancel_token}",
                 expires_at=now + timedelta(minutes=self.settings.link_ttl_minutes),
                 reference=support_reference(record.id),
                 name=account.name,
@@ -338,7 +341,9 @@ class Dispatcher:
         digest = token_hash(token)
         # The digest is stored before the mail leaves, so a link opened the
         # instant it arrives is found (the service waits for `dispatch` to commit).
-        await self.db.run(self._store_token, record.id, account.id, digest)
+        await self.db.run(
+            self._store_token, record.id, account.id, digest, token_hash(cancel_token)
+        )
         error = await self._send(message)
         now = self.clock.now()
         if error is None:
@@ -432,13 +437,16 @@ class Dispatcher:
 
         return hook
 
-    def _store_token(self, attempt_id: uuid.UUID, account_id: uuid.UUID, digest: str) -> None:
-        """The attempt's link token, replacing one from an earlier try that never went out."""
+    def _store_token(
+        self, attempt_id: uuid.UUID, account_id: uuid.UUID, digest: str, cancel_digest: str
+    ) -> None:
+        """The attempt's link tokens, replacing those of an earlier try that never went out."""
         with self.db.transaction() as conn:
             conn.execute(delete(token_t).where(token_t.c.attempt_id == attempt_id))
             conn.execute(
                 insert(token_t).values(
                     token_hash=digest,
+                    cancel_hash=cancel_digest,
                     attempt_id=attempt_id,
                     account_id=account_id,
                     created_at=self.clock.now(),

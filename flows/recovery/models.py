@@ -41,11 +41,16 @@ class Account(SQLModel, table=True):
 
 
 class RecoveryToken(SQLModel, table=True):
-    """The hash of the token a recovery link carries, bound to one attempt and account."""
+    """The hash of the token a recovery link carries, bound to one attempt and account.
+
+    `cancel_hash` is the hash of the "this wasn't me" link's own token: it can cancel
+    the attempt and nothing else (it opens no form and sets no password).
+    """
 
     __tablename__ = "recovery_token"
 
     token_hash: str = Field(primary_key=True, max_length=64)
+    cancel_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
     attempt_id: uuid.UUID = Field(index=True, unique=True)
     account_id: uuid.UUID = Field(index=True)
     created_at: datetime

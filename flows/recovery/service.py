@@ -289,8 +289,12 @@ class RecoveryService:
     # -- "this wasn't me" ----------------------------------------------
 
     async def cancel_by_token(self, token: object) -> AttemptRecord:
-        """The person says they did not ask: cancel the attempt and kill its link."""
-        row = await self._token_row(token)
+        """The person says they did not ask: cancel the attempt and kill its link.
+
+        Takes the email's cancel-only token (the "this wasn't me" link), or the link's
+        own token (`POST /api/recovery/cancel` has always taken that one).
+        """
+        row = await self._token_row(token, cancel=True)
         attempt = await self._settled(row["attempt_id"])
 
         def revoke(tx: Transaction) -> None:
@@ -307,13 +311,18 @@ class RecoveryService:
 
     # -- tokens ----------------------------------------------------------
 
-    async def _token_row(self, token: object) -> dict[str, Any]:
+    async def _token_row(self, token: object, *, cancel: bool = False) -> dict[str, Any]:
+        """The token's row by the link token; with `cancel`, by the cancel-only token too."""
         if not plausible_token(token):
             raise UnknownToken()
         assert isinstance(token, str)
-        row = await self.db.run(self._find_token, token_hash(token), write=False)
+        digest = token_hash(token)
+        row = await self.db.run(self._find_token, digest, cancel, write=False)
         # The index found the row by digest; the decision is a constant-time compare.
-        if row is None or not token_matches(token, row["token_hash"]):
+        if row is None:
+            raise UnknownToken()
+        stored = row["cancel_hash"] if row["cancel_hash"] == digest else row["token_hash"]
+        if not token_matches(token, stored):
             raise UnknownToken()
         return row
 
@@ -332,9 +341,11 @@ class RecoveryService:
             attempt = await self.engine.get(attempt_id)
         return attempt
 
-    def _find_token(self, digest: str) -> dict[str, Any] | None:
+    def _find_token(self, digest: str, cancel: bool = False) -> dict[str, Any] | None:
         with self.db.transaction(write=False) as conn:
             row = conn.execute(select(token_t).where(token_t.c.token_hash == digest)).first()
+            if row is None and cancel:
+                row = conn.execute(select(token_t).where(token_t.c.cancel_hash == digest)).first()
             return dict(row._mapping) if row else None
 
     async def _fire_for_token(

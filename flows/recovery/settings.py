@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     support_rate_limit_per_minute: int = Field(default=600, ge=1)
     # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Comma-separated host names answered besides the public one and the loopback names
+    # (an internal name a load balancer uses, say). None by default.
+    extra_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     login_free_failures: int = Field(default=5, ge=1)
     login_failure_window_minutes: int = Field(default=15, ge=1)
     # How long a browser that signed in on the login page is remembered (its device
@@ -85,6 +88,17 @@ class Settings(BaseSettings):
     # served at all (404): the safe default.
     metrics_token: SecretStr | None = None
     metrics_listen: str | None = None
+
+    @field_validator("extra_allowed_hosts", mode="before")
+    @classmethod
+    def _extra_allowed_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        if isinstance(value, (tuple, list)):
+            for name in value:
+                if not re.fullmatch(r"[a-z0-9.-]+|\[?[0-9a-f:]+\]?", str(name).lower()):
+                    raise ValueError(f"not a host name: {name!r}")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -760,6 +760,39 @@ def test_a_malformed_cancel_link_is_told_at_once(site: Site) -> None:
     assert token_cookies(response) == []
 
 
+def test_the_this_wasnt_me_link_carries_a_cancel_only_token_that_opens_no_password_form(
+    site: Site,
+) -> None:
+    """The email's "this wasn't me" link has its own token: it cannot open the reset
+    link, verify or set a password; kept in a cookie of its own (sent only to the
+    cancel page), it never makes the new-password form appear; it does cancel."""
+    reset_link = site.emailed_link()
+    cancel_link = site.last_link("cancel")
+    reset_token = parse_qs(urlsplit(reset_link).query)["token"][0]
+    cancel_token = parse_qs(urlsplit(cancel_link).query)["token"][0]
+    assert cancel_token != reset_token
+    opened = site.client.get(f"/recovery/reset?token={cancel_token}", follow_redirects=False)
+    assert opened.status_code == 400 and token_cookies(opened) == []
+    body = {"token": cancel_token, "password": NEW_PASSWORD, "password_confirm": NEW_PASSWORD}
+    assert site.client.post("/api/recovery/verify", json={"token": cancel_token}).status_code == 400
+    assert site.client.post("/api/recovery/password", json=body).status_code == 400
+    assert site.only_attempt().state == "emailed"
+
+    asked = site.client.get(cancel_link, follow_redirects=False)
+    assert asked.status_code == 303 and token_cookies(asked) == []
+    kept = cookie_attributes(set_cookie(asked, "recovery_cancel"))
+    assert kept["path"] == "/recovery/cancel" and "httponly" in kept
+    form = site.client.get("/recovery/reset", follow_redirects=False)
+    assert not doc(form).has_id("password")  # no new-password form with the cancel cookie
+    assert site.only_attempt().state == "emailed"
+
+    done = site.submit("/recovery/cancel", {})
+    assert done.status_code == 200
+    assert site.only_attempt().state == "cancelled"
+    dead = site.client.get(reset_link, follow_redirects=False)
+    assert dead.status_code == 410
+
+
 # -- sign-in -------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ on loopback where a refusal is needed), cheap-profile Argon2.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -202,14 +203,55 @@ def test_malformed_input_is_a_400_in_the_error_shape_and_changes_nothing(
     assert api.attempts() == []
 
 
-def test_a_repeated_form_field_is_a_400_never_an_email_to_a_second_address(api: Api) -> None:
+def test_a_repeated_form_field_is_refused_never_an_email_to_a_second_address(api: Api) -> None:
+    """The JSON API takes no form at all (415); the pages' form refuses a repeated field
+    with a 400 (tests/api/test_pages.py)."""
     answer = api.client.post(
         "/api/recovery",
         content=b"email=a@example.com&email=b@example.com",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    assert_error(answer, 400)
+    assert_error(answer, 415, "unsupported_media_type")
     assert api.attempts() == []
+
+
+PUBLIC_JSON_BODIES = {
+    "/api/recovery": {"email": "jane.doe@example.com"},
+    "/api/recovery/verify": {"token": "x" * 43},
+    "/api/recovery/password": {"token": "x" * 43, "password": "p", "password_confirm": "p"},
+    "/api/recovery/cancel": {"token": "x" * 43},
+    "/api/login": {"email": "jane.doe@example.com", "password": "Correct-Horse-Battery-42"},
+}
+
+
+@pytest.mark.parametrize("path", list(PUBLIC_JSON_BODIES))
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json-seq",
+        None,
+    ],
+)
+def test_the_json_api_takes_json_bodies_only_as_application_json(
+    api: Api, path: str, content_type: str | None
+) -> None:
+    """A third-party page can make a browser POST `text/plain` or a form without a CORS
+    preflight; with any Content-Type but application/json the JSON API refuses (415) and
+    does nothing, while the same body as application/json is served."""
+    api.account()
+    body = json.dumps(PUBLIC_JSON_BODIES[path]).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    refused = api.client.post(path, content=body, headers=headers)
+    assert_error(refused, 415, "unsupported_media_type")
+    assert api.attempts() == [] and api.count(LoginSession.__table__) == 0
+    served = api.client.post(
+        path, content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert served.status_code != 415
 
 
 def test_an_oversize_body_is_a_quick_413_on_every_public_post(api: Api) -> None:

@@ -46,9 +46,8 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     def make(**overrides: Any) -> TestClient:
         settings = Settings(
             database_url=url,
-            public_base_url="https://accounts.example.test",
             mail_url=f"file://{tmp_path / 'mail'}",
-            **overrides,
+            **{"public_base_url": "https://accounts.example.test", **overrides},
         )
         client = TestClient(create_app(settings, hasher=Argon2Hasher.for_tests()))
         client.__enter__()
@@ -125,6 +124,38 @@ def test_a_foreign_host_is_refused_but_local_names_and_the_public_host_are_serve
         "[::1]:8000",
     ):
         assert client.get("/api/flows", headers={"Host": host}).status_code == 200, host
+
+
+def test_litestars_test_host_is_not_answered_unless_configured(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`testserver.local` is no name of a production deployment: refused by default; an
+    operator adds names with RECOVERY_EXTRA_ALLOWED_HOSTS (the tests add that one)."""
+    monkeypatch.delenv("RECOVERY_EXTRA_ALLOWED_HOSTS")
+    assert Settings().extra_allowed_hosts == ()
+    client = make_client()
+    assert_error(client.get("/api/flows"), 400, "invalid_host")
+    assert_error(client.get("/api/flows", headers={"Host": "testserver.local"}), 400)
+    assert client.get("/api/flows", headers={"Host": "accounts.example.test"}).status_code == 200
+    internal = make_client(extra_allowed_hosts="internal.example, other.example")
+    assert internal.get("/api/flows", headers={"Host": "internal.example:8000"}).status_code == 200
+    assert_error(internal.get("/api/flows", headers={"Host": "testserver.local"}), 400)
+
+
+def test_strict_transport_security_is_sent_when_the_public_base_url_is_https(
+    make_client: Callable[..., TestClient],
+) -> None:
+    secure = make_client()  # https://accounts.example.test
+    for answer in (
+        secure.get("/health"),
+        secure.get("/login"),
+        secure.get("/api/flows"),
+        secure.get("/no/such/page"),
+        secure.post("/api/recovery", json={"email": ["x"]}),
+    ):
+        assert answer.headers["strict-transport-security"] == "max-age=31536000"
+    plain = make_client(public_base_url="http://accounts.example.test")
+    assert "strict-transport-security" not in plain.get("/login").headers
 
 
 # -- rate limits ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@
   session or writes its rehash only while it is unchanged.
 - `login_device` and `login_failure.device`: failures from a browser that signed in
   before are counted for it alone.
+- `recovery_token.cancel_hash`: the "this wasn't me" link's own, cancel-only token.
 - `support_key.name`: unique among live keys only, so a revoked key's name can be reused.
 - `flow_tally`: the engine's running totals (attempts per state, events fired),
   seeded here from the attempt table and the event log, so metrics read a few rows.
@@ -54,6 +55,12 @@ def upgrade() -> None:
             "ix_login_failure_key_device_at", ["key", "device", "at"], unique=False
         )
 
+    with op.batch_alter_table("recovery_token", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("cancel_hash", sa.String(length=64), nullable=True))
+        batch_op.create_index(
+            batch_op.f("ix_recovery_token_cancel_hash"), ["cancel_hash"], unique=True
+        )
+
     op.create_table(
         "flow_tally",
         sa.Column("flow", sa.String(length=64), nullable=False),
@@ -102,6 +109,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("recovery_token", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_recovery_token_cancel_hash"))
+        batch_op.drop_column("cancel_hash")
     op.drop_index("uq_support_key_live_name", table_name="support_key")
     with op.batch_alter_table("support_key", schema=None) as batch_op:
         batch_op.create_unique_constraint("support_key_name_key", ["name"])
