@@ -21,7 +21,23 @@ from engine.db import normalise_url
 
 
 class Settings(BaseSettings):
-    """Every knob of the service, with production defaults."""
+    """Every knob of the service, with production defaults.
+
+    Defaults that hold the service up against abuse (issue 18), each a variable:
+    - /metrics is not served (404) unless RECOVERY_METRICS_TOKEN (bearer, at least
+      16 characters) or RECOVERY_METRICS_LISTEN (host:port, a second socket of
+      `recovery serve` that serves /metrics alone) is set;
+    - rate limits per client IP and endpoint: POSTs 20/min, other public requests
+      (pages, link checks, diagrams, /metrics, static files) 60/min, the support API
+      600/min; /health and /ready are never limited;
+    - `recovery serve` gives a request 10 s for its headers and 30 s for its body
+      (then 408 and the connection is closed), and answers 503 past 1,000 open
+      connections;
+    - the service answers its public host and the loopback names only
+      (RECOVERY_EXTRA_ALLOWED_HOSTS adds more);
+    - a browser that signed in on the login page is remembered for 180 days (its
+      device cookie): others' failed sign-ins do not slow it down.
+    """
 
     model_config = SettingsConfigDict(env_prefix="RECOVERY_", frozen=True, extra="ignore")
 
