@@ -8,10 +8,12 @@ serve` applies migrations first, and tests create tables with fixtures.
 What wraps every request:
 - access log (outermost, so 404s are logged too): method, path without query,
   status, duration, request id (`api.logs`);
-- security headers on every answer, and `Cache-Control: no-store` on the
-  recovery, login and session answers (a `before_send` hook);
+- security headers on every answer (Strict-Transport-Security too when the
+  public base URL is https), and `Cache-Control: no-store` on the recovery,
+  login and session answers (a `before_send` hook);
 - allowed hosts (Litestar's middleware, answering in the JSON error shape);
-- per-IP, per-endpoint rate limits on public POSTs (`api.ratelimit`);
+- per-IP, per-endpoint rate limits on every endpoint but /health and /ready
+  (`api.ratelimit`);
 - a body size cap (`request_max_body_size`), and one exception table
   (`api.errors`).
 """
@@ -21,23 +23,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.allowed_hosts import AllowedHostsConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
+from litestar.exceptions import InternalServerException, NotFoundException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
-from api.errors import InvalidHost, exception_handlers
+from api.diagram_cache import DiagramCache
+from api.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.logs import AccessLogMiddleware
 from api.openapi import RefinedJsonRenderPlugin, openapi_config
-from api.ratelimit import STORE_NAME, rate_limit_config, rate_limit_store
+from api.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
 from engine import Database, Engine
 from engine.clock import Clock
 from flows.recovery.dispatch import Dispatcher
@@ -52,11 +59,15 @@ log = logging.getLogger("api.app")
 # A route sets this opt to skip the host check (health probes use whatever
 # name reaches the container; they build no links).
 SKIP_HOST_CHECK = "skip_host_check"
-# Host names that cannot belong to someone else on the internet: loopback
-# names, and `.local` (mDNS, never delegated). They let a health probe on the
-# machine and Litestar's TestClient (testserver.local) in; a link is never built
-# from the Host header anyway (it comes from public_base_url), so they forge nothing.
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "testserver.local")
+# Host names that cannot belong to someone else on the internet: the loopback
+# names. They let a probe or a scraper on the machine in; a link is never built
+# from the Host header anyway (it comes from public_base_url), so they forge
+# nothing. Any other name must be configured (RECOVERY_EXTRA_ALLOWED_HOSTS: tests
+# add Litestar's TestClient name, testserver.local, there).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Sent when the public base URL is https: browsers then refuse plain http for a year.
+HSTS = "max-age=31536000"
+METRICS_PATH = "/metrics"
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -81,6 +92,7 @@ class Services:
     support: SupportService
     hasher: PasswordHasher
     dispatcher: Dispatcher | None
+    diagrams: DiagramCache = field(default_factory=DiagramCache)
 
 
 def build_services(
@@ -105,16 +117,50 @@ def build_services(
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
-    """The host names the service answers to: the public one, plus names local to the machine."""
-    return sorted({settings.public_host, *LOCAL_HOSTS})
+    """The host names the service answers to: the public one, the loopback names, and
+    any configured in RECOVERY_EXTRA_ALLOWED_HOSTS."""
+    return sorted({settings.public_host, *LOCAL_HOSTS, *settings.extra_allowed_hosts})
 
 
 def _hostname(host_header: str) -> str:
-    """`example.com:8000` → `example.com`; `[::1]:8000` → `::1`."""
+    """`example.com:8000` → `example.com`; `[::1]:8000` → `::1`; "" when malformed.
+
+    The port is checked too (`127.0.0.1:evil`, `localhost:99999` are malformed):
+    anything that later builds the request's URL would raise on it.
+    """
     try:
-        return urlsplit(f"//{host_header}").hostname or ""
+        parts = urlsplit(f"//{host_header}")
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:
         return ""
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return ""
+    return parts.hostname or ""
+
+
+class RecoveryRequest(Request[Any, Any, Any]):
+    """Litestar's request, with two ends of a body that are the client's doing, not ours:
+
+    - JSON nested too deeply for the decoder is a 400: msgspec has no depth limit,
+      and about 1,000 levels of `[` make it raise the builtin `RecursionError`,
+      which Litestar would answer as a 500 with a traceback logged;
+    - a client gone before its body was complete (or cut off by the server's body
+      timeout) is `ClientDisconnected`, which Litestar would log as a 500.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise JsonTooDeep() from None
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in super().stream():
+                yield chunk
+        except InternalServerException:
+            # The only one Litestar's stream raises: "client disconnected prematurely".
+            raise ClientDisconnected() from None
 
 
 class HostGuard(AllowedHostsMiddleware):
@@ -130,22 +176,73 @@ class HostGuard(AllowedHostsMiddleware):
         await self.app(scope, receive, send)
 
 
+class MetricsListenerGuard:
+    """On the metrics listener's socket (RECOVERY_METRICS_LISTEN) only /metrics answers:
+    the listener is for the scraper, not a second way into the service."""
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if server and server[1] == self.port and scope.get("path") != METRICS_PATH:
+            raise NotFoundException()
+        await self.app(scope, receive, send)
+
+
+JSON_MEDIA_TYPE = "application/json"
+
+
+async def require_json_body(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """A handler that takes a JSON body takes it only as application/json (415 otherwise).
+
+    Litestar parses any body as JSON whatever its Content-Type. A browser sends a
+    cross-site POST with `text/plain` or a form type without a CORS preflight, so a
+    third-party page could make visitors' browsers drive the JSON API; with
+    application/json required, such a request needs a preflight this service never
+    grants. A request with no body at all is left to the handler (a missing body is its
+    400, an optional one is fine).
+    """
+    if "data" not in handler.parsed_fn_signature.parameters:
+        return
+    content_type = connection.headers.get("content-type")
+    if content_type is None:
+        length = connection.headers.get("content-length")
+        has_body = "transfer-encoding" in connection.headers or (length not in (None, "0"))
+        if has_body:
+            raise NotJson()
+        return
+    if content_type.split(";", 1)[0].strip().lower() != JSON_MEDIA_TYPE:
+        raise NotJson()
+
+
 def _needs_no_store(path: str) -> bool:
     if path.startswith(NO_STORE_PREFIXES):
         return True
     return any(path == p or path.startswith(p + "/") for p in NO_STORE_PAGES)
 
 
-async def add_security_headers(message: Message, scope: Scope) -> None:
-    """Security headers on every response (a route may set a stricter CSP itself)."""
-    if message["type"] != "http.response.start":
-        return
-    headers = MutableScopeHeaders.from_message(message)
-    for name, value in SECURITY_HEADERS.items():
-        if name not in headers:
-            headers[name] = value
-    if _needs_no_store(scope.get("path", "")):
-        headers["cache-control"] = "no-store"
+def security_headers(settings: Settings) -> Callable[[Message, Scope], Awaitable[None]]:
+    """The `before_send` hook: security headers on every response (a route may set a
+    stricter CSP itself), and Strict-Transport-Security when the site is https."""
+    always = dict(SECURITY_HEADERS)
+    if urlsplit(settings.public_base_url).scheme == "https":
+        always["strict-transport-security"] = HSTS
+
+    async def add_security_headers(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start":
+            return
+        headers = MutableScopeHeaders.from_message(message)
+        for name, value in always.items():
+            if name not in headers:
+                headers[name] = value
+        if _needs_no_store(scope.get("path", "")):
+            headers["cache-control"] = "no-store"
+
+    return add_security_headers
 
 
 def create_app(
@@ -205,18 +302,30 @@ def create_app(
     template_config = pages.template_config()
     csrf_config = pages.csrf_config(settings)
 
-    rate_limit = rate_limit_config(settings.public_rate_limit_per_minute, settings.trusted_proxies)
+    budgets = Budgets(
+        post=settings.public_rate_limit_per_minute,
+        read=settings.public_get_rate_limit_per_minute,
+        support=settings.support_rate_limit_per_minute,
+    )
+    rate_limit = rate_limit_config(budgets, settings.trusted_proxies)
     host_config = AllowedHostsConfig(
         allowed_hosts=allowed_hosts(settings),
         exclude_opt_key=SKIP_HOST_CHECK,
         www_redirect=False,
     )
+    middleware: list[Any] = [DefineMiddleware(HostGuard, config=host_config)]
+    if settings.metrics_address is not None:
+        port = settings.metrics_address[1]
+        middleware.append(DefineMiddleware(MetricsListenerGuard, port=port))
+    middleware.append(rate_limit.middleware)
     app = Litestar(
         route_handlers=route_handlers,
         dependencies={"services": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
-        middleware=[DefineMiddleware(HostGuard, config=host_config), rate_limit.middleware],
-        before_send=[add_security_headers],
+        middleware=middleware,
+        guards=[require_json_body],
+        request_class=RecoveryRequest,
+        before_send=[security_headers(settings)],
         on_startup=[start_dispatcher],
         on_shutdown=[stop_dispatcher, close_database],
         after_exception=[support.audit_refusal],

@@ -6,7 +6,8 @@ success, 2 on bad usage (argparse), 1 on failure with a one-line reason on
 stderr. Heavy imports happen inside the commands, so `recovery --help` and
 usage errors answer at once.
 
-`serve` applies the migrations, then runs uvicorn with the mail dispatcher
+`serve` applies the migrations, then runs uvicorn (through `api.server`: read
+timeouts, a connection limit, the metrics listener) with the mail dispatcher
 in-process; `worker` runs the dispatcher alone, for deployments with several
 processes. Both stop cleanly on SIGTERM or SIGINT: the dispatcher finishes its
 batch, the database threads and connections are closed, and the exit status
@@ -34,11 +35,11 @@ if TYPE_CHECKING:
     from flows.recovery.settings import Settings
 
 PROG = "recovery"
+# How long `serve` lets open requests finish after SIGTERM before closing them.
+GRACEFUL_SHUTDOWN_SECONDS = 10
 # Read by `app_factory` in each uvicorn worker process: whether that process
 # runs the dispatcher. `serve` sets it before uvicorn spawns the workers.
 DISPATCHER_ENV = "RECOVERY_SERVE_DISPATCHER"
-# How long `serve` lets open requests finish after SIGTERM before closing them.
-GRACEFUL_SHUTDOWN_SECONDS = 10
 DEMO_TIMEOUT_SECONDS = 30.0
 
 Handler = Callable[[argparse.Namespace], int]
@@ -138,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", required=True)
     create_key.add_argument("--role", required=True, choices=("read", "write"))
     create_key.set_defaults(handler=_create_key)
+    list_keys = key_commands.add_parser(
+        "list", help="every key's name, role, and when it was created or revoked"
+    )
+    list_keys.set_defaults(handler=_list_keys)
+    revoke_key = key_commands.add_parser(
+        "revoke", help="revoke the live key with this name (its name may then be reused)"
+    )
+    revoke_key.add_argument("name", metavar="NAME")
+    revoke_key.set_defaults(handler=_revoke_key)
 
     attempts = commands.add_parser("attempts", help="inspect recovery attempts")
     attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -273,12 +283,13 @@ def _signals_recorded() -> Iterator[list[int]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from api import migrate
     from api.logs import configure_logging
+    from api.server import serve
 
     settings = _settings()
+    if settings.metrics_address is not None and settings.metrics_address[1] == args.port:
+        raise CommandError(f"RECOVERY_METRICS_LISTEN must use another port than --port {args.port}")
     configure_logging(settings.log_level)
     migrate.upgrade(settings.database_url)
     os.environ[DISPATCHER_ENV] = "0" if args.no_dispatcher else "1"
@@ -294,21 +305,15 @@ def _serve(args: argparse.Namespace) -> int:
         target = _create_app(settings, run_dispatcher=not args.no_dispatcher)
     with _signals_recorded():
         try:
-            uvicorn.run(
+            # uvicorn with read timeouts, a connection limit and the metrics socket.
+            serve(
+                settings,
                 target,
-                factory=args.workers > 1,
                 host=args.host,
                 port=args.port,
-                workers=args.workers if args.workers > 1 else None,
-                # Our own access log redacts tokens; uvicorn's prints query strings.
-                access_log=False,
-                # Logging is configured once, by configure_logging.
-                log_config=None,
-                # Client addresses come from the socket: the app alone decides,
-                # from RECOVERY_TRUSTED_PROXIES, whether X-Forwarded-For counts.
-                proxy_headers=False,
-                server_header=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                workers=args.workers,
+                factory=args.workers > 1,
+                graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             )
         except SystemExit as exc:
             if exc.code not in (0, None):
@@ -445,6 +450,32 @@ def _create_key(args: argparse.Namespace) -> int:
     print(f"created support key {_printable(args.name)!r} with role {args.role}.")
     print("It is shown only this once; keep it secret. The key:")
     print(key)
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    from flows.recovery.support import SupportService
+
+    settings = _settings()
+    with open_engine(settings) as engine:
+        keys = SupportService(engine).list_keys_sync()
+    if not keys:
+        print("no support keys")
+    for key in keys:
+        status = f"revoked {_iso(key['revoked_at'])}" if key["revoked_at"] else "live"
+        print(
+            f"{_printable(key['name'])}\t{key['role']}\tcreated {_iso(key['created_at'])}\t{status}"
+        )
+    return 0
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    from flows.recovery.support import SupportService
+
+    settings = _settings()
+    with open_engine(settings) as engine:
+        SupportService(engine).revoke_key_sync(args.name)
+    print(f"revoked support key {_printable(args.name)!r}; it no longer works")
     return 0
 
 

@@ -30,7 +30,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.status_codes import HTTP_400_BAD_REQUEST
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from sqlalchemy.exc import OperationalError
 
 from api.logs import escape
@@ -59,7 +59,7 @@ from flows.recovery.errors import (
     UnknownToken,
     describe,
 )
-from flows.recovery.support import KeyNameTaken
+from flows.recovery.support import KeyNameTaken, KeyNotFound
 
 log = logging.getLogger("api.errors")
 
@@ -75,6 +75,29 @@ class InvalidHost(ClientException):
     """The request's Host header names a host this service does not answer to."""
 
     status_code = HTTP_400_BAD_REQUEST
+
+
+class JsonTooDeep(ClientException):
+    """The JSON body nests deeper than the decoder can follow (msgspec raises RecursionError)."""
+
+    status_code = HTTP_400_BAD_REQUEST
+
+
+class NotJson(HTTPException):
+    """A body sent to the JSON API with another Content-Type than application/json."""
+
+    status_code = HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+
+class ClientDisconnected(ClientException):
+    """The client went away before its request body was complete (or was cut off for
+    sending it too slowly): nobody reads the answer, and nothing went wrong here."""
+
+    status_code = HTTP_400_BAD_REQUEST
+
+
+class MetricsNotServed(NotFoundException):
+    """/metrics is not served at this address (see `Settings.metrics_token`/`metrics_listen`)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +128,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     SessionInvalid: Answer(401),
     AccountExists: Answer(409),
     KeyNameTaken: Answer(409),
+    KeyNotFound: Answer(404),
     RecoveryError: Answer(400),
     # the engine
     InvalidAttemptId: Answer(400),
@@ -124,6 +148,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     TooManyRequestsException: Answer(
         429, "rate_limited", "too many requests; try again after the time in Retry-After"
     ),
+    MetricsNotServed: Answer(404, "not_found", "metrics are not served at this address"),
     NotFoundException: Answer(404, "not_found", "there is nothing at this address"),
     MethodNotAllowedException: Answer(
         405, "method_not_allowed", "this method is not allowed at this address"
@@ -131,6 +156,13 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     NotAuthorizedException: Answer(401, "unauthorized", "a valid bearer key is required"),
     PermissionDeniedException: Answer(403, "forbidden", "this key may not do that"),
     InvalidHost: Answer(400, "invalid_host", "this service does not answer to that host name"),
+    JsonTooDeep: Answer(400, "invalid_request", "the JSON body is nested too deeply"),
+    ClientDisconnected: Answer(
+        400, "client_disconnected", "the request ended before its body was complete"
+    ),
+    NotJson: Answer(
+        415, "unsupported_media_type", "the body must be JSON, sent as application/json"
+    ),
     ClientException: Answer(400, "bad_request", "the request is not valid"),
     HTTPException: Answer(500, "internal_error", GENERIC_500),
     Exception: Answer(500, "internal_error", GENERIC_500),
@@ -202,7 +234,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             "database unavailable (%s) on %s %s",
             describe(exc),
             request.method,
-            escape(request.url.path),
+            escape(_path(request)),
         )
         body = error_body("unavailable", UNAVAILABLE)
         return _json(status, body, {"Retry-After": str(RETRY_AFTER_OUTAGE_SECONDS)})
@@ -228,13 +260,19 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Respons
     return Response(content=body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
+def _path(request: Request[Any, Any, Any]) -> str:
+    # From the scope, not `request.url`: building the URL parses the Host header,
+    # which raises on a bad port, and an error handler must not fail a second time.
+    return str(request.scope.get("path", ""))
+
+
 def _log_unexpected(request: Request[Any, Any, Any], exc: BaseException) -> None:
     frames = "".join(traceback.format_tb(exc.__traceback__))
     log.error(
         "unhandled %s on %s %s\n%s",
         describe(exc),
         request.method,
-        escape(request.url.path),
+        escape(_path(request)),
         frames,
     )
 
@@ -255,6 +293,7 @@ _DESCRIPTIONS = {
     409: "Conflict: not allowed in the current state, or another request won",
     410: "The link can no longer be used (expired, used, superseded, cancelled)",
     413: "The request body is larger than the configured cap",
+    415: "The body was not sent as application/json",
     422: "The new password breaks the policy; details list every violation",
     429: "Too many requests; see Retry-After",
     501: "Graphviz is not installed on the server (ask for dot or mermaid)",

@@ -3,11 +3,15 @@
 Mermaid and DOT are text made in Python; SVG and PNG are rendered by
 Graphviz's `dot` program on a worker thread, and without Graphviz the answer
 is a 501 that says so (and suggests the text formats).
+
+Rendered diagrams are kept (`api.diagram_cache`): a flow's diagram changes only
+with its version, an attempt's only with its state and path, so Graphviz runs
+once per distinct diagram, however many ask for it at once.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -18,6 +22,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType
 from litestar.params import FromPath, QueryParameter
 
 from api.app import Services
+from api.diagram_cache import DiagramCache, DiagramKey
 from api.errors import documented
 from api.schemas import FlowList, FlowSummary
 from engine import diagrams
@@ -69,7 +74,19 @@ def check_format(value: str, allowed: Sequence[str] = ALL_FORMATS) -> str:
     return value
 
 
+def _render(
+    spec: FlowSpec, fmt: str, current: str | None, path: Sequence[tuple[str | None, str, str]]
+) -> bytes:
+    if fmt == "mermaid":
+        return diagrams.mermaid(spec, current=current, path=path).encode()
+    if fmt == "dot":
+        return diagrams.dot(spec, current=current, path=path).encode()
+    render = diagrams.svg if fmt == "svg" else diagrams.png
+    return render(spec, current=current, path=path)
+
+
 async def render_diagram(
+    cache: DiagramCache,
     spec: FlowSpec,
     fmt: str,
     *,
@@ -77,18 +94,12 @@ async def render_diagram(
     path: Sequence[tuple[str | None, str, str]] = (),
 ) -> Response[bytes]:
     """The diagram as a response; `GraphvizMissing` (501) for svg/png without Graphviz."""
-    if fmt == "mermaid":
-        body = diagrams.mermaid(spec, current=current, path=path).encode()
-    elif fmt == "dot":
-        body = diagrams.dot(spec, current=current, path=path).encode()
-    else:
-        render = diagrams.svg if fmt == "svg" else diagrams.png
-        # Graphviz is a subprocess: keep the event loop free while it runs.
-        body = await asyncio.to_thread(render, spec, current=current, path=path)
+    key: DiagramKey = (spec.name, spec.version, fmt, current, tuple(path))
+    body = await cache.get(key, functools.partial(_render, spec, fmt, current, path))
     return Response(content=body, media_type=MEDIA_TYPES[fmt], status_code=200)
 
 
-@get("/", summary="The registered flows")
+@get("/", summary="The registered flows", responses=documented(429, database=False))
 async def list_flows(services: NamedDependency[Services]) -> FlowList:
     return FlowList(
         items=[
@@ -101,7 +112,7 @@ async def list_flows(services: NamedDependency[Services]) -> FlowList:
 @get(
     "/{name:str}",
     summary="A flow's states, events, transitions and deadlines",
-    responses=documented(400, 404, database=False),
+    responses=documented(400, 404, 429, database=False),
 )
 async def describe_flow(services: NamedDependency[Services], name: FromPath[str]) -> dict[str, Any]:
     return services.engine.flows.get(name).describe()
@@ -110,7 +121,7 @@ async def describe_flow(services: NamedDependency[Services], name: FromPath[str]
 @get(
     "/{name:str}/diagram",
     summary="A flow's diagram",
-    responses=documented(400, 404, 501, database=False),
+    responses=documented(400, 404, 429, 501, database=False),
     media_type="text/plain",
     operation_class=diagram_operation(ALL_FORMATS),
 )
@@ -120,7 +131,7 @@ async def flow_diagram(
     format: Annotated[str, format_parameter(ALL_FORMATS)] = "svg",
 ) -> Response[bytes]:
     spec = services.engine.flows.get(name)
-    return await render_diagram(spec, check_format(format))
+    return await render_diagram(services.diagrams, spec, check_format(format))
 
 
 router = Router(

@@ -63,6 +63,11 @@ def openapi_config(render: JsonRenderPlugin) -> OpenAPIConfig:
                     scheme="bearer",
                     description="The session_token returned by POST /api/login",
                 ),
+                "metrics_token": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="RECOVERY_METRICS_TOKEN, for /metrics",
+                ),
             }
         ),
     )

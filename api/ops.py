@@ -4,28 +4,34 @@ Each application has its own `CollectorRegistry`, so several apps in one
 process (tests) never share counters. Attempts by state, transitions by
 event and the dispatcher's queue depth are read from the database at scrape
 time: the database is shared by every API process and worker, so these
-numbers are the whole deployment's, not one process's. Mail send latency is
+numbers are the whole deployment's, not one process's. They come from the
+engine's running totals (`engine.tally`), so a scrape reads a handful of rows
+rather than the attempt table and the whole event log. Mail send latency is
 observed in-process, from the dispatcher's `on_send` callback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Iterator
 from typing import Any
 
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from api.app import SKIP_HOST_CHECK, Services
+from api.errors import MetricsNotServed, documented
 from api.schemas import Health, Ready
-from engine.core import attempt_t, event_t
+from engine.tally import ACCEPTED, ATTEMPTS, REFUSED
+from flows.recovery.settings import Settings
 
 MAIL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OPS_OPT = {SKIP_HOST_CHECK: True, "exclude_from_csrf": True}
@@ -47,28 +53,18 @@ class _DatabaseCollector(Collector):
             "Events fired at attempts, by flow, event and whether they were accepted",
             labels=["flow", "event", "accepted"],
         )
-        with engine.db.transaction(write=False) as conn:
-            by_state = {
-                (flow, state): n
-                for flow, state, n in conn.execute(
-                    select(attempt_t.c.flow, attempt_t.c.state, func.count()).group_by(
-                        attempt_t.c.flow, attempt_t.c.state
-                    )
-                )
-            }
-            fired = conn.execute(
-                select(attempt_t.c.flow, event_t.c.event, event_t.c.accepted, func.count())
-                .select_from(event_t.join(attempt_t, attempt_t.c.id == event_t.c.attempt_id))
-                .group_by(attempt_t.c.flow, event_t.c.event, event_t.c.accepted)
-            ).all()
+        # The engine's running totals: a handful of rows, whatever the history holds.
+        totals = engine.totals_sync()
+        by_state = {(f, name): n for (f, kind, name), n in totals.items() if kind == ATTEMPTS}
         for spec in engine.flows:
             # Every state is reported, zero included, so dashboards see a steady series set.
             for state in spec.states:
                 attempts.add_metric([spec.name, state], by_state.pop((spec.name, state), 0))
-        for (flow, state), n in by_state.items():  # stored rows of unknown flows or states
+        for (flow, state), n in sorted(by_state.items()):  # stored rows of unknown flows or states
             attempts.add_metric([flow, state], n)
-        for flow, event, accepted, n in fired:
-            transitions.add_metric([flow, event, "true" if accepted else "false"], n)
+        for (flow, kind, event), n in sorted(totals.items()):
+            if kind in (ACCEPTED, REFUSED):
+                transitions.add_metric([flow, event, "true" if kind == ACCEPTED else "false"], n)
         yield attempts
         yield transitions
         dispatcher = self.services.dispatcher
@@ -144,16 +140,47 @@ async def ready(services: NamedDependency[Services]) -> Response[Ready]:
     )
 
 
+def metrics_listener_port(settings: Settings) -> int | None:
+    """The port of the metrics listener (RECOVERY_METRICS_LISTEN), or None."""
+    address = settings.metrics_address
+    return address[1] if address else None
+
+
+def check_metrics_access(request: Request[Any, Any, Any], settings: Settings) -> None:
+    """/metrics is never public: only on the metrics listener when one is configured,
+    only with the bearer token when one is; with neither, not at all (404)."""
+    port = metrics_listener_port(settings)
+    if port is not None:
+        # The socket the connection came in on (uvicorn fills `server` from it).
+        server = request.scope.get("server")
+        if not server or server[1] != port:
+            raise MetricsNotServed()
+    elif settings.metrics_token is None:
+        raise MetricsNotServed()
+    if settings.metrics_token is not None:
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        expected = settings.metrics_token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise NotAuthorizedException()
+
+
 @get(
     "/metrics",
     opt=OPS_OPT,
     summary="Prometheus metrics",
+    description=(
+        "Never public: answers with RECOVERY_METRICS_TOKEN as a bearer token, or only on "
+        "the RECOVERY_METRICS_LISTEN address; 404 where it is not served."
+    ),
     tags=["operations"],
     media_type="text/plain",
+    security=[{"metrics_token": []}],
+    responses=documented(401, 404, 429),
 )
 async def metrics(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> Response[bytes]:
+    check_metrics_access(request, services.settings)
     registry: Metrics = request.app.state["metrics"]
     body = await services.engine.db.run(registry.render, write=False)
     # Given as a header, the exposition format's type is sent as is: as a media

@@ -9,8 +9,10 @@ The link's token never stays in the address bar: `GET /recovery/reset?token=…`
 validates it, keeps it in an HttpOnly SameSite=Strict cookie scoped to
 `/recovery`, and redirects to the token-free `/recovery/reset` (as Django does),
 so it cannot leak through the Referer header, the history or a screenshot. The
-"this wasn't me" link does the same, and cancels only on the POST of its
-confirmation form: mail scanners prefetch links with GET and HEAD.
+"this wasn't me" link carries a cancel-only token of its own, kept the same way
+in a cookie of its own scoped to `/recovery/cancel` (it never reaches the
+password form), and cancels only on the POST of its confirmation form: mail
+scanners prefetch links with GET and HEAD.
 
 Pages are the one place where domain errors render as HTML forms rather than
 JSON: every handler hands a caught `RecoveryError` (or engine conflict) to
@@ -32,9 +34,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from litestar import Request, Router, get, post, route
 from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.enums import HttpMethod
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Response, Template
@@ -60,7 +64,9 @@ from flows.recovery.settings import Settings
 from flows.recovery.tokens import plausible_token
 
 __all__ = [
+    "CANCEL_COOKIE",
     "CSRF_COOKIE",
+    "DEVICE_COOKIE",
     "SESSION_COOKIE",
     "TOKEN_COOKIE",
     "csrf_config",
@@ -74,7 +80,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 TOKEN_COOKIE = "recovery_token"
 TOKEN_COOKIE_PATH = "/recovery"
+# The "this wasn't me" link's cancel-only token, kept apart: sent only to the cancel
+# page, so it can never reach (or open) the new-password form.
+CANCEL_COOKIE = "recovery_cancel"
+CANCEL_COOKIE_PATH = "/recovery/cancel"
 SESSION_COOKIE = "session"
+# The browser's device cookie (OWASP): set by a successful sign-in here, sent only to
+# the sign-in page, it keeps others' failed sign-ins from slowing this browser down.
+DEVICE_COOKIE = "login_device"
+DEVICE_COOKIE_PATH = "/login"
 CSRF_COOKIE = "csrftoken"
 
 # Paths the CSRF middleware leaves alone: JSON clients carry no cookies of ours
@@ -185,7 +199,9 @@ def _page(request: Request[Any, Any, Any], locale: str | None = None) -> Page:
     accept = request.headers.get("accept-language")
     browser = pick_locale(accept)
     chosen = locale or pick_locale(accept, request.query_params.get("lang"))
-    return Page(locale=chosen, browser_locale=browser, path=request.url.path)
+    # The scope's path, not `request.url`: building that parses the Host header, and an
+    # error page for a malformed one must not fail on it a second time.
+    return Page(locale=chosen, browser_locale=browser, path=str(request.scope.get("path", "/")))
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
@@ -231,11 +247,11 @@ def _redirect(location: str, *, cookies: Sequence[Cookie] = ()) -> Redirect:
     return Redirect(location, status_code=303, headers=dict(PAGE_HEADERS), cookies=list(cookies))
 
 
-def _token_cookie(settings: Settings, token: str, max_age: int) -> Cookie:
+def _token_cookie(settings: Settings, token: str, max_age: int, *, cancel: bool = False) -> Cookie:
     return Cookie(
-        key=TOKEN_COOKIE,
+        key=CANCEL_COOKIE if cancel else TOKEN_COOKIE,
         value=token,
-        path=TOKEN_COOKIE_PATH,
+        path=CANCEL_COOKIE_PATH if cancel else TOKEN_COOKIE_PATH,
         max_age=max(max_age, 0),
         httponly=True,
         samesite="strict",
@@ -243,8 +259,8 @@ def _token_cookie(settings: Settings, token: str, max_age: int) -> Cookie:
     )
 
 
-def _clear_token_cookie(settings: Settings) -> Cookie:
-    return _token_cookie(settings, "", 0)
+def _clear_token_cookie(settings: Settings, *, cancel: bool = False) -> Cookie:
+    return _token_cookie(settings, "", 0, cancel=cancel)
 
 
 async def _fields(
@@ -318,11 +334,12 @@ def error_page(
             reason = exc.reason if exc.reason in DEAD_REASONS else "revoked"
         # A dead token from the cookie is forgotten; one from a URL leaves the cookie be.
         from_cookie = "token" not in request.query_params
+        forget = _clear_token_cookie(_settings(request), cancel=form == "cancel")
         return render(
             page,
             "dead.html",
             status=400 if reason == "unknown" else 410,
-            cookies=[_clear_token_cookie(_settings(request))] if from_cookie else [],
+            cookies=[forget] if from_cookie else [],
             reason=reason,
             # Shown when the domain tells which attempt the link belonged to.
             reference=getattr(exc, "reference", None),
@@ -372,23 +389,42 @@ async def login_submit(request: Request[Any, Any, Any]) -> Template:
     email = fields["email"].strip()
     service = _service(request)
     try:
-        signed = await service.login(email, fields["password"])
+        signed = await service.login(
+            email,
+            fields["password"],
+            device=request.cookies.get(DEVICE_COOKIE),
+            remember_device=True,
+        )
         info = await service.session(signed.session_token)
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="login", values={"email": email})
-    cookie = Cookie(
-        key=SESSION_COOKIE,
-        value=signed.session_token,
-        path="/",
-        max_age=_seconds_until(signed.expires_at, service),
-        httponly=True,
-        samesite="strict",
-        secure=_https(settings),
-    )
+    cookies = [
+        Cookie(
+            key=SESSION_COOKIE,
+            value=signed.session_token,
+            path="/",
+            max_age=_seconds_until(signed.expires_at, service),
+            httponly=True,
+            samesite="strict",
+            secure=_https(settings),
+        )
+    ]
+    if signed.device_token is not None:
+        cookies.append(
+            Cookie(
+                key=DEVICE_COOKIE,
+                value=signed.device_token,
+                path=DEVICE_COOKIE_PATH,
+                max_age=_seconds_until(signed.device_expires_at, service),
+                httponly=True,
+                samesite="strict",
+                secure=_https(settings),
+            )
+        )
     return render(
         page,
         "signed_in.html",
-        cookies=[cookie],
+        cookies=cookies,
         email_masked=info.email_masked,
         expires_at=signed.expires_at,
     )
@@ -529,7 +565,7 @@ async def reset_submit(request: Request[Any, Any, Any]) -> Template:
 async def cancel_page(
     request: Request[Any, Any, Any], token: FromQuery[str | None] = None
 ) -> Response[Any]:
-    """With `?token=`: keep it in the cookie and 303 to the bare URL. Without: the
+    """With `?token=`: keep it in the cancel cookie and 303 to the bare URL. Without: the
     confirmation form. A GET never cancels (mail scanners prefetch links)."""
     settings = _settings(request)
     page = _page(request)
@@ -537,9 +573,9 @@ async def cancel_page(
         if not plausible_token(token):
             return error_page(request, page, UnknownToken(), form="cancel")
         # Not looked up here (a lookup would be recorded as an open): the POST decides.
-        cookie = _token_cookie(settings, token, settings.link_ttl_minutes * 60)
+        cookie = _token_cookie(settings, token, settings.link_ttl_minutes * 60, cancel=True)
         return _redirect(page.url("/recovery/cancel"), cookies=[cookie])
-    if not request.cookies.get(TOKEN_COOKIE):
+    if not request.cookies.get(CANCEL_COOKIE):
         return _missing_link(request, page, "/recovery/cancel")
     return render(page, "cancel.html")
 
@@ -549,7 +585,7 @@ async def cancel_submit(request: Request[Any, Any, Any]) -> Template:
     """Cancel the attempt the link belongs to; its link stops working."""
     page = _page(request)
     settings = _settings(request)
-    token = request.cookies.get(TOKEN_COOKIE)
+    token = request.cookies.get(CANCEL_COOKIE)
     if not token:
         return _missing_link(request, page, "/recovery/cancel")
     try:
@@ -559,7 +595,7 @@ async def cancel_submit(request: Request[Any, Any, Any]) -> Template:
     return render(
         page,
         "cancelled.html",
-        cookies=[_clear_token_cookie(settings)],
+        cookies=[_clear_token_cookie(settings, cancel=True), _clear_token_cookie(settings)],
         reference=support_reference(attempt.id),
     )
 
@@ -605,8 +641,22 @@ pages_router = Router(
     include_in_schema=False,
 )
 
+
+async def plain_file_name(
+    connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+) -> None:
+    """A static file name with a NUL or another control character names no file (and the
+    file system would raise on it): a 404, before the file system is asked."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(connection.scope.get("path", ""))):
+        raise NotFoundException()
+
+
 static_router = create_static_files_router(
-    path="/static", directories=[STATIC_DIR], name="static", include_in_schema=False
+    path="/static",
+    directories=[STATIC_DIR],
+    name="static",
+    include_in_schema=False,
+    guards=[plain_file_name],
 )
 
 route_handlers: list[Router] = [pages_router, static_router]

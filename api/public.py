@@ -59,7 +59,7 @@ def bearer(request: Request[Any, Any, Any]) -> str:
         "throttled or undeliverable: the answer and the work done are identical. The "
         "language of the emails is fixed from ?lang= or Accept-Language."
     ),
-    responses=documented(400, 413, 429),
+    responses=documented(400, 413, 415, 429),
 )
 async def request_recovery(
     request: Request[Any, Any, Any],
@@ -80,7 +80,7 @@ async def request_recovery(
     "/recovery/verify",
     status_code=200,
     summary="Check a link's token (records the open; never consumes it)",
-    responses=documented(400, 410, 413, 429),
+    responses=documented(400, 410, 413, 415, 429),
 )
 async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Services]) -> Verified:
     # A JSON POST is a client app acting for the person, not a mail scanner's prefetch.
@@ -98,7 +98,7 @@ async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Servi
     summary="Set the new password (consumes the token, exactly once)",
     description="422 lists every policy violation in the request's language.",
     opt={CONSUMES_TOKEN: True},
-    responses=documented(400, 409, 410, 413, 422, 429),
+    responses=documented(400, 409, 410, 413, 415, 422, 429),
 )
 async def set_password(
     request: Request[Any, Any, Any],
@@ -116,7 +116,7 @@ async def set_password(
     "/recovery/cancel",
     status_code=200,
     summary='"This wasn\'t me": cancel the attempt and kill its link',
-    responses=documented(400, 409, 410, 413, 429),
+    responses=documented(400, 409, 410, 413, 415, 429),
 )
 async def cancel_attempt(
     data: JSONBody[TokenBody], services: NamedDependency[Services]
@@ -130,7 +130,7 @@ async def cancel_attempt(
     status_code=200,
     summary="Sign in (moves a reset attempt to logged_in)",
     description="401 is the same for an unknown address and a wrong password.",
-    responses=documented(400, 401, 413, 429),
+    responses=documented(400, 401, 413, 415, 429),
 )
 async def login(data: JSONBody[LoginBody], services: NamedDependency[Services]) -> SessionCreated:
     signed_in = await services.recovery.login(data.email, data.password)
@@ -152,7 +152,7 @@ async def logout(request: Request[Any, Any, Any], services: NamedDependency[Serv
     "/session",
     summary="Who the bearer session belongs to (401 once revoked or expired)",
     security=[{"session": []}],
-    responses=documented(401),
+    responses=documented(401, 429),
 )
 async def session(
     request: Request[Any, Any, Any], services: NamedDependency[Services]

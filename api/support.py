@@ -16,21 +16,16 @@ from typing import Annotated, Any
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.types import Scope
 
 from api.app import Services
 from api.errors import answer_for, documented
-from api.flows import (
-    ATTEMPT_FORMATS,
-    check_format,
-    diagram_operation,
-    format_parameter,
-    render_diagram,
-)
+from api.flows import ATTEMPT_FORMATS, diagram_operation, format_parameter, render_diagram
 from api.logs import escape
+from api.ratelimit import client_ip, parse_networks
 from api.schemas import (
     AttemptItem,
     AttemptPage,
@@ -46,9 +41,18 @@ from api.schemas import (
     SupportAttempt,
     TimelineEntry,
 )
+from engine import EngineError
+from flows.recovery.errors import RecoveryError
 from flows.recovery.identity import support_reference
-from flows.recovery.support import DEFAULT_AUDIT_PAGE, DEFAULT_PAGE, MAX_AUDIT_PAGE, MAX_PAGE
+from flows.recovery.support import (
+    DEFAULT_AUDIT_PAGE,
+    DEFAULT_PAGE,
+    MAX_AUDIT_PAGE,
+    MAX_PAGE,
+    UNKNOWN_KEY,
+)
 
+SUPPORT_PATH = "/api/support"
 ROLE_OPT = "support_role"
 ROLE_RANK = {"read": 0, "write": 1}
 
@@ -73,17 +77,53 @@ async def require_support_key(
 
 
 async def audit_refusal(exc: Exception, scope: Scope) -> None:
-    """`after_exception` hook: a support request refused before its handler ran (a body or
-    query that fails validation, a role too low) is audited too, under the key's name.
-    Refusals raised by the support service itself are audited there."""
-    name = (scope.get("state") or {}).get("support_key_name")
-    if name is None or not isinstance(exc, HTTPException):
+    """`after_exception` hook: every support request refused outside the support service
+    is audited too. Under the key's name when the key is valid: a body or query that
+    fails validation, a role too low, a path or method the API does not have (404, 405).
+    A key that is no key of ours on a route (401, counted by the support API's rate
+    limit) is recorded as `UNKNOWN_KEY` with the client's address, never the key;
+    elsewhere, and without any key, there is nothing to attribute and nothing recorded.
+    Refusals raised by the support service itself are audited there (and marked)."""
+    path = str(scope.get("path", ""))
+    if not (path == SUPPORT_PATH or path.startswith(SUPPORT_PATH + "/")):
+        return
+    if getattr(exc, "audited", False):
         return
     services: Services = scope["litestar_app"].state["services"]
-    outcome = answer_for(exc).code or "refused"
+    name = (scope.get("state") or {}).get("support_key_name")
+    client = None
+    if name is None:
+        # The guard did not run (no such route or method) or refused the key.
+        key = _bearer(scope)
+        if key is None:
+            return
+        found = await services.support.authenticate(key)
+        if found is None:
+            if not isinstance(exc, NotAuthorizedException):
+                # No such route or method: the rate limits never saw it (they apply to
+                # routes), so a row per request would be a free write for anyone.
+                return
+            name = UNKNOWN_KEY
+            client = client_ip(Request(scope), parse_networks(services.settings.trusted_proxies))
+        else:
+            name = found[0]
+    if isinstance(exc, RecoveryError | EngineError):
+        outcome = exc.code
+    else:
+        outcome = answer_for(exc).code or "refused"
     await services.support.record_refusal(
-        str(name), str(scope.get("method", "")), escape(str(scope.get("path", ""))), outcome
+        str(name), str(scope.get("method", "")), escape(path), outcome, client
     )
+
+
+def _bearer(scope: Scope) -> str | None:
+    for header, value in scope.get("headers") or ():
+        if header == b"authorization":
+            scheme, _, key = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return key.strip() or None
+    return None
 
 
 def key_name(request: Request[Any, Any, Any]) -> str:
@@ -100,7 +140,7 @@ AttemptId = Annotated[str, PathParameter(description="the attempt's id (a UUID)"
     "/attempts",
     opt=READ,
     summary="Attempts, newest first, masked, one keyset page at a time",
-    responses=documented(400, 401, 403),
+    responses=documented(400, 401, 403, 429),
 )
 async def list_attempts(
     request: Request[Any, Any, Any],
@@ -136,7 +176,7 @@ async def list_attempts(
     "/attempts/{attempt_id:str}",
     opt=READ,
     summary="One attempt: its state, delivery facts, full timeline, allowed events",
-    responses=documented(400, 401, 403, 404),
+    responses=documented(400, 401, 403, 404, 429),
 )
 async def attempt_detail(
     request: Request[Any, Any, Any], services: NamedDependency[Services], attempt_id: AttemptId
@@ -154,7 +194,7 @@ async def attempt_detail(
     "/attempts/{attempt_id:str}/diagram",
     opt=READ,
     summary="The flow diagram with this attempt's state and path highlighted",
-    responses=documented(400, 401, 403, 404, 501),
+    responses=documented(400, 401, 403, 404, 429, 501),
     media_type="text/plain",
     operation_class=diagram_operation(ATTEMPT_FORMATS),
 )
@@ -164,10 +204,11 @@ async def attempt_diagram(
     attempt_id: AttemptId,
     format: Annotated[str, format_parameter(ATTEMPT_FORMATS)] = "svg",
 ) -> Response[bytes]:
-    fmt = check_format(format, allowed=ATTEMPT_FORMATS)
+    # The service checks the format, so that a bad one is audited like any refusal.
+    fmt = format
     flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
     spec = services.engine.flows.get(flow)
-    return await render_diagram(spec, fmt, current=current, path=path)
+    return await render_diagram(services.diagrams, spec, fmt, current=current, path=path)
 
 
 @post(
@@ -175,7 +216,7 @@ async def attempt_diagram(
     status_code=200,
     opt=WRITE,
     summary="Cancel the attempt (kills its link); 409 when not allowed in its state",
-    responses=documented(400, 401, 403, 404, 409, 413),
+    responses=documented(400, 401, 403, 404, 409, 413, 415, 429),
 )
 async def cancel_attempt(
     request: Request[Any, Any, Any],
@@ -192,7 +233,7 @@ async def cancel_attempt(
     status_code=202,
     opt=WRITE,
     summary="Start a new attempt for the same address; once emailed it supersedes older links",
-    responses=documented(400, 401, 403, 404, 413),
+    responses=documented(400, 401, 403, 404, 413, 415, 429),
 )
 async def resend(
     request: Request[Any, Any, Any],
@@ -216,7 +257,7 @@ async def resend(
     opt=READ,
     summary="Counts per state, and the funnel with conversion and median time between steps",
     description="Over attempts created in [since, until); the default window is the last 7 days.",
-    responses=documented(400, 401, 403),
+    responses=documented(400, 401, 403, 429),
 )
 async def stats(
     request: Request[Any, Any, Any],
@@ -233,7 +274,7 @@ async def stats(
     "/audit",
     opt=READ,
     summary="Support queries and actions with the key's name, newest first, a keyset page",
-    responses=documented(400, 401, 403),
+    responses=documented(400, 401, 403, 429),
 )
 async def audit(
     request: Request[Any, Any, Any],
@@ -248,7 +289,7 @@ async def audit(
 
 
 router = Router(
-    path="/api/support",
+    path=SUPPORT_PATH,
     route_handlers=[
         list_attempts,
         attempt_detail,

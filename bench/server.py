@@ -51,9 +51,11 @@ class BenchServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.settings = {
             "RECOVERY_PUBLIC_BASE_URL": self.base_url,
-            # The per-IP limit (20 a minute) would answer 429 to a load generator
-            # on one address; the limiter still runs, with a budget it never reaches.
+            # The per-IP limits (20 POSTs, 60 GETs a minute) would answer 429 to a load
+            # generator on one address; the limiter still runs, with budgets it never reaches.
             "RECOVERY_PUBLIC_RATE_LIMIT_PER_MINUTE": "1000000000",
+            "RECOVERY_PUBLIC_GET_RATE_LIMIT_PER_MINUTE": "1000000000",
+            "RECOVERY_SUPPORT_RATE_LIMIT_PER_MINUTE": "1000000000",
             **settings,
         }
         self.dispatcher = dispatcher

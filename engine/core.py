@@ -19,7 +19,9 @@ Firing an event:
    changes nothing else.
 
 Reading the tables is also the engine's: `engine.queries` holds the lists,
-counts and event-log windows everything above it uses.
+counts and event-log windows everything above it uses. Every write
+transaction also adds what it changed to the flows' running totals
+(`engine.tally`) just before it commits.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ from engine.flow import FlowRegistry, FlowSpec
 from engine.models import Attempt, AttemptEvent, Outbox
 from engine.queries import Queries
 from engine.records import AttemptRecord, EventRecord, parse_attempt_id
+from engine.tally import Tally
+from engine.tally import add as add_tally
+from engine.tally import read as read_tally
 
 attempt_t = Attempt.__table__
 event_t = AttemptEvent.__table__
@@ -153,6 +158,8 @@ class Transaction:
     attempt: AttemptRecord
     previous_state: str
     engine: Engine
+    # What the transaction changed, added to the running totals before it commits.
+    tally: Tally = field(default_factory=Tally)
     data: dict[str, Any] = field(default_factory=dict)
 
     def fire(
@@ -175,6 +182,7 @@ class Transaction:
             data=None,
             in_tx=None,
             expected_version=None,
+            tally=self.tally,
         )
         return outcome.fired
 
@@ -203,7 +211,7 @@ class Transaction:
         if name is None:
             return []
         return self.engine._end_live(
-            self.conn, name, subject or self.attempt.subject, self.attempt.id, detail
+            self.conn, name, subject or self.attempt.subject, self.attempt.id, detail, self.tally
         )
 
 
@@ -304,6 +312,8 @@ class Engine:
         values = {**record.__dict__, "data": dict(record.data)}
         with self.db.transaction() as conn:
             conn.execute(insert(attempt_t).values(**values))
+            tally = Tally()
+            tally.moved(spec.name, START_EVENT, None, record.state)
             conn.execute(
                 insert(event_t).values(
                     attempt_id=record.id,
@@ -317,6 +327,7 @@ class Engine:
                     detail=dict(detail or {}),
                 )
             )
+            add_tally(conn, tally)
         return record
 
     # -- firing --------------------------------------------------------
@@ -343,6 +354,7 @@ class Engine:
         attempt_id = parse_attempt_id(attempt_id)
         try:
             with self.db.transaction() as conn:
+                tally = Tally()
                 outcome = self._fire_in(
                     conn,
                     attempt_id,
@@ -353,7 +365,9 @@ class Engine:
                     data=data,
                     in_tx=in_tx,
                     expected_version=expected_version,
+                    tally=tally,
                 )
+                add_tally(conn, tally)
         except IntegrityError:
             raise ConflictError(attempt_id, event) from None
         if outcome.refused is not None:
@@ -373,6 +387,7 @@ class Engine:
         data: Mapping[str, Any] | None,
         in_tx: InTx | None,
         expected_version: int | None,
+        tally: Tally,
     ) -> _Outcome:
         now = self.clock.now()
         record = self._load(conn, attempt_id)
@@ -385,8 +400,8 @@ class Engine:
             deadline = spec.deadlines[record.state]
             if event != deadline.event:
                 expired_at = record.deadline_at
-                record = self._apply_deadline(conn, spec, record, now).attempt
-        tx = Transaction(conn, now, record, record.state, self)
+                record = self._apply_deadline(conn, spec, record, now, tally).attempt
+        tx = Transaction(conn, now, record, record.state, self, tally)
         target = self._decide(spec, record, event, now, {**params, "tx": tx})
         if target is None:
             reason = "guard_failed" if event in spec.events_from(record.state) else "wrong_state"
@@ -404,15 +419,16 @@ class Engine:
                 # The engine's reason wins over any the caller's detail carries.
                 {**detail, "reason": reason},
             )
+            tally.refused(record.flow, event)
             return _Outcome(
                 refused=EventRefused(record.id, event, record.state, reason, expired_at)
             )
         new_data = {**record.data, **tx.data, **(data or {})}
         fired = self._commit_transition(
-            conn, spec, record, event, target, actor, now, dict(detail), new_data
+            conn, spec, record, event, target, actor, now, dict(detail), new_data, tally
         )
         if in_tx is not None:
-            in_tx(Transaction(conn, now, fired.attempt, record.state, self))
+            in_tx(Transaction(conn, now, fired.attempt, record.state, self, tally))
         return _Outcome(fired=fired)
 
     def _decide(
@@ -453,6 +469,7 @@ class Engine:
         now: datetime,
         detail: dict[str, Any],
         data: dict[str, Any],
+        tally: Tally,
     ) -> Fired:
         after = replace(
             record,
@@ -485,6 +502,7 @@ class Engine:
         if result.rowcount != 1:
             raise ConflictError(record.id, event)
         logged = self._log(conn, record.id, event, record.state, target, actor, now, True, detail)
+        tally.moved(record.flow, event, record.state, target)
         live = spec.live_states
         if spec.exclusive is not None and target in live and record.state not in live:
             # One live journey per subject in the group: the older ones end now.
@@ -494,6 +512,7 @@ class Engine:
                 record.subject,
                 record.id,
                 {"superseded_by": str(record.id)},
+                tally,
             )
         return Fired(after, logged, record.state)
 
@@ -504,6 +523,7 @@ class Engine:
         subject: str,
         keep: uuid.UUID,
         detail: Mapping[str, Any],
+        tally: Tally,
     ) -> list[uuid.UUID]:
         """Send each live attempt of `subject` in `group` (but `keep`) its flow's end event."""
         if not self.db.is_sqlite:
@@ -532,17 +552,18 @@ class Engine:
                 data=None,
                 in_tx=None,
                 expected_version=None,
+                tally=tally,
             )
             if outcome.fired is not None:
                 ended.append(other.id)
         return ended
 
     def _apply_deadline(
-        self, conn: Connection, spec: FlowSpec, record: AttemptRecord, now: datetime
+        self, conn: Connection, spec: FlowSpec, record: AttemptRecord, now: datetime, tally: Tally
     ) -> Fired:
         """Fire the state's deadline event, effects and all (the transition is unguarded)."""
         deadline = spec.deadlines[record.state]
-        tx = Transaction(conn, now, record, record.state, self)
+        tx = Transaction(conn, now, record, record.state, self, tally)
         target = self._decide(spec, record, deadline.event, now, {"tx": tx})
         assert target is not None  # FlowSpec checks this at definition time
         return self._commit_transition(
@@ -555,6 +576,7 @@ class Engine:
             now,
             deadline_detail(record.deadline_at),
             {**record.data, **tx.data},
+            tally,
         )
 
     def _log(
@@ -627,7 +649,9 @@ class Engine:
             record = self._load(conn, attempt_id)
             spec = self._spec_for(record)
             if self._overdue(record, self.clock.now()):
-                record = self._apply_deadline(conn, spec, record, self.clock.now()).attempt
+                tally = Tally()
+                record = self._apply_deadline(conn, spec, record, self.clock.now(), tally).attempt
+                add_tally(conn, tally)
         return record
 
     def history_sync(self, attempt_id: uuid.UUID | str) -> list[EventRecord]:
@@ -639,6 +663,15 @@ class Engine:
                 select(event_t).where(event_t.c.attempt_id == attempt_id).order_by(event_t.c.seq)
             )
             return [EventRecord.from_row(r) for r in rows]
+
+    def totals_sync(self) -> dict[tuple[str, str, str], int]:
+        """The flows' running totals, (flow, kind, name) -> value (see `engine.tally`).
+
+        A handful of rows whatever the history: attempts per state (`attempts`),
+        events accepted and refused per event (`accepted`, `refused`).
+        """
+        with self.db.transaction(write=False) as conn:
+            return {(flow, kind, name): value for flow, kind, name, value in read_tally(conn)}
 
     def allowed_events(self, record: AttemptRecord) -> list[str]:
         """Events with a transition out of the attempt's current state."""
@@ -708,11 +741,13 @@ class Engine:
             pick = pick.with_for_update(skip_locked=True)
         with self.db.transaction() as conn:
             moved = 0
+            tally = Tally()
             for attempt_id in list(conn.execute(pick).scalars()):
                 record = self._load(conn, attempt_id)
                 if record.state == state and self._overdue(record, now):
-                    self._apply_deadline(conn, spec, record, now)
+                    self._apply_deadline(conn, spec, record, now, tally)
                     moved += 1
+            add_tally(conn, tally)
         return moved
 
     def _sweep_batch(
@@ -776,6 +811,7 @@ class Engine:
                 ).rowcount
                 if logged:
                     conn.execute(update(attempt_t).where(rowid.in_(pick)).values(moved_values))
+                    self._tally_swept(conn, spec.name, event, state, target, logged)
                 return logged
             # PostgreSQL: one statement. Rows another transaction holds are skipped,
             # not waited for; the UPDATE's RETURNING feeds the event rows (with the
@@ -803,7 +839,16 @@ class Engine:
             )
             # An INSERT carrying data-modifying CTEs reports no rowcount: count instead.
             count = select(func.count()).select_from(logged_rows).add_cte(picked).add_cte(moved)
-            return int(conn.execute(count).scalar_one())
+            swept = int(conn.execute(count).scalar_one())
+            self._tally_swept(conn, spec.name, event, state, target, swept)
+            return swept
+
+    def _tally_swept(
+        self, conn: Connection, flow: str, event: str, state: str, target: str, n: int
+    ) -> None:
+        tally = Tally()
+        tally.moved(flow, event, state, target, n)
+        add_tally(conn, tally)
 
     def _deadline_detail_sql(self, deadline_at: Any) -> Any:
         """`deadline_detail(deadline_at)` computed in SQL, byte for byte the same JSON value."""

@@ -6,6 +6,8 @@ lock every transition checks and bumps. Each fired event, accepted or
 refused, appends one `attempt_event` row. `lease_until` lets a worker claim an
 attempt for a while: a worker that dies leaves it claimable again. `outbox`
 holds side effects to run after the transition that asked for them commits.
+`flow_tally` keeps running totals (attempts per state, events fired) that every
+write transaction updates before it commits, so they can be read in O(states).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, UniqueConstraint
 from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, SQLModel
 
@@ -82,3 +84,21 @@ class Outbox(SQLModel, table=True):
     done_at: datetime | None = Field(default=None)
     tries: int = Field(default=0)
     last_error: str | None = Field(default=None, max_length=500)
+
+
+class FlowTally(SQLModel, table=True):
+    """A running total of one flow: attempts now in a state, or events fired at them.
+
+    `kind` is `attempts` (`name` is a state), `accepted` or `refused` (`name` is an
+    event; `start` counts creations). Each write transaction of the engine adds its
+    deltas last, in key order, so two transactions never wait on each other's totals
+    in opposite orders. The totals always equal what counting the attempt table and
+    the event log would give, at the cost of reading a handful of rows.
+    """
+
+    __tablename__ = "flow_tally"
+
+    flow: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=16)
+    name: str = Field(primary_key=True, max_length=64)
+    value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))

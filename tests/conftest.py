@@ -33,6 +33,17 @@ SHARED_PG_DB = "recovery_tests"
 _backend_runs: Counter[str] = Counter()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def testclient_host() -> Iterator[None]:
+    """Litestar's TestClient sends `Host: testserver.local`, which production does not
+    answer: tests allow it the way an operator allows another name
+    (RECOVERY_EXTRA_ALLOWED_HOSTS, read when a test builds its `Settings`). Servers run
+    as subprocesses never see it (their environment drops the caller's RECOVERY_*)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RECOVERY_EXTRA_ALLOWED_HOSTS", "testserver.local")
+        yield
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole run, with a database holding the current schema."""

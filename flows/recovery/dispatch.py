@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from engine import ConflictError, Engine, EventRefused, Transaction
 from engine.clock import as_utc
 from engine.core import AttemptRecord, attempt_t, event_t, outbox_t
+from engine.tally import ATTEMPTS
 from flows.password_recovery import LIVE_STATES, NAME
 from flows.recovery import i18n
 from flows.recovery.emails import password_changed_email, recovery_email
@@ -75,6 +76,7 @@ OUTAGE_FIRST_PAUSE = 0.2
 OUTAGE_MAX_PAUSE = 2.0
 OUTAGE_MARGIN_SECONDS = 2.0
 
+UNUSABLE_ADDRESS = "the stored address cannot be written into an email"
 # First key of the PostgreSQL advisory locks taken per address while dispatching.
 ADVISORY_LOCK_CLASS = 0x6D61696C  # "mail"
 
@@ -164,13 +166,13 @@ class Dispatcher:
                     await asyncio.wait_for(stop.wait(), self.settings.dispatch_poll_seconds)
 
     def queue_depth(self) -> int:
-        """Requested attempts waiting (including those backing off) plus pending outbox items."""
+        """Requested attempts waiting (including those backing off) plus pending outbox items.
+
+        The attempts come from the engine's running totals (one row, however many
+        wait); the pending items from the outbox's pending index.
+        """
+        attempts = self.engine.totals_sync().get((NAME, ATTEMPTS, "requested"), 0)
         with self.db.transaction(write=False) as conn:
-            attempts = conn.execute(
-                select(func.count())
-                .select_from(attempt_t)
-                .where(attempt_t.c.flow == NAME, attempt_t.c.state == "requested")
-            ).scalar_one()
             items = conn.execute(
                 select(func.count())
                 .select_from(outbox_t)
@@ -307,24 +309,41 @@ class Dispatcher:
         self, record: AttemptRecord, account: _Known, delivery: dict[str, Any]
     ) -> None:
         token = new_token()
+        # The "this wasn't me" link carries a token of its own, which can only cancel:
+        # the reset token in it would open the password form to whoever clicks it.
+        cancel_token = new_token()
         now = self.clock.now()
         base = self.settings.public_base_url
-        message = recovery_email(
-            locale=_locale(record.locale),
-            to=account.email,
-            mail_from=self.settings.mail_from,
-            link=f"{base}/recovery/reset?token={token}",
-            cancel_link=f"{base}/recovery/cancel?token={token}",
-            expires_at=now + timedelta(minutes=self.settings.link_ttl_minutes),
-            reference=support_reference(record.id),
-            name=account.name,
-            sent_at=now,
-        )
-        digest = token_hash(token)
         tries = int(delivery.get("tries") or 0) + 1
+        try:
+            message = recovery_email(
+                locale=_locale(record.locale),
+                to=account.email,
+                mail_from=self.settings.mail_from,
+                link=f"{base}/recovery/reset?token={token}",
+                cancel_link=f"{base}/recovery/cancel?token={cancel_token}",
+                expires_at=now + timedelta(minutes=self.settings.link_ttl_minutes),
+                reference=support_reference(record.id),
+                name=account.name,
+                sent_at=now,
+            )
+        except ValueError:
+            # The stored address cannot be written into a message: no later try can,
+            # so end the attempt now rather than fail it at every lease until it expires.
+            failed = {**delivery, "tries": tries, "last_error": UNUSABLE_ADDRESS}
+            await self._fire(
+                record,
+                "bounce",
+                detail={"reason": "address_unusable", "tries": tries},
+                data={"delivery": {**failed, "status": "failed", "sent_at": None}},
+            )
+            return
+        digest = token_hash(token)
         # The digest is stored before the mail leaves, so a link opened the
         # instant it arrives is found (the service waits for `dispatch` to commit).
-        await self.db.run(self._store_token, record.id, account.id, digest)
+        await self.db.run(
+            self._store_token, record.id, account.id, digest, token_hash(cancel_token)
+        )
         error = await self._send(message)
         now = self.clock.now()
         if error is None:
@@ -347,7 +366,7 @@ class Dispatcher:
             return
         failed = {**delivery, "tries": tries, "last_error": str(error), "sent_at": None}
         if isinstance(error, PermanentMailError) or tries >= self.settings.mail_max_tries:
-            reason = "refused" if isinstance(error, PermanentMailError) else "retries_exhausted"
+            reason = error.reason if isinstance(error, PermanentMailError) else "retries_exhausted"
             await self._fire(
                 record,
                 "bounce",
@@ -418,13 +437,16 @@ class Dispatcher:
 
         return hook
 
-    def _store_token(self, attempt_id: uuid.UUID, account_id: uuid.UUID, digest: str) -> None:
-        """The attempt's link token, replacing one from an earlier try that never went out."""
+    def _store_token(
+        self, attempt_id: uuid.UUID, account_id: uuid.UUID, digest: str, cancel_digest: str
+    ) -> None:
+        """The attempt's link tokens, replacing those of an earlier try that never went out."""
         with self.db.transaction() as conn:
             conn.execute(delete(token_t).where(token_t.c.attempt_id == attempt_id))
             conn.execute(
                 insert(token_t).values(
                     token_hash=digest,
+                    cancel_hash=cancel_digest,
                     attempt_id=attempt_id,
                     account_id=account_id,
                     created_at=self.clock.now(),
@@ -523,16 +545,20 @@ class Dispatcher:
             await self._finish(item["id"], error="account not found")
             return
         now = self.clock.now()
-        message = password_changed_email(
-            locale=_locale(payload.get("locale")),
-            to=account.email,
-            mail_from=self.settings.mail_from,
-            changed_at=as_utc(item["created_at"]),
-            reference=support_reference(attempt_id),
-            name=account.name,
-            recovery_page=f"{self.settings.public_base_url}/recovery",
-            sent_at=now,
-        )
+        try:
+            message = password_changed_email(
+                locale=_locale(payload.get("locale")),
+                to=account.email,
+                mail_from=self.settings.mail_from,
+                changed_at=as_utc(item["created_at"]),
+                reference=support_reference(attempt_id),
+                name=account.name,
+                recovery_page=f"{self.settings.public_base_url}/recovery",
+                sent_at=now,
+            )
+        except ValueError:
+            await self._finish(item["id"], error=UNUSABLE_ADDRESS)
+            return
         error = await self._send(message)
         if error is None:
             await self._finish(item["id"])

@@ -81,7 +81,14 @@ def _recipient(to: str, name: str) -> Address:
     if not at or not local or not domain:
         raise ValueError("recipient must be exactly one email address")
     try:
-        return Address(display_name=safe_name(name), addr_spec=to.strip())
+        if local.isascii():
+            return Address(display_name=safe_name(name), addr_spec=to.strip())
+        # Python's parser refuses a non-ASCII local part (`İda@example.com`), which
+        # SMTPUTF8 (RFC 6531) allows: given in parts it is kept as typed, once checked
+        # to hold nothing a mailer could read as a second address.
+        if any(c.isspace() or c in '<>()[]\\"@' for c in local):
+            raise ValueError("recipient must be exactly one email address")
+        return Address(display_name=safe_name(name), username=local, domain=domain)
     except (ValueError, HeaderParseError, IndexError):
         raise ValueError("recipient must be exactly one email address") from None
 

@@ -10,8 +10,8 @@ Two real transports sit behind one small protocol:
 Errors come in two kinds the dispatcher acts on: `TemporaryMailError` (the
 server is down, slow, or answered 4xx: try again later) and
 `PermanentMailError` (the server answered 5xx: never retry). Their messages
-carry the SMTP code and the server's reply, never the message body, because
-the body holds the recovery link.
+carry the SMTP code and the server's reply (addresses in it masked), never the
+message body, because the body holds the recovery link.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import email.message
 import email.policy
 import itertools
 import os
+import re
 import secrets
 import socket
 from email.utils import getaddresses, parseaddr
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from engine.clock import Clock, SystemClock
+from flows.recovery.identity import mask_email
 
 MAX_ERROR_CHARS = 300
 DEFAULT_MAIL_DIR = Path("var/mail")
@@ -50,6 +52,26 @@ class TemporaryMailError(MailError):
 
 class PermanentMailError(MailError):
     """The server refused the message for good (5xx): retrying cannot help."""
+
+    # What the attempt's bounce records as its reason.
+    reason = "refused"
+
+
+class AddressNotSupported(PermanentMailError):
+    """The address has non-ASCII characters and the server does not offer SMTPUTF8."""
+
+    reason = "address_not_supported"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the mail server cannot deliver to an address with non-ASCII characters "
+            "(it does not offer SMTPUTF8)"
+        )
+
+
+def needs_smtputf8(*addresses: str) -> bool:
+    """Whether an envelope with these addresses needs SMTPUTF8 (RFC 6531)."""
+    return not all(address.isascii() for address in addresses)
 
 
 class MailTransport(Protocol):
@@ -86,10 +108,16 @@ def envelope(message: email.message.EmailMessage) -> tuple[str, str]:
     return sender, recipients[0]
 
 
+# An address as mail servers quote them in replies (`<jane@example.com>`, bare or in quotes).
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:@\[\]]+@[^\s<>\"'(),;:@\[\]]+")
+
+
 def _clean(text: str) -> str:
-    """A server reply made safe for logs and stored facts: one line, bounded."""
+    """A server reply made safe for logs and stored facts: one line, bounded, and every
+    address in it masked as support sees addresses (the reply often quotes the
+    recipient in full, and it is stored where support reads it)."""
     one_line = " ".join(str(text).split())
-    return one_line[:MAX_ERROR_CHARS]
+    return _ADDRESS.sub(lambda m: mask_email(m.group()), one_line)[:MAX_ERROR_CHARS]
 
 
 class FileTransport:
@@ -124,8 +152,11 @@ class FileTransport:
         return final
 
     async def send(self, message: email.message.EmailMessage) -> None:
-        envelope(message)  # the same one-recipient rule as SMTP
-        data = message.as_bytes(policy=email.policy.SMTP)
+        sender, recipient = envelope(message)  # the same one-recipient rule as SMTP
+        # An address with non-ASCII characters is written as UTF-8 (as SMTPUTF8 sends it);
+        # the ASCII policy would turn it into an encoded word, which is no address.
+        utf8 = needs_smtputf8(sender, recipient)
+        data = message.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
         try:
             await asyncio.to_thread(self._write, self._name(), data)
         except OSError as exc:
@@ -197,6 +228,8 @@ class SmtpTransport:
         return self._local_hostname
 
     async def send(self, message: email.message.EmailMessage) -> None:
+        """Send; aiosmtplib asks for SMTPUTF8 itself when an address needs it and the
+        server offers it. A server that does not cannot ever take it: permanent."""
         sender, recipient = envelope(message)
         try:
             await aiosmtplib.send(
@@ -212,6 +245,11 @@ class SmtpTransport:
                 start_tls=self.start_tls,
                 timeout=self.timeout,
             )
+        except aiosmtplib.SMTPNotSupported as exc:
+            if needs_smtputf8(sender, recipient):
+                raise AddressNotSupported() from None
+            # STARTTLS asked for and not offered: our configuration, may be fixed.
+            raise TemporaryMailError(f"SMTP {type(exc).__name__}: {_clean(str(exc))}") from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0] if exc.recipients else None
             code = refused.code if refused else 0

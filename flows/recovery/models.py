@@ -10,7 +10,7 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -34,14 +34,23 @@ class Account(SQLModel, table=True):
     disabled: bool = Field(default=False)
     created_at: datetime
     password_changed_at: datetime
+    # Bumped by every password change. A sign-in reads it with the hash it verifies and
+    # opens its session (or writes its rehash) only if it is unchanged, under a lock on
+    # the row: a sign-in that verified a password a reset has replaced opens nothing.
+    credential_version: int = Field(default=0)
 
 
 class RecoveryToken(SQLModel, table=True):
-    """The hash of the token a recovery link carries, bound to one attempt and account."""
+    """The hash of the token a recovery link carries, bound to one attempt and account.
+
+    `cancel_hash` is the hash of the "this wasn't me" link's own token: it can cancel
+    the attempt and nothing else (it opens no form and sets no password).
+    """
 
     __tablename__ = "recovery_token"
 
     token_hash: str = Field(primary_key=True, max_length=64)
+    cancel_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
     attempt_id: uuid.UUID = Field(index=True, unique=True)
     account_id: uuid.UUID = Field(index=True)
     created_at: datetime
@@ -62,23 +71,57 @@ class LoginSession(SQLModel, table=True):
 
 
 class LoginFailure(SQLModel, table=True):
-    """One failed sign-in, keyed by the normalised address typed (account or not)."""
+    """One failed sign-in, keyed by the normalised address typed (account or not).
+
+    `device` is the digest of the browser's device cookie when it came from a browser
+    that signed in to this account before (see `LoginDevice`), else None: the two are
+    counted apart, so a stranger's failures never slow such a browser down.
+    """
 
     __tablename__ = "login_failure"
-    __table_args__ = (Index("ix_login_failure_key_at", "key", "at"),)
+    __table_args__ = (Index("ix_login_failure_key_device_at", "key", "device", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=320)
+    device: str | None = Field(default=None, max_length=64)
     at: datetime
 
 
+class LoginDevice(SQLModel, table=True):
+    """A browser that signed in to an account: the digest of its device cookie.
+
+    OWASP's "device cookies": sign-in failures from a browser carrying one are counted
+    for that browser alone. A password change forgets the account's devices.
+    """
+
+    __tablename__ = "login_device"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    account_id: uuid.UUID = Field(index=True)
+    created_at: datetime
+    expires_at: datetime
+
+
 class SupportKey(SQLModel, table=True):
-    """An API key for support agents, with its role; only the key's hash is kept."""
+    """An API key for support agents, with its role; only the key's hash is kept.
+
+    A name is unique among live keys: once its key is revoked, the name can be given
+    to a new one (the audit log, which records names, keeps both histories).
+    """
 
     __tablename__ = "support_key"
+    __table_args__ = (
+        Index(
+            "uq_support_key_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    name: str = Field(max_length=100, unique=True)
+    name: str = Field(max_length=100)
     role: str = Field(max_length=16)
     key_hash: str = Field(max_length=64, unique=True, index=True)
     created_at: datetime

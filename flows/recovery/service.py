@@ -38,7 +38,7 @@ from flows.recovery.errors import (
     UnknownToken,
 )
 from flows.recovery.identity import InvalidEmail, mask_email, normalise_email, support_reference
-from flows.recovery.models import Account, LoginFailure, LoginSession, RecoveryToken
+from flows.recovery.models import Account, LoginDevice, LoginFailure, LoginSession, RecoveryToken
 from flows.recovery.passwords import PasswordHasher
 from flows.recovery.policy import PasswordPolicy, PersonalData, check_history
 from flows.recovery.settings import Settings
@@ -48,6 +48,7 @@ account_t = Account.__table__
 token_t = RecoveryToken.__table__
 session_t = LoginSession.__table__
 failure_t = LoginFailure.__table__
+device_t = LoginDevice.__table__
 
 PERSON = "person"
 HISTORY_SIZE = 5
@@ -79,10 +80,17 @@ class OpenedLink:
 
 @dataclass(frozen=True)
 class SignedIn:
-    """A new session: the bearer token is shown once, then only its hash is kept."""
+    """A new session: the bearer token is shown once, then only its hash is kept.
+
+    `device_token` is set when the sign-in asked to remember its browser and came
+    without a known device cookie: the page keeps it as that cookie until
+    `device_expires_at`.
+    """
 
     session_token: str
     expires_at: datetime
+    device_token: str | None = None
+    device_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,17 @@ class RecoveryService:
         if attempt.state == "emailed":
             # An API client may submit without verifying first: that is an open too.
             attempt = (await self.open_link(token, method="POST")).attempt
+        if attempt.state != "link_opened" or not _token_live(row):
+            # A dead link is refused (and recorded) before any policy or history
+            # work: neither its answer nor its cost may depend on the password typed.
+            await self._fire_for_token(
+                row,
+                attempt,
+                "set_password",
+                {"token_valid": _token_live(row), "password_accepted": False},
+                {},
+            )
+            raise _dead_link(attempt.state, row)
         account = await self.db.run(self._account_by_id, row["account_id"], write=False)
         # zxcvbn costs up to ~25 ms: keep it off the event loop (the policy is thread-safe).
         violations = await asyncio.to_thread(
@@ -183,9 +202,10 @@ class RecoveryService:
             confirmation,
             PersonalData(account.name, account.email, account.birth_date),
         )
-        if not any(v.code == "too_long" for v in violations) and await check_history(
-            self.hasher, password, account.password_history
-        ):
+        # The history last, and only for a password that passed every other rule, the
+        # confirmation included: a mistyped confirmation must not tell whether a guess
+        # is one of the last passwords, nor cost up to five Argon2 verifications.
+        if not violations and await check_history(self.hasher, password, account.password_history):
             violations.append(self.policy.reused_violation())
         if violations:
             await self._fire_for_token(
@@ -225,16 +245,29 @@ class RecoveryService:
         )
         if consumed.rowcount != 1:
             raise ConflictError(tx.attempt.id, "set_password")
+        # The row lock orders this change with every sign-in that opens a session or
+        # writes a rehash (they lock the row too, see `_open_session`); the history is
+        # read under it, so two changes cannot drop each other's hash from it.
+        current = tx.conn.execute(
+            select(account_t.c.password_history, account_t.c.credential_version)
+            .where(account_t.c.id == account.id)
+            .with_for_update()
+        ).one()
         tx.conn.execute(
             update(account_t)
             .where(account_t.c.id == account.id)
             .values(
                 password_hash=new_hash,
-                password_history=[new_hash, *account.password_history][:HISTORY_SIZE],
+                password_history=[new_hash, *current.password_history][:HISTORY_SIZE],
                 password_changed_at=tx.now,
+                credential_version=current.credential_version + 1,
             )
         )
         revoke_account_secrets(tx, account.id, keep_token=row["token_hash"])
+        # The person proved they hold the address: the sign-in delays others' failures
+        # built up are lifted, and no browser stays vouched for by the old password.
+        tx.conn.execute(delete(failure_t).where(failure_t.c.key == account.email_normalized))
+        tx.conn.execute(delete(device_t).where(device_t.c.account_id == account.id))
         others = tx.conn.execute(
             select(attempt_t.c.id).where(
                 attempt_t.c.flow == NAME,
@@ -257,8 +290,12 @@ class RecoveryService:
     # -- "this wasn't me" ----------------------------------------------
 
     async def cancel_by_token(self, token: object) -> AttemptRecord:
-        """The person says they did not ask: cancel the attempt and kill its link."""
-        row = await self._token_row(token)
+        """The person says they did not ask: cancel the attempt and kill its link.
+
+        Takes the email's cancel-only token (the "this wasn't me" link), or the link's
+        own token (`POST /api/recovery/cancel` has always taken that one).
+        """
+        row = await self._token_row(token, cancel=True)
         attempt = await self._settled(row["attempt_id"])
 
         def revoke(tx: Transaction) -> None:
@@ -275,13 +312,18 @@ class RecoveryService:
 
     # -- tokens ----------------------------------------------------------
 
-    async def _token_row(self, token: object) -> dict[str, Any]:
+    async def _token_row(self, token: object, *, cancel: bool = False) -> dict[str, Any]:
+        """The token's row by the link token; with `cancel`, by the cancel-only token too."""
         if not plausible_token(token):
             raise UnknownToken()
         assert isinstance(token, str)
-        row = await self.db.run(self._find_token, token_hash(token), write=False)
+        digest = token_hash(token)
+        row = await self.db.run(self._find_token, digest, cancel, write=False)
         # The index found the row by digest; the decision is a constant-time compare.
-        if row is None or not token_matches(token, row["token_hash"]):
+        if row is None:
+            raise UnknownToken()
+        stored = row["cancel_hash"] if row["cancel_hash"] == digest else row["token_hash"]
+        if not token_matches(token, stored):
             raise UnknownToken()
         return row
 
@@ -300,9 +342,11 @@ class RecoveryService:
             attempt = await self.engine.get(attempt_id)
         return attempt
 
-    def _find_token(self, digest: str) -> dict[str, Any] | None:
+    def _find_token(self, digest: str, cancel: bool = False) -> dict[str, Any] | None:
         with self.db.transaction(write=False) as conn:
             row = conn.execute(select(token_t).where(token_t.c.token_hash == digest)).first()
+            if row is None and cancel:
+                row = conn.execute(select(token_t).where(token_t.c.cancel_hash == digest)).first()
             return dict(row._mapping) if row else None
 
     async def _fire_for_token(
@@ -346,8 +390,22 @@ class RecoveryService:
 
     # -- sign-in and sessions -------------------------------------------
 
-    async def login(self, email: object, password: object) -> SignedIn:
-        """Sign in: one generic failure for unknown address and wrong password alike."""
+    async def login(
+        self,
+        email: object,
+        password: object,
+        *,
+        device: object = None,
+        remember_device: bool = False,
+    ) -> SignedIn:
+        """Sign in: one generic failure for unknown address and wrong password alike.
+
+        `device` is the browser's device cookie, if it sent one. A browser that signed
+        in to this address before has its failures counted apart from everyone
+        else's, so a stranger typing wrong passwords never slows it down (OWASP's
+        device cookies). With `remember_device`, a sign-in that succeeds without a
+        known device cookie is given one (`SignedIn.device_token`).
+        """
         if not isinstance(email, str) or not isinstance(password, str):
             raise InvalidInput(
                 "email" if not isinstance(email, str) else "password", "must be a string"
@@ -358,16 +416,17 @@ class RecoveryService:
             key = normalise_email(email)
         except InvalidEmail:
             key = email.strip().casefold()[:320]
-        retry_after = await self.db.run(self._login_delay, key, write=False)
+        known = await self.db.run(self._known_device, key, device, write=False)
+        retry_after = await self.db.run(self._login_delay, key, known, write=False)
         if retry_after > 0:
             raise LoginSlowedDown(retry_after)
         account = await self.db.run(self._account_by_email, key, write=False)
         if account is None or account.disabled:
             await self.hasher.verify_dummy(password)
-            await self.db.run(self._record_failure, key)
+            await self.db.run(self._record_failure, key, known)
             raise LoginFailed()
         if not await self.hasher.verify(account.password_hash, password):
-            await self.db.run(self._record_failure, key)
+            await self.db.run(self._record_failure, key, known)
             raise LoginFailed()
         rehashed = (
             await self.hasher.hash(password)
@@ -375,9 +434,20 @@ class RecoveryService:
             else None
         )
         token = new_token()
-        expires_at = self.clock.now() + timedelta(minutes=self.settings.session_ttl_minutes)
+        now = self.clock.now()
+        expires_at = now + timedelta(minutes=self.settings.session_ttl_minutes)
+        remembered = None
+        if remember_device and known is None:
+            remembered = (new_token(), now + timedelta(days=self.settings.login_device_days))
         attempt_id = await self.db.run(
-            self._open_session, account, key, token_hash(token), expires_at, rehashed
+            self._open_session,
+            account,
+            key,
+            token_hash(token),
+            expires_at,
+            rehashed,
+            known,
+            (token_hash(remembered[0]), remembered[1]) if remembered else None,
         )
         if attempt_id is not None:
             # Another sign-in may have recorded it first: that is fine.
@@ -385,16 +455,40 @@ class RecoveryService:
                 await self.engine.fire(
                     attempt_id, "log_in", actor=PERSON, params={"signed_in": True}
                 )
-        return SignedIn(token, expires_at)
+        if remembered is None:
+            return SignedIn(token, expires_at)
+        return SignedIn(token, expires_at, *remembered)
 
-    def _login_delay(self, key: str) -> int:
-        """Seconds to wait before another try: 0, or growing after the free failures."""
+    def _known_device(self, key: str, device: object) -> str | None:
+        """The digest of `device` if it is a live device cookie of the account at `key`."""
+        if not plausible_token(device):
+            return None
+        assert isinstance(device, str)
+        digest = token_hash(device)
+        with self.db.transaction(write=False) as conn:
+            found = conn.execute(
+                select(device_t.c.token_hash)
+                .join(account_t, account_t.c.id == device_t.c.account_id)
+                .where(
+                    device_t.c.token_hash == digest,
+                    device_t.c.expires_at > self.clock.now(),
+                    account_t.c.email_normalized == key,
+                )
+            ).scalar()
+        return digest if found is not None and token_matches(device, found) else None
+
+    def _login_delay(self, key: str, device: str | None) -> int:
+        """Seconds to wait before another try: 0, or growing after the free failures.
+
+        Failures count per address among browsers without a known device cookie, and
+        per device cookie for a browser that has one.
+        """
         now = self.clock.now()
         since = now - timedelta(minutes=self.settings.login_failure_window_minutes)
         with self.db.transaction(write=False) as conn:
             count, last = conn.execute(
                 select(func.count(), func.max(failure_t.c.at)).where(
-                    failure_t.c.key == key, failure_t.c.at > since
+                    failure_t.c.key == key, _same_device(device), failure_t.c.at > since
                 )
             ).one()
         if count < self.settings.login_free_failures or last is None:
@@ -403,9 +497,9 @@ class RecoveryService:
         remaining = (as_utc(last) + timedelta(seconds=delay) - now).total_seconds()
         return max(0, math.ceil(remaining))
 
-    def _record_failure(self, key: str) -> None:
+    def _record_failure(self, key: str, device: str | None) -> None:
         with self.db.transaction() as conn:
-            conn.execute(insert(failure_t).values(key=key, at=self.clock.now()))
+            conn.execute(insert(failure_t).values(key=key, device=device, at=self.clock.now()))
 
     def _account_by_email(self, key: str) -> Account | None:
         with self.db.transaction(write=False) as conn:
@@ -419,19 +513,51 @@ class RecoveryService:
         digest: str,
         expires_at: datetime,
         rehashed: str | None,
+        device: str | None = None,
+        new_device: tuple[str, datetime] | None = None,
     ) -> uuid.UUID | None:
+        """Open the session (and store the rehash) if the password verified is still the
+        account's; `LoginFailed` if a password change committed since it was read.
+
+        The account row is locked first: a password change committing meanwhile either
+        came before (its new `credential_version` is seen here, nothing is written) or
+        waits for this transaction and then revokes the session inserted here.
+        """
         now = self.clock.now()
         with self.db.transaction() as conn:
+            version = conn.execute(
+                select(account_t.c.credential_version)
+                .where(account_t.c.id == account.id)
+                .with_for_update()
+            ).scalar()
+            if version != account.credential_version:
+                raise LoginFailed()
             conn.execute(
                 insert(session_t).values(
                     token_hash=digest, account_id=account.id, created_at=now, expires_at=expires_at
                 )
             )
-            conn.execute(delete(failure_t).where(failure_t.c.key == key))
+            # Success clears the failures of its own kind only: a sign-in from a known
+            # browser gives a stranger no fresh free tries.
+            conn.execute(delete(failure_t).where(failure_t.c.key == key, _same_device(device)))
+            if new_device is not None:
+                conn.execute(
+                    insert(device_t).values(
+                        token_hash=new_device[0],
+                        account_id=account.id,
+                        created_at=now,
+                        expires_at=new_device[1],
+                    )
+                )
             if rehashed is not None:
+                # The same password under new parameters: the version stays, so
+                # other sign-ins with it that are under way still succeed.
                 conn.execute(
                     update(account_t)
-                    .where(account_t.c.id == account.id)
+                    .where(
+                        account_t.c.id == account.id,
+                        account_t.c.credential_version == account.credential_version,
+                    )
                     .values(
                         password_hash=rehashed,
                         password_history=[rehashed, *account.password_history[1:]][:HISTORY_SIZE],
@@ -557,6 +683,11 @@ def revoke_account_secrets(tx: Transaction, account_id: uuid.UUID, keep_token: s
         )
         .values(revoked_at=tx.now)
     )
+
+
+def _same_device(device: str | None) -> Any:
+    """Failures of one kind: from browsers without a known device cookie, or from one."""
+    return failure_t.c.device.is_(None) if device is None else failure_t.c.device == device
 
 
 def _token_live(row: dict[str, Any]) -> bool:

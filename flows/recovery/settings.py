@@ -21,7 +21,23 @@ from engine.db import normalise_url
 
 
 class Settings(BaseSettings):
-    """Every knob of the service, with production defaults."""
+    """Every knob of the service, with production defaults.
+
+    Defaults that hold the service up against abuse (issue 18), each a variable:
+    - /metrics is not served (404) unless RECOVERY_METRICS_TOKEN (bearer, at least
+      16 characters) or RECOVERY_METRICS_LISTEN (host:port, a second socket of
+      `recovery serve` that serves /metrics alone) is set;
+    - rate limits per client IP and endpoint: POSTs 20/min, other public requests
+      (pages, link checks, diagrams, /metrics, static files) 60/min, the support API
+      600/min; /health and /ready are never limited;
+    - `recovery serve` gives a request 10 s for its headers and 30 s for its body
+      (then 408 and the connection is closed), and answers 503 past 1,000 open
+      connections;
+    - the service answers its public host and the loopback names only
+      (RECOVERY_EXTRA_ALLOWED_HOSTS adds more);
+    - a browser that signed in on the login page is remembered for 180 days (its
+      device cookie): others' failed sign-ins do not slow it down.
+    """
 
     model_config = SettingsConfigDict(env_prefix="RECOVERY_", frozen=True, extra="ignore")
 
@@ -37,10 +53,22 @@ class Settings(BaseSettings):
     emails_per_hour: int = Field(default=3, ge=1)
     resend_cooldown_seconds: int = Field(default=60, ge=0)
     public_rate_limit_per_minute: int = Field(default=20, ge=1)
+    # GETs (and any other method but POST) per client IP and endpoint: pages, link
+    # checks, diagrams, /metrics, static files. /health and /ready are never limited.
+    public_get_rate_limit_per_minute: int = Field(default=60, ge=1)
+    # Any request to the support API per client IP and endpoint (a request with a bad
+    # key is audited, so it must not come free).
+    support_rate_limit_per_minute: int = Field(default=600, ge=1)
     # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Comma-separated host names answered besides the public one and the loopback names
+    # (an internal name a load balancer uses, say). None by default.
+    extra_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     login_free_failures: int = Field(default=5, ge=1)
     login_failure_window_minutes: int = Field(default=15, ge=1)
+    # How long a browser that signed in on the login page is remembered (its device
+    # cookie): failures typed elsewhere do not slow its sign-ins down.
+    login_device_days: int = Field(default=180, ge=1)
 
     # Mail delivery.
     mail_max_tries: int = Field(default=5, ge=1)
@@ -59,6 +87,35 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # `recovery serve`: a request's headers must arrive within the first timeout (of its
+    # first byte, or of the connection), its body within the second (of the headers),
+    # else 408 and the connection is closed; past `http_max_connections` open
+    # connections new requests get 503. Handler time and idle keep-alive are not counted.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_max_connections: int = Field(default=1000, ge=1)
+
+    # Operations. /metrics is never public (it would tell, read before and after a
+    # request, whether an address has an account). With RECOVERY_METRICS_TOKEN it
+    # answers on the service's own port to `Authorization: Bearer <token>` only; with
+    # RECOVERY_METRICS_LISTEN (host:port) `recovery serve` opens a second socket there
+    # that answers /metrics and nothing else, and the public port does not serve it
+    # (both set: the listener wants the token too). With neither, /metrics is not
+    # served at all (404): the safe default.
+    metrics_token: SecretStr | None = None
+    metrics_listen: str | None = None
+
+    @field_validator("extra_allowed_hosts", mode="before")
+    @classmethod
+    def _extra_allowed_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        if isinstance(value, (tuple, list)):
+            for name in value:
+                if not re.fullmatch(r"[a-z0-9.-]+|\[?[0-9a-f:]+\]?", str(name).lower()):
+                    raise ValueError(f"not a host name: {name!r}")
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _trusted_proxies(cls, value: object) -> object:
@@ -67,6 +124,20 @@ class Settings(BaseSettings):
         if isinstance(value, (tuple, list)):
             for address in value:
                 ipaddress.ip_network(address, strict=False)  # ValueError names it
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_METRICS_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_METRICS_TOKEN_CHARS} characters")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _host_port(value)  # ValueError says what is wrong
         return value
 
     @field_validator("database_url")
@@ -122,12 +193,32 @@ class Settings(BaseSettings):
         return host
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics listener binds (RECOVERY_METRICS_LISTEN), or None."""
+        return _host_port(self.metrics_listen) if self.metrics_listen else None
+
+    @property
     def mail_dir(self) -> Path | None:
         """The directory of the file transport, or None for SMTP."""
         parts = urlsplit(self.mail_url)
         if parts.scheme != "file":
             return None
         return Path(parts.netloc + parts.path)
+
+
+MIN_METRICS_TOKEN_CHARS = 16
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9100` → ("127.0.0.1", 9100); `[::1]:9100` → ("::1", 9100)."""
+    parts = urlsplit(f"//{value.strip()}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or port == 0 or parts.path or parts.username:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+    return parts.hostname, port
 
 
 class SettingsError(Exception):

@@ -1,7 +1,8 @@
 """What support agents may do: keys, attempt queries, cancel, resend, stats, and the audit log.
 
 Support keys are random 256-bit strings shown once; only their SHA-256 digest
-is stored, with a role (`read` or `write`) and a name. Every query and
+is stored, with a role (`read` or `write`) and a name, unique among live keys
+(a revoked key's name can be reused). Every query and
 action writes an `AuditEntry` carrying the key's name (a refused one too,
 with the refusal's code), and every action is fired on the attempt as the
 actor `support:<key name>`.
@@ -53,6 +54,10 @@ audit_t = AuditEntry.__table__
 token_t = RecoveryToken.__table__
 
 ROLES = ("read", "write")
+# Recorded as the key's name when a request came with a key that is no key of ours (the
+# key itself is never recorded). Key names may not start with "(", so no key has it.
+UNKNOWN_KEY = "(unknown key)"
+DIAGRAM_FORMATS = ("svg", "dot", "mermaid")  # the formats api.flows.ATTEMPT_FORMATS serves
 KEY_PREFIX = "rsk_"
 MAX_KEY_CHARS = 200
 MAX_PAGE = 200
@@ -72,7 +77,16 @@ class KeyNameTaken(RecoveryError):
     code = "key_name_taken"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"a support key named {name!r} already exists")
+        super().__init__(f"a live support key named {name!r} already exists")
+
+
+class KeyNotFound(RecoveryError):
+    """No live support key has this name."""
+
+    code = "key_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no live support key is named {name!r}")
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ class SupportService:
         name = name.strip() if isinstance(name, str) else ""
         if not name or len(name) > 100 or any(not c.isprintable() for c in name):
             raise InvalidInput("name", "name must be 1 to 100 printable characters")
+        if name.startswith("("):
+            raise InvalidInput("name", "name must not start with '('")
         if role not in ROLES:
             raise InvalidInput("role", "role must be read or write")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -165,6 +181,36 @@ class SupportService:
         except IntegrityError:
             raise KeyNameTaken(name) from None
         return key
+
+    def list_keys_sync(self) -> list[dict[str, Any]]:
+        """Every key's name, role, creation and revocation (never the key or its digest),
+        live ones first, then by name and age."""
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(
+                select(key_t.c.name, key_t.c.role, key_t.c.created_at, key_t.c.revoked_at)
+            ).all()
+        keys = [
+            {
+                "name": r.name,
+                "role": r.role,
+                "created_at": as_utc(r.created_at),
+                "revoked_at": as_utc(r.revoked_at) if r.revoked_at else None,
+            }
+            for r in rows
+        ]
+        return sorted(keys, key=lambda k: (k["revoked_at"] is not None, k["name"], k["created_at"]))
+
+    def revoke_key_sync(self, name: str) -> None:
+        """Revoke the live key called `name` (it stops working at once); `KeyNotFound` if
+        there is none. The name may then be given to a new key."""
+        with self.db.transaction() as conn:
+            done = conn.execute(
+                update(key_t)
+                .where(key_t.c.name == name.strip(), key_t.c.revoked_at.is_(None))
+                .values(revoked_at=self.clock.now())
+            )
+            if done.rowcount != 1:
+                raise KeyNotFound(name)
 
     def authenticate_sync(self, key: object) -> tuple[str, str] | None:
         """The (name, role) of a live key, or None."""
@@ -215,15 +261,26 @@ class SupportService:
             result = work()
         except (RecoveryError, EngineError) as exc:
             self._audit(key_name, action, target, {**detail, "outcome": exc.code})
+            # The HTTP layer records refusals the service did not see; not this one.
+            exc.audited = True  # type: ignore[union-attr]
             raise
         self._audit(key_name, action, target, {**detail, "outcome": "ok"})
         return result
 
-    async def record_refusal(self, key_name: str, method: str, path: str, outcome: str) -> None:
-        """Record a request refused before it reached the service (bad input, wrong role)."""
-        await self._run(
-            self._audit, key_name, "refused", path, {"method": method, "outcome": outcome}
-        )
+    async def record_refusal(
+        self,
+        key_name: str,
+        method: str,
+        path: str,
+        outcome: str,
+        client_ip: str | None = None,
+    ) -> None:
+        """Record a request refused outside the service (bad input, wrong role, no such
+        route, an unknown key: then `UNKNOWN_KEY` and the client's address)."""
+        detail = {"method": method, "outcome": outcome}
+        if client_ip is not None:
+            detail["client_ip"] = client_ip
+        await self._run(self._audit, key_name, "refused", path, detail)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         # Support work writes (its audit entry, and lazily applied deadlines).
@@ -354,6 +411,8 @@ class SupportService:
         """The attempt's flow, current state and path of accepted transitions."""
 
         def work() -> tuple[str, str, list[tuple[str | None, str, str]]]:
+            if fmt not in DIAGRAM_FORMATS:
+                raise InvalidInput("format", f"format must be one of: {', '.join(DIAGRAM_FORMATS)}")
             record = self.engine.get_sync(attempt_id)
             return record.flow, record.state, path_of(self.engine.history_sync(record.id))
 
@@ -369,8 +428,6 @@ class SupportService:
     def cancel_sync(self, key_name: str, attempt_id: str | uuid.UUID, reason: str) -> str:
         """Cancel the attempt and kill its link; `EventRefused` (409) when not allowed now."""
         reason = reason.strip()
-        if not reason:
-            raise InvalidInput("reason", "a reason is required")
 
         def revoke(tx: Any) -> None:
             tx.conn.execute(
@@ -380,6 +437,8 @@ class SupportService:
             )
 
         def work() -> str:
+            if not reason:
+                raise InvalidInput("reason", "a reason is required")
             fired = self.engine.fire_sync(
                 attempt_id,
                 "cancel",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,20 @@ def assert_error(answer: Any, status: int, code: str | None = None) -> dict[str,
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+@pytest.fixture
+def graphviz_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """How many times Graphviz's `dot` has run: the real program, behind a counting shim
+    first on PATH. Skips the test without Graphviz."""
+    real = shutil.which("dot")
+    if real is None:
+        pytest.skip("Graphviz's dot is not installed")
+    shim = tmp_path / "graphviz-shim"
+    shim.mkdir()
+    log = tmp_path / "graphviz-runs.log"
+    script = shim / "dot"
+    script.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{real}" "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ.get('PATH', '')}")
+    return lambda: len(log.read_text().splitlines()) if log.exists() else 0

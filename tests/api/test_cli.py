@@ -188,6 +188,51 @@ def test_support_key_create_prints_the_key_last_and_stores_only_its_digest(
     assert again.stdout == ""
 
 
+def test_support_key_revoke_stops_the_key_at_once_and_frees_its_name_and_list_shows_both(
+    migrated_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """`support-key revoke NAME` kills the live key of that name; `create` may then reuse
+    the name for a new key; `list` shows both (live first), never a key or a digest; a
+    name with no live key is a one-line failure."""
+    env = _env(migrated_url)
+    first = (
+        run_recovery(
+            "support-key", "create", "--name", "alice", "--role", "write", env=env, cwd=tmp_path
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    support = SupportService(engine)
+    assert support.authenticate_sync(first) == ("alice", "write")
+
+    revoked = run_recovery("support-key", "revoke", "alice", env=env, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    assert support.authenticate_sync(first) is None
+    again = run_recovery(
+        "support-key", "create", "--name", "alice", "--role", "read", env=env, cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    second = again.stdout.strip().splitlines()[-1]
+    assert support.authenticate_sync(second) == ("alice", "read")
+    assert support.authenticate_sync(first) is None
+
+    listed = run_recovery("support-key", "list", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [["alice", "read"], ["alice", "write"]]
+    assert lines[0].endswith("\tlive") and "\trevoked 20" in lines[1]
+    with engine.db.transaction(write=False) as conn:
+        digests = [r.key_hash for r in conn.execute(select(key_t))]
+    assert not any(secret in listed.stdout for secret in (first, second, *digests))
+
+    missing = run_recovery("support-key", "revoke", "nobody", env=env, cwd=tmp_path)
+    assert missing.returncode == 1 and "nobody" in _one_line(missing.stderr)
+    twice = run_recovery(
+        "support-key", "create", "--name", "alice", "--role", "read", env=env, cwd=tmp_path
+    )
+    assert twice.returncode == 1 and "alice" in _one_line(twice.stderr)
+
+
 # -- attempts show ------------------------------------------------------------------
 
 

@@ -6,11 +6,12 @@ are rendered by the real Graphviz; "Graphviz missing" is a PATH without it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from litestar.testing import TestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from api.app import create_app
 from flows.recovery.passwords import Argon2Hasher
@@ -110,3 +111,22 @@ def test_svg_and_png_without_graphviz_are_a_clear_501_and_text_formats_still_wor
         error = assert_error(client.get(DIAGRAM, params={"format": fmt}), 501, "graphviz_missing")
         assert "Graphviz" in error["message"] and "mermaid" in error["message"].lower()
     assert client.get(DIAGRAM, params={"format": "mermaid"}).status_code == 200
+
+
+async def test_graphviz_runs_once_per_distinct_diagram_however_many_ask_at_once(
+    tmp_path: Path, graphviz_runs: Callable[[], int]
+) -> None:
+    """Twelve clients asking for the SVG at once share one render; later requests are
+    served the kept diagram; another format is another diagram."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'flows.db'}")
+    async with AsyncTestClient(create_app(settings, hasher=Argon2Hasher.for_tests())) as client:
+        answers = await asyncio.gather(
+            *(client.get(DIAGRAM, params={"format": "svg"}) for _ in range(12))
+        )
+        assert {a.status_code for a in answers} == {200}
+        assert len({a.content for a in answers}) == 1
+        assert graphviz_runs() == 1
+        for _ in range(3):
+            assert (await client.get(DIAGRAM, params={"format": "png"})).status_code == 200
+        assert (await client.get(DIAGRAM, params={"format": "svg"})).content == answers[0].content
+        assert graphviz_runs() == 2

@@ -195,3 +195,14 @@ def test_retry_after_is_declared_wherever_it_is_sent(document: dict[str, Any]) -
                 headers = operation["responses"][status].get("headers", {})
                 assert headers["Retry-After"]["schema"]["type"] == "integer", (key, status)
     assert seen >= 20
+
+
+def test_every_operation_with_a_body_documents_that_it_takes_only_application_json(
+    document: dict[str, Any],
+) -> None:
+    """The 415 of any other Content-Type is part of each body-taking operation's contract."""
+    with_body = {k: op for k, op in _operations(document).items() if "requestBody" in op}
+    assert ("post", "/api/recovery") in with_body
+    for key, operation in with_body.items():
+        assert set(operation["requestBody"]["content"]) == {"application/json"}, key
+        assert "415" in operation["responses"], key

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
 
 from api import migrate
 from api.app import create_app
@@ -26,7 +28,7 @@ from api.logs import (
     redact,
 )
 from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings
+from flows.recovery.settings import Settings, SettingsError, settings_from_env
 from tests.api.conftest import Api, api_settings, assert_error
 
 # Nothing listens on port 1: connecting is refused at once.
@@ -93,16 +95,27 @@ def test_a_database_outage_is_a_503_to_retry_and_its_log_names_only_the_error_ty
 # -- metrics -----------------------------------------------------------------------------------
 
 
+METRICS_TOKEN = "a-metrics-token-only-the-scraper-knows"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+@pytest.fixture
+def scraped(make_api: Callable[..., Api]) -> Api:
+    """An application whose /metrics answers to the scraper's bearer token."""
+    return make_api(metrics_token=METRICS_TOKEN)
+
+
 def test_metrics_report_attempts_by_state_transitions_queue_depth_and_mail_latency(
-    api: Api,
+    scraped: Api,
 ) -> None:
+    api = scraped
     api.account()
     api.client.post("/api/recovery", json={"email": "jane.doe@example.com"})
     api.client.post("/api/recovery", json={"email": "nobody@example.com"})
-    before = _samples(api.client.get("/metrics").text)
+    before = _samples(api.client.get("/metrics", headers=SCRAPER).text)
     assert before[("recovery_dispatch_queue_depth", ())] == 2
     api.dispatch()  # the app's own dispatcher, as `recovery serve` runs it
-    answer = api.client.get("/metrics")
+    answer = api.client.get("/metrics", headers=SCRAPER)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     metrics = _samples(answer.text)
@@ -121,12 +134,82 @@ def test_metrics_report_attempts_by_state_transitions_queue_depth_and_mail_laten
 
 
 def test_each_app_has_its_own_metrics_registry(make_api: Callable[..., Api]) -> None:
-    first, second = make_api(), make_api()
+    first, second = make_api(metrics_token=METRICS_TOKEN), make_api(metrics_token=METRICS_TOKEN)
     first.account()
     first.link_token()
     count = ("recovery_mail_send_seconds_count", (("outcome", "sent"),))
-    assert _samples(first.client.get("/metrics").text)[count] == 1
-    assert count not in _samples(second.client.get("/metrics").text)
+    assert _samples(first.client.get("/metrics", headers=SCRAPER).text)[count] == 1
+    assert count not in _samples(second.client.get("/metrics", headers=SCRAPER).text)
+
+
+def test_without_a_token_or_a_listener_metrics_are_not_served_so_they_tell_nothing(
+    api: Api,
+) -> None:
+    """The default: /metrics is a 404 in the error shape, before and after a request for a
+    known and for an unknown address alike, so reading it tells nobody whether an
+    address has an account (SPEC §9)."""
+    api.account()
+    answers = [api.client.get("/metrics")]
+    for address in ("jane.doe@example.com", "nobody@example.com"):
+        api.client.post("/api/recovery", json={"email": address})
+        api.dispatch()
+        answers.append(api.client.get("/metrics"))
+    for answer in answers:
+        assert_error(answer, 404, "not_found")
+    assert len({a.content for a in answers}) == 1
+    assert "recovery_attempts" not in answers[-1].text
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer wrong-token-of-some-length",
+        f"Basic {METRICS_TOKEN}",
+        f"Bearer {METRICS_TOKEN}x",
+    ],
+)
+def test_with_a_token_metrics_answer_only_to_that_bearer_token(
+    scraped: Api, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    refused = scraped.client.get("/metrics", headers=headers)
+    assert_error(refused, 401, "unauthorized")
+    assert "recovery_" not in refused.text
+    assert scraped.client.get("/metrics", headers=SCRAPER).status_code == 200
+
+
+def test_a_metrics_token_too_short_to_be_a_secret_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="RECOVERY_METRICS_TOKEN"):
+        settings_from_env(database_url=f"sqlite:///{tmp_path / 'x.db'}", metrics_token="short")
+    with pytest.raises(SettingsError, match="RECOVERY_METRICS_LISTEN"):
+        settings_from_env(database_url=f"sqlite:///{tmp_path / 'x.db'}", metrics_listen="9100")
+
+
+def test_a_scrape_reads_the_running_totals_never_the_attempts_or_the_event_log(
+    scraped: Api,
+) -> None:
+    """However many attempts and events are stored, a scrape reads the few rows of the
+    running totals (and the outbox's pending items), so its cost is O(states)."""
+    api = scraped
+    api.account()
+    for n in range(5):
+        api.client.post("/api/recovery", json={"email": f"person-{n}@example.com"})
+    api.dispatch()
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.lower())
+
+    db_engine = api.services.engine.db.engine
+    event.listen(db_engine, "before_cursor_execute", seen)
+    try:
+        assert api.client.get("/metrics", headers=SCRAPER).status_code == 200
+    finally:
+        event.remove(db_engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.lstrip().startswith("select")]
+    assert reads and any("flow_tally" in s for s in reads)
+    assert not [s for s in reads if "attempt_event" in s or re.search(r"\battempt\b", s)]
 
 
 # -- the dispatcher inside the server ----------------------------------------------------------

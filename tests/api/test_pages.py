@@ -760,6 +760,39 @@ def test_a_malformed_cancel_link_is_told_at_once(site: Site) -> None:
     assert token_cookies(response) == []
 
 
+def test_the_this_wasnt_me_link_carries_a_cancel_only_token_that_opens_no_password_form(
+    site: Site,
+) -> None:
+    """The email's "this wasn't me" link has its own token: it cannot open the reset
+    link, verify or set a password; kept in a cookie of its own (sent only to the
+    cancel page), it never makes the new-password form appear; it does cancel."""
+    reset_link = site.emailed_link()
+    cancel_link = site.last_link("cancel")
+    reset_token = parse_qs(urlsplit(reset_link).query)["token"][0]
+    cancel_token = parse_qs(urlsplit(cancel_link).query)["token"][0]
+    assert cancel_token != reset_token
+    opened = site.client.get(f"/recovery/reset?token={cancel_token}", follow_redirects=False)
+    assert opened.status_code == 400 and token_cookies(opened) == []
+    body = {"token": cancel_token, "password": NEW_PASSWORD, "password_confirm": NEW_PASSWORD}
+    assert site.client.post("/api/recovery/verify", json={"token": cancel_token}).status_code == 400
+    assert site.client.post("/api/recovery/password", json=body).status_code == 400
+    assert site.only_attempt().state == "emailed"
+
+    asked = site.client.get(cancel_link, follow_redirects=False)
+    assert asked.status_code == 303 and token_cookies(asked) == []
+    kept = cookie_attributes(set_cookie(asked, "recovery_cancel"))
+    assert kept["path"] == "/recovery/cancel" and "httponly" in kept
+    form = site.client.get("/recovery/reset", follow_redirects=False)
+    assert not doc(form).has_id("password")  # no new-password form with the cancel cookie
+    assert site.only_attempt().state == "emailed"
+
+    done = site.submit("/recovery/cancel", {})
+    assert done.status_code == 200
+    assert site.only_attempt().state == "cancelled"
+    dead = site.client.get(reset_link, follow_redirects=False)
+    assert dead.status_code == 410
+
+
 # -- sign-in -------------------------------------------------------------------------------
 
 
@@ -786,6 +819,33 @@ def test_a_slowed_down_login_says_how_long_to_wait(make_site: SiteFactory) -> No
     wait = int(slowed.headers["retry-after"])
     assert wait >= 1
     assert f"Réessayez dans {wait} seconde" in doc(slowed).by_id("error-summary").text
+
+
+def test_a_strangers_failed_sign_ins_do_not_slow_down_a_browser_that_signed_in_here(
+    site: Site,
+) -> None:
+    """Signing in on the page leaves a device cookie (HttpOnly, SameSite=Strict, sent only
+    to /login); while a stranger's wrong passwords slow the address down for everyone
+    else, this browser still signs in at once (OWASP's device cookies)."""
+    first = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
+    assert first.status_code == 200
+    device = cookie_attributes(set_cookie(first, "login_device"))
+    assert device["path"] == "/login" and device["samesite"].lower() == "strict"
+    assert "httponly" in device and int(device["max-age"]) > 150 * 86400
+    for _ in range(8):
+        stranger = site.client.post(
+            "/api/login", json={"email": EMAIL, "password": "Guessing-Wrong-1!"}
+        )
+        assert stranger.status_code in (401, 429)
+    assert stranger.status_code == 429
+    again = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
+    assert again.status_code == 200
+    # The browser keeps the cookie it has: no second one is handed out.
+    assert not [h for h in again.headers.get_list("set-cookie") if h.startswith("login_device=")]
+    cookies = dict(site.client.cookies)
+    site.client.cookies.clear()
+    assert site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD}).status_code == 429
+    site.client.cookies.update(cookies)
 
 
 @sqlite_only

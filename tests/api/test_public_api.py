@@ -10,6 +10,7 @@ on loopback where a refusal is needed), cheap-profile Argon2.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -202,14 +203,55 @@ def test_malformed_input_is_a_400_in_the_error_shape_and_changes_nothing(
     assert api.attempts() == []
 
 
-def test_a_repeated_form_field_is_a_400_never_an_email_to_a_second_address(api: Api) -> None:
+def test_a_repeated_form_field_is_refused_never_an_email_to_a_second_address(api: Api) -> None:
+    """The JSON API takes no form at all (415); the pages' form refuses a repeated field
+    with a 400 (tests/api/test_pages.py)."""
     answer = api.client.post(
         "/api/recovery",
         content=b"email=a@example.com&email=b@example.com",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    assert_error(answer, 400)
+    assert_error(answer, 415, "unsupported_media_type")
     assert api.attempts() == []
+
+
+PUBLIC_JSON_BODIES = {
+    "/api/recovery": {"email": "jane.doe@example.com"},
+    "/api/recovery/verify": {"token": "x" * 43},
+    "/api/recovery/password": {"token": "x" * 43, "password": "p", "password_confirm": "p"},
+    "/api/recovery/cancel": {"token": "x" * 43},
+    "/api/login": {"email": "jane.doe@example.com", "password": "Correct-Horse-Battery-42"},
+}
+
+
+@pytest.mark.parametrize("path", list(PUBLIC_JSON_BODIES))
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json-seq",
+        None,
+    ],
+)
+def test_the_json_api_takes_json_bodies_only_as_application_json(
+    api: Api, path: str, content_type: str | None
+) -> None:
+    """A third-party page can make a browser POST `text/plain` or a form without a CORS
+    preflight; with any Content-Type but application/json the JSON API refuses (415) and
+    does nothing, while the same body as application/json is served."""
+    api.account()
+    body = json.dumps(PUBLIC_JSON_BODIES[path]).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    refused = api.client.post(path, content=body, headers=headers)
+    assert_error(refused, 415, "unsupported_media_type")
+    assert api.attempts() == [] and api.count(LoginSession.__table__) == 0
+    served = api.client.post(
+        path, content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert served.status_code != 415
 
 
 def test_an_oversize_body_is_a_quick_413_on_every_public_post(api: Api) -> None:
@@ -474,6 +516,80 @@ def test_login_slows_down_after_five_failures_and_a_reset_still_works_meanwhile(
         assert signed_in.status_code == 200
     [attempt] = api.attempts()
     assert attempt.state == "logged_in"
+
+
+# -- requests that used to be 500s --------------------------------------------------------------
+
+JSON_POSTS = [
+    "/api/recovery",
+    "/api/recovery/verify",
+    "/api/recovery/password",
+    "/api/recovery/cancel",
+    "/api/login",
+    "/api/support/attempts/00000000-0000-0000-0000-000000000000/cancel",
+    "/api/support/attempts/00000000-0000-0000-0000-000000000000/resend",
+]
+DEEP_JSON = b"[" * 3000 + b"]" * 3000
+
+
+def _one_line_each(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """What was logged: nothing above INFO, no traceback, each record one line."""
+    records = list(caplog.records)
+    assert [r for r in records if r.levelno > logging.INFO] == []
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
+    return records
+
+
+@pytest.mark.parametrize("path", JSON_POSTS)
+def test_json_nested_a_thousand_deep_is_a_400_logged_in_one_line(
+    api: Api, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    headers = {"Content-Type": "application/json", **api.support_headers("write")}
+    answer = api.client.post(path, content=DEEP_JSON, headers=headers)
+    assert_error(answer, 400, "invalid_request")
+    access = [r for r in _one_line_each(caplog) if r.name == "recovery.access"]
+    assert [r.getMessage().split()[:3] for r in access] == [["POST", path, "400"]]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:evil", "localhost:99999", "accounts.example.test:x"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/recovery"),
+        ("POST", "/api/login"),
+        ("GET", "/api/flows"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("GET", "/recovery"),
+        ("GET", "/recovery/reset"),
+        ("POST", "/recovery/reset"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_host_header_with_a_bad_port_is_a_400_and_records_nothing(
+    api: Api, host: str, method: str, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"json": {"email": "jane.doe@example.com", "password": "x"}} if method == "POST" else {}
+    answer = api.client.request(method, path, headers={"Host": host}, **body)
+    assert answer.status_code == 400
+    if path.startswith("/api"):
+        assert_error(answer, 400, "invalid_host")
+    else:
+        assert answer.headers["content-type"].startswith("text/html")
+    _one_line_each(caplog)
+    assert api.attempts() == []
+
+
+@pytest.mark.parametrize("path", ["/static/%00", "/static/pages%00.css", "/static/%0d%0a"])
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_static_file_name_with_a_control_character_is_a_404_logged_in_one_line(
+    api: Api, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert_error(api.client.get(path), 404, "not_found")
+    _one_line_each(caplog)
+    assert api.client.get("/static/pages.css").status_code == 200
 
 
 # -- Host headers ---------------------------------------------------------------------------------

@@ -46,9 +46,8 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     def make(**overrides: Any) -> TestClient:
         settings = Settings(
             database_url=url,
-            public_base_url="https://accounts.example.test",
             mail_url=f"file://{tmp_path / 'mail'}",
-            **overrides,
+            **{"public_base_url": "https://accounts.example.test", **overrides},
         )
         client = TestClient(create_app(settings, hasher=Argon2Hasher.for_tests()))
         client.__enter__()
@@ -85,7 +84,7 @@ def test_every_answer_carries_the_security_headers(make_client: Callable[..., Te
         client.get("/api/flows", headers={"Host": "evil.example"}),
     ]
     statuses = [a.status_code for a in answers]
-    assert statuses == [200, 200, 200, 200, 200, 404, 405, 400, 202, 429, 413, 401, 401, 400]
+    assert statuses == [200, 200, 200, 404, 200, 404, 405, 400, 202, 429, 413, 401, 401, 400]
     for answer in answers:
         _has_security_headers(answer)
 
@@ -127,6 +126,38 @@ def test_a_foreign_host_is_refused_but_local_names_and_the_public_host_are_serve
         assert client.get("/api/flows", headers={"Host": host}).status_code == 200, host
 
 
+def test_litestars_test_host_is_not_answered_unless_configured(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`testserver.local` is no name of a production deployment: refused by default; an
+    operator adds names with RECOVERY_EXTRA_ALLOWED_HOSTS (the tests add that one)."""
+    monkeypatch.delenv("RECOVERY_EXTRA_ALLOWED_HOSTS")
+    assert Settings().extra_allowed_hosts == ()
+    client = make_client()
+    assert_error(client.get("/api/flows"), 400, "invalid_host")
+    assert_error(client.get("/api/flows", headers={"Host": "testserver.local"}), 400)
+    assert client.get("/api/flows", headers={"Host": "accounts.example.test"}).status_code == 200
+    internal = make_client(extra_allowed_hosts="internal.example, other.example")
+    assert internal.get("/api/flows", headers={"Host": "internal.example:8000"}).status_code == 200
+    assert_error(internal.get("/api/flows", headers={"Host": "testserver.local"}), 400)
+
+
+def test_strict_transport_security_is_sent_when_the_public_base_url_is_https(
+    make_client: Callable[..., TestClient],
+) -> None:
+    secure = make_client()  # https://accounts.example.test
+    for answer in (
+        secure.get("/health"),
+        secure.get("/login"),
+        secure.get("/api/flows"),
+        secure.get("/no/such/page"),
+        secure.post("/api/recovery", json={"email": ["x"]}),
+    ):
+        assert answer.headers["strict-transport-security"] == "max-age=31536000"
+    plain = make_client(public_base_url="http://accounts.example.test")
+    assert "strict-transport-security" not in plain.get("/login").headers
+
+
 # -- rate limits ----------------------------------------------------------------------------
 
 
@@ -144,12 +175,66 @@ def test_public_posts_are_limited_per_ip_and_per_endpoint_with_retry_after(
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert refused.headers["ratelimit-limit"] == "3"
         assert refused.headers["ratelimit-remaining"] == "0"
-        # Another endpoint has its own budget; GETs are not limited.
+        # Another endpoint has its own budget; GETs have a budget of their own.
         bad_login = {"email": "a@example.com", "password": "x"}
         assert client.post("/api/login", json=bad_login).status_code == 401
         assert all(client.get("/api/flows").status_code == 200 for _ in range(5))
         clock.tick(61)
         assert client.post("/api/recovery", json={"email": "p9@example.com"}).status_code == 202
+
+
+METRICS_TOKEN = "a-metrics-token-only-the-scraper-knows"
+# Every kind of public GET: a page, the link check, a diagram, the metrics, a static file.
+PUBLIC_GETS = [
+    "/login",
+    "/recovery/reset?token=" + "x" * 43,
+    "/api/flows/password_recovery/diagram?format=mermaid",
+    "/metrics",
+    "/static/pages.css",
+]
+
+
+@pytest.mark.parametrize("path", PUBLIC_GETS)
+def test_public_gets_are_limited_per_ip_and_endpoint_with_retry_after(
+    make_client: Callable[..., TestClient], path: str
+) -> None:
+    """GETs have their own per-IP, per-endpoint budget: past it a 429 with Retry-After
+    (a page for pages), while the other endpoints still answer."""
+    client = make_client(public_get_rate_limit_per_minute=3, metrics_token=METRICS_TOKEN)
+    client.headers["Authorization"] = f"Bearer {METRICS_TOKEN}"
+    with freeze_time("2026-11-30 09:00:00", real_asyncio=True):
+        normal = [client.get(path, follow_redirects=False).status_code for _ in range(3)]
+        assert all(status < 429 for status in normal), normal
+        refused = client.get(path, follow_redirects=False)
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        if path.startswith(("/api", "/metrics", "/static")):
+            assert_error(refused, 429, "rate_limited")
+        for other in PUBLIC_GETS:
+            if other != path:
+                assert client.get(other, follow_redirects=False).status_code < 429, other
+
+
+def test_one_endpoint_is_one_budget_whatever_its_path_parameters(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Diagrams of any flow name share the diagram endpoint's budget: varying the name
+    buys no fresh one."""
+    client = make_client(public_get_rate_limit_per_minute=3)
+    with freeze_time("2026-11-30 09:00:00", real_asyncio=True):
+        answers = [
+            client.get(f"/api/flows/{name}/diagram?format=dot").status_code
+            for name in ("password_recovery", "nope-1", "nope-2", "nope-3")
+        ]
+    assert answers == [200, 404, 404, 429]
+
+
+def test_health_and_ready_are_never_rate_limited(make_client: Callable[..., TestClient]) -> None:
+    """Probes ask often from one address; a 429 would take a healthy process out of rotation."""
+    client = make_client(public_get_rate_limit_per_minute=1, public_rate_limit_per_minute=1)
+    with freeze_time("2026-11-30 09:00:00", real_asyncio=True):
+        assert {client.get("/health").status_code for _ in range(10)} == {200}
+        assert 429 not in {client.get("/ready").status_code for _ in range(10)}
 
 
 # Every public POST of the JSON API, a body for it, and its answer while under the limit.

@@ -6,12 +6,15 @@ and that support never sees a secret.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
+from flows.recovery.errors import InvalidInput
 from flows.recovery.identity import support_reference
 from flows.recovery.models import Account, AuditEntry, SupportKey
 from flows.recovery.tokens import token_hash
@@ -292,6 +295,26 @@ def test_the_attempt_diagram_is_drawn_as_svg_with_graphviz(api: Api) -> None:
     assert b"<svg" in svg.content
 
 
+def test_an_attempts_diagram_is_rendered_once_per_state_and_path(
+    api: Api, graphviz_runs: Callable[[], int]
+) -> None:
+    """Asked again, the same attempt's SVG is the kept one; once the attempt moves, its
+    diagram is another (rendered once more) and shows the new state."""
+    reader = api.support_headers("read")
+    api.account()
+    token = api.link_token()
+    [attempt] = api.attempts()
+    url = f"/api/support/attempts/{attempt.id}/diagram?format=svg"
+    first = [api.client.get(url, headers=reader) for _ in range(3)]
+    assert {a.status_code for a in first} == {200} and len({a.content for a in first}) == 1
+    assert graphviz_runs() == 1
+    assert api.client.post("/api/recovery/verify", json={"token": token}).status_code == 200
+    moved = api.client.get(url, headers=reader)
+    assert moved.status_code == 200 and moved.content != first[0].content
+    assert api.client.get(url, headers=reader).content == moved.content
+    assert graphviz_runs() == 2
+
+
 # -- actions ---------------------------------------------------------------------------------------
 
 
@@ -365,6 +388,78 @@ def test_support_requests_refused_before_their_handler_are_audited_with_the_keys
         ("reader-cy", "refused", cancel, "POST", "forbidden"),
     ]
     assert api.attempts()[0].state == "requested"
+
+
+def test_refusals_outside_the_handlers_work_are_audited_and_an_unknown_key_is_never_stored(
+    api: Api,
+) -> None:
+    """A bad diagram format, a blank cancel reason, a path or method the API does not have
+    (404, 405), and a key that is no key of ours (401: as "(unknown key)" with the
+    client's address) each leave an audit row; the unknown key itself is stored nowhere."""
+    reader = api.support_headers("read", name="reader-eve")
+    writer = api.support_headers("write", name="writer-flo")
+    _request(api, "someone@example.com")
+    [attempt] = api.attempts()
+    base = f"/api/support/attempts/{attempt.id}"
+    made_up = "rsk_" + "Q" * 43
+    stranger = {"Authorization": f"Bearer {made_up}"}
+    assert api.client.get(f"{base}/diagram?format=gif", headers=reader).status_code == 400
+    assert (
+        api.client.post(f"{base}/cancel", json={"reason": "   "}, headers=writer).status_code == 400
+    )
+    assert api.client.get("/api/support/nope", headers=reader).status_code == 404
+    assert api.client.delete("/api/support/attempts", headers=reader).status_code == 405
+    assert api.client.get("/api/support/attempts", headers=stranger).status_code == 401
+    assert api.client.get("/api/support/nope", headers=stranger).status_code == 404
+    assert api.client.get("/api/support/attempts").status_code == 401  # no key: nothing to record
+    with api.services.engine.db.transaction(write=False) as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(AuditEntry.__table__))]
+    seen = [(r["key_name"], r["action"], r["target"], r["detail"]) for r in rows]
+    assert seen == [
+        (
+            "reader-eve",
+            "view_diagram",
+            str(attempt.id),
+            {"format": "gif", "outcome": "invalid_input"},
+        ),
+        ("writer-flo", "cancel", str(attempt.id), {"reason": "", "outcome": "invalid_input"}),
+        ("reader-eve", "refused", "/api/support/nope", {"method": "GET", "outcome": "not_found"}),
+        (
+            "reader-eve",
+            "refused",
+            "/api/support/attempts",
+            {"method": "DELETE", "outcome": "method_not_allowed"},
+        ),
+        (
+            "(unknown key)",
+            "refused",
+            "/api/support/attempts",
+            {"method": "GET", "outcome": "unauthorized", "client_ip": "testclient"},
+        ),
+    ]
+    assert made_up not in str(rows) and token_hash(made_up) not in str(rows)
+    with pytest.raises(InvalidInput):
+        api.services.support.create_key_sync("(unknown key)", "read")
+
+
+def test_the_support_api_is_rate_limited_per_ip_so_unknown_keys_cannot_fill_the_audit_log(
+    make_api: Callable[..., Api],
+) -> None:
+    """Each refused unknown key writes an audit row, so those requests count against the
+    support API's per-IP budget like any other: past it, a 429 and no more rows."""
+    api = make_api(support_rate_limit_per_minute=3)
+    stranger = {"Authorization": "Bearer rsk_" + "Z" * 43}
+    with freeze_time("2026-11-30 09:00:00", real_asyncio=True):
+        statuses = [
+            api.client.get(f"/api/support/attempts/{uuid}", headers=stranger).status_code
+            for uuid in (
+                "11111111-1111-1111-1111-111111111111",
+                "22222222-2222-2222-2222-222222222222",
+            )
+            for _ in range(2)
+        ]
+    assert statuses == [401, 401, 401, 429]
+    assert api.count(AuditEntry.__table__) == 3
 
 
 def test_every_support_query_and_action_is_audited_with_the_keys_name(api: Api) -> None:

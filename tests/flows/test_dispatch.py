@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import argon2
@@ -31,7 +32,7 @@ from engine.core import AttemptRecord, outbox_t
 from flows.password_recovery import NAME
 from flows.recovery.dispatch import Dispatcher
 from flows.recovery.identity import normalise_email, support_reference
-from flows.recovery.mail import MailTransport, SmtpTransport
+from flows.recovery.mail import FileTransport, MailTransport, SmtpTransport
 from flows.recovery.models import Account, RecoveryToken
 from flows.recovery.settings import Settings
 from flows.recovery.tokens import token_hash
@@ -169,11 +170,14 @@ async def test_link_goes_to_the_stored_address_not_the_typed_variant(
     text = text_of(mail)
     token = token_in(mail)
     assert f"{BASE_URL}/recovery/reset?token={token}" in text
-    assert f"{BASE_URL}/recovery/cancel?token={token}" in text
+    # "This wasn't me" carries a cancel-only token of its own, stored as a digest too.
+    [cancel] = re.findall(rf"{re.escape(BASE_URL)}/recovery/cancel\?token=([\w-]+)", text)
+    assert cancel != token
     assert "2026-11-30 13:00 UTC" in text  # emailed at 12:00, the link lives 60 minutes
     assert support_reference(attempt.id) in text
     (row,) = token_rows(database)
     assert row["token_hash"] == token_hash(token)
+    assert row["cancel_hash"] == token_hash(cancel)
     assert (row["attempt_id"], row["account_id"]) == (attempt.id, account.id)
     assert row["revoked_at"] is None and row["used_at"] is None
 
@@ -524,6 +528,96 @@ async def test_permanent_refusal_is_undeliverable_at_once(
     assert "550" in delivery["last_error"]
     assert engine.history_sync(attempt.id)[-1].detail == {"reason": "refused", "tries": 1}
     assert token_rows(database) == []
+
+
+async def test_addresses_quoted_in_a_mail_servers_refusal_are_stored_masked(
+    frozen: FrozenDateTimeFactory,
+    database: Database,
+    engine: Engine,
+    dispatcher: Dispatcher,
+    smtp_sink: SmtpSink,
+) -> None:
+    """Servers quote the recipient in their replies; the delivery facts support reads and
+    the outbox's last error keep the reply with every address in it masked."""
+    add_account(database, "jane.doe@example.com")
+    attempt = request(engine, "jane.doe@example.com")
+    await dispatcher.run_once()
+    reset_password(engine, attempt)
+    refused = add_account(database, "Noor.Haddad@Example.org")
+    bounced = request(engine, "noor.haddad@example.org")
+    reply = (
+        "5.1.1 <Noor.Haddad@Example.org>: Recipient address rejected (also jane.doe@example.com)"
+    )
+    smtp_sink.refuse(550, text=reply)
+    frozen.tick(timedelta(minutes=2))
+    await dispatcher.run_once()
+    error = engine.read_sync(bounced.id).data["delivery"]["last_error"]
+    (item,) = outbox_rows(database)
+    for stored in (error, item["last_error"]):
+        assert "550" in stored and "Recipient address rejected" in stored
+        assert "N***d@E***e.org" in stored and "j***e@e***e.com" in stored
+        for secret in (refused.email, "jane.doe@example.com", "Haddad", "jane.doe"):
+            assert secret not in stored
+
+
+NON_ASCII = "İda.Ünal@example.com"
+
+
+async def test_an_address_with_non_ascii_characters_is_sent_with_smtputf8_where_offered(
+    frozen: FrozenDateTimeFactory, db_url: str, database: Database, engine: Engine
+) -> None:
+    """A server offering SMTPUTF8 gets the envelope and the To header in UTF-8, as stored,
+    and the attempt is emailed with a working link."""
+    with SmtpSink(smtputf8=True) as sink:
+        settings = make_settings(db_url, sink)
+        dispatcher = Dispatcher(engine, settings, SmtpTransport(sink.url, timeout=2))
+        add_account(database, NON_ASCII, name="İda Ünal")
+        attempt = request(engine, NON_ASCII.lower())
+        await dispatcher.run_once()
+        [message] = sink.wait_for(1)
+    assert message.envelope_rcpts == (NON_ASCII,)
+    assert message["To"].addresses[0].addr_spec == NON_ASCII
+    assert engine.read_sync(attempt.id).state == "emailed"
+    assert token_hash(token_in(message)) in {row["token_hash"] for row in token_rows(database)}
+
+
+async def test_an_address_the_mail_server_cannot_take_ends_undeliverable_at_once(
+    frozen: FrozenDateTimeFactory,
+    database: Database,
+    engine: Engine,
+    dispatcher: Dispatcher,
+    smtp_sink: SmtpSink,
+) -> None:
+    """Without SMTPUTF8 on the server, no try can ever deliver it: the first one ends the
+    attempt `undeliverable`, saying why, instead of failing at each lease until it
+    expires."""
+    add_account(database, NON_ASCII)
+    attempt = request(engine, NON_ASCII)
+    assert await dispatcher.run_once() == 1
+    after = engine.read_sync(attempt.id)
+    assert after.state == "undeliverable"
+    assert engine.history_sync(attempt.id)[-1].detail == {
+        "reason": "address_not_supported",
+        "tries": 1,
+    }
+    assert "SMTPUTF8" in after.data["delivery"]["last_error"]
+    assert "İda" not in after.data["delivery"]["last_error"]
+    frozen.tick(timedelta(minutes=5))
+    assert await dispatcher.run_once() == 0
+    assert smtp_sink.messages == []
+
+
+async def test_a_non_ascii_address_is_written_as_utf8_by_the_file_transport(
+    tmp_path: Path, frozen: FrozenDateTimeFactory, database: Database, engine: Engine
+) -> None:
+    settings = Settings(database_url="sqlite://", mail_url=f"file://{tmp_path}")
+    dispatcher = Dispatcher(engine, settings, FileTransport(tmp_path))
+    add_account(database, NON_ASCII)
+    attempt = request(engine, NON_ASCII)
+    await dispatcher.run_once()
+    [written] = tmp_path.glob("*.eml")
+    assert f"<{NON_ASCII}>".encode() in written.read_bytes()
+    assert engine.read_sync(attempt.id).state == "emailed"
 
 
 async def test_retries_run_out_into_undeliverable(

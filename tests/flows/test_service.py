@@ -8,6 +8,7 @@ profile unless a test needs the production one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import hmac
 import re
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -38,8 +40,15 @@ from flows.recovery.errors import (
     UnknownToken,
 )
 from flows.recovery.mail import FileTransport
-from flows.recovery.models import Account, RecoveryToken
+from flows.recovery.models import (
+    Account,
+    LoginDevice,
+    LoginFailure,
+    LoginSession,
+    RecoveryToken,
+)
 from flows.recovery.passwords import Argon2Hasher
+from flows.recovery.policy import PasswordPolicy, PersonalData, Violation
 from flows.recovery.service import RecoveryService
 from flows.recovery.settings import Settings
 from flows.recovery.tokens import new_token, token_hash
@@ -259,6 +268,101 @@ async def test_a_policy_failure_is_recorded_as_refused_and_changes_nothing(world
     assert world.count(RecoveryToken.__table__, RecoveryToken.__table__.c.used_at.is_(None)) == 1
 
 
+class ArgonCounter(Argon2Hasher):
+    """The cheap profile, counting every Argon2 operation (hash or verification) it runs."""
+
+    operations = 0
+
+    def _hash_blocking(self, secret: bytes) -> str:
+        self.operations += 1
+        return super()._hash_blocking(secret)
+
+    def _verify_blocking(self, stored_hash: str, secret: bytes) -> bool:
+        self.operations += 1
+        return super()._verify_blocking(stored_hash, secret)
+
+
+class PolicyCounter(PasswordPolicy):
+    """The real policy, counting how often it is asked."""
+
+    checks = 0
+
+    def check(self, password: str, confirmation: str, personal: PersonalData) -> list[Violation]:
+        self.checks += 1
+        return super().check(password, confirmation, personal)
+
+
+@pytest.fixture
+async def counted(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A world whose hasher counts Argon2 operations and whose policy counts checks."""
+    w = World(db_url, tmp_path / "mail", hasher=ArgonCounter.for_tests(max_concurrent=8))
+    w.service.policy = PolicyCounter(w.settings.password_policy)
+    yield w
+    w.db.close()
+
+
+@pytest.mark.parametrize("death", ["used", "expired", "superseded", "cancelled"])
+async def test_a_dead_link_is_refused_before_any_policy_or_hashing_work(
+    counted: World, death: str
+) -> None:
+    """A guess equal to the current password and a wrong one get the same refusal from a
+    dead link, and neither costs a policy check or an Argon2 operation (SPEC §9)."""
+    world = counted
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as clock:
+        token = await world.emailed_token()
+        await world.service.open_link(token)
+        if death == "used":
+            await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        elif death == "expired":
+            clock.tick(timedelta(minutes=61))
+        elif death == "superseded":
+            clock.tick(timedelta(minutes=2))
+            await world.emailed_token()
+        else:
+            await world.service.cancel_by_token(token)
+        current = NEW_PASSWORD if death == "used" else OLD_PASSWORD
+        hasher, policy = world.hasher, world.service.policy
+        assert isinstance(hasher, ArgonCounter) and isinstance(policy, PolicyCounter)
+        hasher.operations = policy.checks = 0
+        answers = []
+        for guess in (current, "Wrong-Guess-Entirely-73!"):
+            with pytest.raises(LinkDead) as info:
+                await world.service.set_password(token, guess, guess + "x", locale="en")
+            answers.append((type(info.value), info.value.reason, info.value.message))
+        assert answers[0] == answers[1]
+        assert (hasher.operations, policy.checks) == (0, 0)
+    refused = [e for e in await world.engine.history(_attempt_of(world, token)) if not e.accepted]
+    assert [e.event for e in refused][-2:] == ["set_password", "set_password"]
+
+
+async def test_the_history_is_checked_only_once_every_other_rule_has_passed(
+    counted: World,
+) -> None:
+    """With a live link and a mistyped confirmation, a guess that is the current password
+    gets exactly the answer a new password would (no `reused_password`), at no Argon2
+    cost; with the confirmation right, it is refused as reused and the link stays live."""
+    world = counted
+    world.account()
+    token = await world.emailed_token()
+    await world.service.open_link(token)
+    hasher = world.hasher
+    assert isinstance(hasher, ArgonCounter)
+    hasher.operations = 0
+    codes = []
+    for guess in (OLD_PASSWORD, "Wrong-Guess-Entirely-73!"):
+        with pytest.raises(PolicyFailed) as info:
+            await world.service.set_password(token, guess, guess + " ", locale="en")
+        codes.append([d["code"] for d in info.value.details])
+    assert codes == [["confirmation_mismatch"], ["confirmation_mismatch"]]
+    assert hasher.operations == 0
+    with pytest.raises(PolicyFailed) as reused:
+        await world.service.set_password(token, OLD_PASSWORD, OLD_PASSWORD, locale="en")
+    assert [d["code"] for d in reused.value.details] == ["reused_password"]
+    done = await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert done.state == "password_set"
+
+
 async def test_a_reset_revokes_every_session_and_queues_the_notification(world: World) -> None:
     world.account(locale="fr")
     session = await world.service.login("jane.doe@example.com", OLD_PASSWORD)
@@ -334,6 +438,72 @@ async def test_login_delays_grow_after_five_failures_relax_and_never_block_a_res
         assert signed_in.session_token
 
 
+async def test_a_successful_reset_clears_the_accounts_sign_in_failures(world: World) -> None:
+    """Slowed down by someone's failures, the owner resets and signs in with the new
+    password at once: no wait is left over from before the reset (SPEC §9)."""
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        for _ in range(8):
+            frozen.tick(timedelta(seconds=1))
+            with contextlib.suppress(LoginFailed, LoginSlowedDown):
+                await world.service.login("Jane.Doe@example.com", "Wrong-Password-123!")
+        with pytest.raises(LoginSlowedDown):
+            await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+        token = await world.emailed_token()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        signed_in = await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+    assert signed_in.session_token
+    assert world.count(LoginFailure.__table__) == 0
+
+
+async def test_a_strangers_failures_never_slow_down_a_browser_that_signed_in_before(
+    world: World,
+) -> None:
+    """A browser that signed in before carries a device cookie: a stranger's failures
+    (no cookie, or someone else's) slow down the stranger, not that browser; its own
+    failures slow down only itself; a password change forgets the device."""
+    world.account()
+    with freeze_time(T0, real_asyncio=True) as frozen:
+        owner = await world.service.login(
+            "jane.doe@example.com", OLD_PASSWORD, remember_device=True
+        )
+        device = owner.device_token
+        assert device is not None and owner.device_expires_at == T0 + timedelta(days=180)
+        # A browser that already has a device cookie is not given another.
+        again = await world.service.login(
+            "jane.doe@example.com", OLD_PASSWORD, device=device, remember_device=True
+        )
+        assert again.device_token is None
+        world.account("other@example.com")
+        other = await world.service.login("other@example.com", OLD_PASSWORD, remember_device=True)
+        # No cookie, a made-up one, garbage, another account's: all one stranger.
+        for forged in (None, new_token(), "not a token", other.device_token):
+            for _ in range(4):
+                frozen.tick(timedelta(seconds=1))
+                with contextlib.suppress(LoginFailed, LoginSlowedDown):
+                    await world.service.login(
+                        "jane.doe@example.com", "Wrong-Password-123!", device=forged
+                    )
+        for forged in (None, other.device_token):
+            with pytest.raises(LoginSlowedDown):
+                await world.service.login("jane.doe@example.com", OLD_PASSWORD, device=forged)
+        assert await world.service.login("jane.doe@example.com", OLD_PASSWORD, device=device)
+        # The device's own failures count for it, and only for it.
+        for _ in range(6):
+            frozen.tick(timedelta(seconds=1))
+            with contextlib.suppress(LoginFailed, LoginSlowedDown):
+                await world.service.login("jane.doe@example.com", "Wrong-1!", device=device)
+        with pytest.raises(LoginSlowedDown):
+            await world.service.login("jane.doe@example.com", OLD_PASSWORD, device=device)
+        frozen.tick(timedelta(minutes=20))
+        token = await world.emailed_token()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+    assert (
+        world.count(LoginDevice.__table__, LoginDevice.__table__.c.token_hash == token_hash(device))
+        == 0
+    )
+
+
 async def test_the_same_password_typed_in_nfc_or_nfd_signs_in(world: World) -> None:
     password = "Crème-Brûlée-Ça-Va-2024"
     token_world = world
@@ -360,6 +530,72 @@ async def test_login_rehashes_a_hash_made_with_other_parameters(
     finally:
         cheap.db.close()
         production.db.close()
+
+
+class GatedHasher(Argon2Hasher):
+    """The cheap profile; a verification of `held` waits, once done, until `release`.
+
+    It stands for a sign-in whose verification is still in Argon2's queue when a
+    reset commits: the order of the two is chosen by the test, not by the scheduler.
+    """
+
+    held: str | None = None
+
+    def arm(self, password: str) -> None:
+        self.held = password
+        self.verified = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def verify(self, stored_hash: str, password: str) -> bool:
+        ok = await super().verify(stored_hash, password)
+        if password == self.held:
+            self.verified.set()
+            await self.release.wait()
+        return ok
+
+
+@pytest.mark.parametrize("rehash", [False, True])
+async def test_a_sign_in_that_verified_the_old_password_before_a_reset_opens_nothing_after_it(
+    db_url: str, tmp_path: Path, rehash: bool
+) -> None:
+    """The old password verified, then the reset committed, then the sign-in went on: it
+    fails as a generic 401, opens no session, writes no rehash over the new hash and does
+    not fire `log_in`; the new password then signs in and moves the attempt."""
+    hasher = GatedHasher.for_tests(max_concurrent=8)
+    world = World(db_url, tmp_path / "mail", hasher=hasher)
+    try:
+        if rehash:
+            # Made with other parameters than the service's: each sign-in rehashes it.
+            other = World(db_url, tmp_path / "mail", hasher=Argon2Hasher())
+            other.account()
+            other.db.close()
+        else:
+            world.account()
+        token = await world.emailed_token()
+        await world.service.open_link(token)
+        hasher.arm(OLD_PASSWORD)
+        late = asyncio.create_task(world.service.login("jane.doe@example.com", OLD_PASSWORD))
+        await hasher.verified.wait()
+        await world.service.set_password(token, NEW_PASSWORD, NEW_PASSWORD, locale="en")
+        hasher.release.set()
+        with pytest.raises(LoginFailed):
+            await late
+        assert world.count(LoginSession.__table__) == 0
+        with pytest.raises(LoginFailed):
+            await world.service.login("jane.doe@example.com", OLD_PASSWORD)
+        [attempt] = await _attempts(world)
+        assert attempt.state == "password_set"
+        await world.service.login("jane.doe@example.com", NEW_PASSWORD)
+        [attempt] = await _attempts(world)
+        assert attempt.state == "logged_in"
+    finally:
+        world.db.close()
+
+
+async def _attempts(world: World) -> list[Any]:
+    with world.db.transaction(write=False) as conn:
+        ids = conn.execute(select(attempt_t.c.id)).scalars().all()
+    return [await world.engine.get(i) for i in ids]
 
 
 async def test_logout_revokes_the_session(world: World) -> None:

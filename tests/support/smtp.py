@@ -5,7 +5,8 @@ receives. It keeps its port across `stop()` and `start()`, so "the mail
 server is down" is real (connections to the port are refused) and "it came
 back" is the same URL again. `refuse(code)` makes it answer RCPT or DATA with
 an SMTP error (4xx temporary, 5xx permanent) until `accept()`. Given
-`credentials`, it requires SMTP AUTH (over plain TCP: it is loopback).
+`credentials`, it requires SMTP AUTH (over plain TCP: it is loopback); with
+`smtputf8=True` it offers SMTPUTF8 (addresses with non-ASCII characters).
 
 The `smtp_sink` fixture gives each test a started sink and stops it after.
 """
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesParser, Parser
 from typing import Any, Literal
 
 import pytest
@@ -60,7 +61,14 @@ class _Handler:
         if refusal:
             return refusal
         raw = envelope.original_content or envelope.content
-        message = BytesParser(_class=ReceivedMessage, policy=policy.default).parsebytes(raw)
+        if getattr(envelope, "smtp_utf8", False):
+            # An SMTPUTF8 message is UTF-8 throughout; parsed as bytes, its headers
+            # would come back with surrogate escapes.
+            message = Parser(_class=ReceivedMessage, policy=policy.default).parsestr(
+                raw.decode("utf-8")
+            )
+        else:
+            message = BytesParser(_class=ReceivedMessage, policy=policy.default).parsebytes(raw)
         message.envelope_from = envelope.mail_from
         message.envelope_rcpts = tuple(envelope.rcpt_tos)
         self.sink._received(message)
@@ -70,10 +78,18 @@ class _Handler:
 class SmtpSink:
     """A loopback SMTP server that records messages, can go down, and can refuse."""
 
-    def __init__(self, port: int | None = None, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        credentials: tuple[str, str] | None = None,
+        *,
+        smtputf8: bool = False,
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or _free_port()
         self.credentials = credentials
+        # Whether it offers SMTPUTF8 (RFC 6531): addresses with non-ASCII characters.
+        self.smtputf8 = smtputf8
         self.messages: list[ReceivedMessage] = []
         self._cond = threading.Condition()
         self._controller: Controller | None = None
@@ -97,7 +113,13 @@ class SmtpSink:
                     "auth_required": True,
                     "auth_require_tls": False,
                 }
-            controller = Controller(_Handler(self), hostname=self.host, port=self.port, **auth)
+            controller = Controller(
+                _Handler(self),
+                hostname=self.host,
+                port=self.port,
+                enable_SMTPUTF8=self.smtputf8,
+                **auth,
+            )
             controller.start()
             self._controller = controller
         return self
