@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from litestar import Litestar
 
+    from api.settings import Settings
     from engine import Engine
-    from flows.recovery.settings import Settings
 
 PROG = "recovery"
 # How long `serve` lets open requests finish after SIGTERM before closing them.
@@ -204,9 +204,9 @@ def _explain(exc: Exception) -> str | None:
     from alembic.util import CommandError as AlembicError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from api.errors import PolicyFailed, RecoveryError
+    from api.settings import SettingsError
     from engine.errors import EngineError, InvalidAttemptId
-    from flows.recovery.errors import PolicyFailed, RecoveryError
-    from flows.recovery.settings import SettingsError
 
     if isinstance(exc, CommandError):
         return str(exc)
@@ -240,7 +240,7 @@ def _database_error(exc: Any) -> str:
 
 
 def _settings() -> Settings:
-    from flows.recovery.settings import settings_from_env
+    from api.settings import settings_from_env
 
     return settings_from_env()
 
@@ -285,7 +285,7 @@ def _signals_recorded() -> Iterator[list[int]]:
 def _serve(args: argparse.Namespace) -> int:
     from api import migrate
     from api.logs import configure_logging
-    from api.server import serve
+    from api.web.server import serve
 
     settings = _settings()
     if settings.metrics_address is not None and settings.metrics_address[1] == args.port:
@@ -322,7 +322,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _create_app(settings: Settings, *, run_dispatcher: bool) -> Litestar:
-    from api.app import create_app
+    from api.web.app import create_app
 
     return create_app(settings, run_dispatcher=run_dispatcher)
 
@@ -354,8 +354,8 @@ async def _run_worker(settings: Settings) -> None:
     import asyncio
     import logging
 
+    from api.mail.transports import transport_from_url
     from flows.recovery.dispatch import Dispatcher
-    from flows.recovery.mail import transport_from_url
 
     log = logging.getLogger("recovery.worker")
     stop = asyncio.Event()
@@ -423,7 +423,7 @@ def _read_password() -> str:
 
 
 def _create_account(args: argparse.Namespace) -> int:
-    from flows.recovery.passwords import Argon2Hasher
+    from api.accounts.passwords import Argon2Hasher
     from flows.recovery.service import RecoveryService
 
     settings = _settings()
@@ -442,7 +442,7 @@ def _create_account(args: argparse.Namespace) -> int:
 
 
 def _create_key(args: argparse.Namespace) -> int:
-    from flows.recovery.support import SupportService
+    from api.support.service import SupportService
 
     settings = _settings()
     with open_engine(settings) as engine:
@@ -454,7 +454,7 @@ def _create_key(args: argparse.Namespace) -> int:
 
 
 def _list_keys(args: argparse.Namespace) -> int:
-    from flows.recovery.support import SupportService
+    from api.support.service import SupportService
 
     settings = _settings()
     with open_engine(settings) as engine:
@@ -470,7 +470,7 @@ def _list_keys(args: argparse.Namespace) -> int:
 
 
 def _revoke_key(args: argparse.Namespace) -> int:
-    from flows.recovery.support import SupportService
+    from api.support.service import SupportService
 
     settings = _settings()
     with open_engine(settings) as engine:
@@ -499,7 +499,8 @@ def _show_attempt(args: argparse.Namespace) -> int:
 
 def attempt_view(record: Any, history: Sequence[Any], allowed: Sequence[str]) -> dict[str, Any]:
     """An attempt as plain data, shaped like the support API's attempt (no secrets in it)."""
-    from flows.recovery.identity import mask_email, support_reference
+    from api.accounts.addresses import mask_email
+    from api.support.reference import support_reference
 
     data: Mapping[str, Any] = record.data or {}
     delivery = data.get("delivery") or {}

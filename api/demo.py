@@ -35,14 +35,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from sqlalchemy import select
 
+from api.accounts.addresses import normalise_email
+from api.accounts.passwords import Argon2Hasher
 from api.cli import CommandError, open_engine
+from api.settings import Settings
 from engine import Engine
 from engine.core import attempt_t
 from flows.password_recovery import NAME
-from flows.recovery.identity import normalise_email
-from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.service import RecoveryService
-from flows.recovery.settings import Settings
 
 JOURNEY = ("requested", "emailed", "link_opened", "password_set", "logged_in")
 DEMO_NAME = "Demo Person"

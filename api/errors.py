@@ -1,314 +1,163 @@
-"""Every error the application can meet, mapped to one JSON answer, in one table.
+"""Errors of the recovery domain, each carrying what the HTTP layer needs to answer.
 
-The answer always has the shape `{"error": {"code", "message", "details"}}`.
-Domain and engine errors carry their own stable `code`; Litestar's own errors
-(validation, 404, 405, 413, 429, ...) get a fixed code and a fixed message
-here. Nothing from the request is echoed except field names: Litestar's own
-messages can quote the query string (tokens!), so they are never passed on.
-Anything unexpected is a 500 with a generic message, logged without its
-message text (a database error can quote parameters).
+`RecoveryError` is the base and never raised itself. Messages never contain a
+token, password, hash or session token.
 """
 
 from __future__ import annotations
 
-import logging
-import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from litestar import MediaType, Request, Response
-from litestar.exceptions import (
-    ClientException,
-    HTTPException,
-    MethodNotAllowedException,
-    NotAuthorizedException,
-    NotFoundException,
-    PermissionDeniedException,
-    TooManyRequestsException,
-    ValidationException,
-)
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
-from api.logs import escape
-from api.schemas import ErrorBody
-from engine.errors import (
-    ConflictError,
-    EngineError,
-    EventRefused,
-    GraphvizMissing,
-    InvalidAttemptId,
-    NotFound,
-    StoredStateInvalid,
-    UnknownEvent,
-    UnknownFlow,
-)
-from flows.recovery.errors import (
-    AccountExists,
-    InvalidInput,
-    LinkDead,
-    LinkUsed,
-    LoginFailed,
-    LoginSlowedDown,
-    PolicyFailed,
-    RecoveryError,
-    SessionInvalid,
-    UnknownToken,
-    describe,
-)
-from flows.recovery.support import KeyNameTaken, KeyNotFound
-
-log = logging.getLogger("api.errors")
-
-GENERIC_500 = "something went wrong on our side; the request was not completed"
-UNAVAILABLE = "the service is briefly unavailable; nothing was recorded, try again shortly"
-RETRY_AFTER_OUTAGE_SECONDS = 5
-# A route whose handler consumes a link token sets this opt: a dead-because-used
-# link there is a conflict (someone else submitted first), elsewhere it is gone.
-CONSUMES_TOKEN = "consumes_token"
+from engine.errors import EngineError
 
 
-class InvalidHost(ClientException):
-    """The request's Host header names a host this service does not answer to."""
+class RecoveryError(Exception):
+    """Base of the domain's errors; never raised directly."""
 
-    status_code = HTTP_400_BAD_REQUEST
+    code = "recovery_error"
 
-
-class JsonTooDeep(ClientException):
-    """The JSON body nests deeper than the decoder can follow (msgspec raises RecursionError)."""
-
-    status_code = HTTP_400_BAD_REQUEST
-
-
-class NotJson(HTTPException):
-    """A body sent to the JSON API with another Content-Type than application/json."""
-
-    status_code = HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
 
 
-class ClientDisconnected(ClientException):
-    """The client went away before its request body was complete (or was cut off for
-    sending it too slowly): nobody reads the answer, and nothing went wrong here."""
+class InvalidInput(RecoveryError):
+    """A field is not what it must be (wrong type, malformed, too long)."""
 
-    status_code = HTTP_400_BAD_REQUEST
+    code = "invalid_input"
 
-
-class MetricsNotServed(NotFoundException):
-    """/metrics is not served at this address (see `Settings.metrics_token`/`metrics_listen`)."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    """How one kind of error is answered: status, and (for framework errors) code and message."""
-
-    status: int | Callable[[Request[Any, Any, Any]], int]
-    code: str | None = None
-    message: str | None = None
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, details=[{"field": field, "message": message}])
+        self.field = field
 
 
-def _used_link_status(request: Request[Any, Any, Any]) -> int:
-    handler = request.scope.get("route_handler")
-    consumes = bool(handler is not None and handler.opt.get(CONSUMES_TOKEN))
-    return 409 if consumes else 410
+class UnknownToken(RecoveryError):
+    """No link carries this token (never issued, or malformed)."""
+
+    code = "unknown_token"
+
+    def __init__(self) -> None:
+        super().__init__("this link is not valid")
 
 
-# THE table. Lookups walk the exception's class hierarchy, most specific first.
-ANSWERS: Mapping[type[Exception], Answer] = {
-    # the recovery domain
-    InvalidInput: Answer(400),
-    UnknownToken: Answer(400),
-    LinkUsed: Answer(_used_link_status),
-    LinkDead: Answer(410),
-    PolicyFailed: Answer(422),
-    LoginFailed: Answer(401),
-    LoginSlowedDown: Answer(429),
-    SessionInvalid: Answer(401),
-    AccountExists: Answer(409),
-    KeyNameTaken: Answer(409),
-    KeyNotFound: Answer(404),
-    RecoveryError: Answer(400),
-    # the engine
-    InvalidAttemptId: Answer(400),
-    NotFound: Answer(404),
-    UnknownFlow: Answer(404),
-    UnknownEvent: Answer(400),
-    EventRefused: Answer(409),
-    ConflictError: Answer(409),
-    GraphvizMissing: Answer(501),
-    StoredStateInvalid: Answer(500, "internal_error", GENERIC_500),
-    # The database cannot be reached (a restart, a failover): safe to retry.
-    OperationalError: Answer(503, "unavailable", UNAVAILABLE),
-    EngineError: Answer(500, "internal_error", GENERIC_500),
-    # Litestar's own
-    ValidationException: Answer(400, "invalid_request", "the request is not valid"),
-    RequestEntityTooLarge: Answer(413, "body_too_large", "the request body is too large"),
-    TooManyRequestsException: Answer(
-        429, "rate_limited", "too many requests; try again after the time in Retry-After"
-    ),
-    MetricsNotServed: Answer(404, "not_found", "metrics are not served at this address"),
-    NotFoundException: Answer(404, "not_found", "there is nothing at this address"),
-    MethodNotAllowedException: Answer(
-        405, "method_not_allowed", "this method is not allowed at this address"
-    ),
-    NotAuthorizedException: Answer(401, "unauthorized", "a valid bearer key is required"),
-    PermissionDeniedException: Answer(403, "forbidden", "this key may not do that"),
-    InvalidHost: Answer(400, "invalid_host", "this service does not answer to that host name"),
-    JsonTooDeep: Answer(400, "invalid_request", "the JSON body is nested too deeply"),
-    ClientDisconnected: Answer(
-        400, "client_disconnected", "the request ended before its body was complete"
-    ),
-    NotJson: Answer(
-        415, "unsupported_media_type", "the body must be JSON, sent as application/json"
-    ),
-    ClientException: Answer(400, "bad_request", "the request is not valid"),
-    HTTPException: Answer(500, "internal_error", GENERIC_500),
-    Exception: Answer(500, "internal_error", GENERIC_500),
+class LinkDead(RecoveryError):
+    """The link existed but can no longer be used; never raised itself.
+
+    Each way a link dies has its own class and stable code, so a client can
+    tell the person which it was (SPEC §3); `reason` names it for the pages.
+    """
+
+    code = "link_dead"
+    reason = "dead"
+
+    def __init__(self, reference: str | None = None) -> None:
+        super().__init__(f"this link can no longer be used ({self.reason})")
+        # The attempt's support reference, so the page can show it.
+        self.reference = reference
+
+
+class LinkExpired(LinkDead):
+    """The link ran past its deadline."""
+
+    code = "link_expired"
+    reason = "expired"
+
+
+class LinkSuperseded(LinkDead):
+    """A newer link was emailed for the same account (or the password changed since)."""
+
+    code = "link_superseded"
+    reason = "superseded"
+
+
+class LinkCancelled(LinkDead):
+    """The person ("this wasn't me") or support cancelled the attempt."""
+
+    code = "link_cancelled"
+    reason = "cancelled"
+
+
+class LinkUsed(LinkDead):
+    """The link already set a password."""
+
+    code = "link_used"
+    reason = "used"
+
+
+class LinkRevoked(LinkDead):
+    """The link was withdrawn while its email was on its way (the password changed meanwhile)."""
+
+    code = "link_revoked"
+    reason = "revoked"
+
+
+DEAD_LINKS: dict[str, type[LinkDead]] = {
+    cls.reason: cls for cls in (LinkExpired, LinkSuperseded, LinkCancelled, LinkUsed, LinkRevoked)
 }
 
 
-def answer_for(exc: BaseException) -> Answer:
-    """The table's entry for the most specific class of `exc`."""
-    for cls in type(exc).__mro__:
-        if cls in ANSWERS:
-            return ANSWERS[cls]
-    return ANSWERS[Exception]
+class PolicyFailed(RecoveryError):
+    """The new password breaks one or more rules; `violations` lists every one."""
 
+    code = "password_policy"
 
-def error_body(
-    code: str, message: str, details: Sequence[Mapping[str, Any]] = ()
-) -> dict[str, Any]:
-    """The one error shape."""
-    return {"error": {"code": code, "message": message, "details": [dict(d) for d in details]}}
-
-
-def _framework_details(exc: BaseException) -> list[dict[str, Any]]:
-    """Field-level problems from Litestar's validation, without any submitted value."""
-    if isinstance(exc, ClientException) and str(exc.detail).startswith("JSON is malformed"):
-        return [{"field": "body", "message": "the body is not valid JSON"}]
-    if not isinstance(exc, ValidationException) or not isinstance(exc.extra, list):
-        return []
-    details = []
-    for item in exc.extra[:20]:
-        if not isinstance(item, dict):
-            continue
-        key = str(item.get("key") or "")
-        message = str(item.get("message") or "")
-        if key == "data":
-            key = "body"
-        if message in ("'data'", ""):
-            # msgspec's text for a missing body.
-            message = "a JSON object body is required"
-        details.append(
-            {
-                "field": escape(key)[:100],
-                "source": escape(str(item.get("source") or ""))[:20],
-                "message": escape(message)[:200],
-            }
+    def __init__(self, violations: list[Any], locale: str) -> None:
+        super().__init__(
+            "the new password does not meet the password rules",
+            details=[v.as_dict(locale) for v in violations],
         )
-    return details
+        self.violations = violations
 
 
-def _headers(exc: BaseException, status: int) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if isinstance(exc, HTTPException) and exc.headers:
-        headers.update(exc.headers)
-    if isinstance(exc, LoginSlowedDown):
-        headers["Retry-After"] = str(max(1, exc.retry_after))
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return headers
+class LoginFailed(RecoveryError):
+    """Wrong address or password: one generic answer for both."""
+
+    code = "invalid_credentials"
+
+    def __init__(self) -> None:
+        super().__init__("the email address or password is incorrect")
 
 
-def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Answer any exception from the table."""
-    entry = answer_for(exc)
-    status = entry.status(request) if callable(entry.status) else entry.status
-    if status >= 500 and entry.code == "internal_error":
-        _log_unexpected(request, exc)
-        return _json(status, error_body("internal_error", GENERIC_500), {})
-    if entry.code == "unavailable":
-        log.warning(
-            "database unavailable (%s) on %s %s",
-            describe(exc),
-            request.method,
-            escape(_path(request)),
-        )
-        body = error_body("unavailable", UNAVAILABLE)
-        return _json(status, body, {"Retry-After": str(RETRY_AFTER_OUTAGE_SECONDS)})
-    if isinstance(exc, (RecoveryError, EngineError)):
-        body = error_body(exc.code, exc.message, _domain_details(exc))
-    else:
-        body = error_body(entry.code or "error", entry.message or "error", _framework_details(exc))
-    return _json(status, body, _headers(exc, status))
+class LoginSlowedDown(RecoveryError):
+    """Too many recent failures for this address: try again after `retry_after` seconds."""
+
+    code = "login_slowed_down"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed attempts; try again in {retry_after} seconds")
+        self.retry_after = retry_after
 
 
-def _domain_details(exc: RecoveryError | EngineError) -> list[dict[str, Any]]:
-    if isinstance(exc, RecoveryError):
-        details = list(exc.details)
-        if isinstance(exc, LinkDead) and not details:
-            details = [{"reason": exc.reason}]
-        return details
-    if isinstance(exc, EventRefused):
-        return [{"event": exc.event, "state": exc.state, "reason": exc.reason}]
-    return []
+class SessionInvalid(RecoveryError):
+    """The session token is unknown, expired or revoked."""
+
+    code = "invalid_session"
+
+    def __init__(self) -> None:
+        super().__init__("not signed in")
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response[Any]:
-    return Response(content=body, status_code=status, headers=headers, media_type=MediaType.JSON)
+class AccountExists(RecoveryError):
+    """An account already has this (normalised) address."""
+
+    code = "account_exists"
+
+    def __init__(self) -> None:
+        super().__init__("an account with this email address already exists")
 
 
-def _path(request: Request[Any, Any, Any]) -> str:
-    # From the scope, not `request.url`: building the URL parses the Host header,
-    # which raises on a bad port, and an error handler must not fail a second time.
-    return str(request.scope.get("path", ""))
+def describe(exc: BaseException) -> str:
+    """A loggable description of an error that cannot carry a secret.
 
-
-def _log_unexpected(request: Request[Any, Any, Any], exc: BaseException) -> None:
-    frames = "".join(traceback.format_tb(exc.__traceback__))
-    log.error(
-        "unhandled %s on %s %s\n%s",
-        describe(exc),
-        request.method,
-        escape(_path(request)),
-        frames,
-    )
-
-
-def exception_handlers() -> dict[type[Exception] | int, Any]:
-    """Litestar's `exception_handlers`: every class of the table goes to `handle_exception`."""
-    return {cls: handle_exception for cls in ANSWERS}
-
-
-# -- OpenAPI: the error answers each route documents ---------------------------
-
-_DESCRIPTIONS = {
-    400: "Malformed input (wrong type, unknown field, bad JSON, unknown token, bad id)",
-    401: "Missing or invalid credentials",
-    403: "The key's role does not allow this",
-    404: "No such resource",
-    405: "Method not allowed here",
-    409: "Conflict: not allowed in the current state, or another request won",
-    410: "The link can no longer be used (expired, used, superseded, cancelled)",
-    413: "The request body is larger than the configured cap",
-    415: "The body was not sent as application/json",
-    422: "The new password breaks the policy; details list every violation",
-    429: "Too many requests; see Retry-After",
-    501: "Graphviz is not installed on the server (ask for dot or mermaid)",
-    503: "The database cannot be reached right now; nothing was recorded, retry (Retry-After)",
-}
-
-
-def documented(*statuses: int, database: bool = True) -> dict[int, Any]:
-    """OpenAPI `responses` for the given error statuses, all with the error schema
-    (plus 503 for a route that needs the database)."""
-    if database:
-        statuses = (*statuses, 503)
-    return {
-        status: ResponseSpec(
-            data_container=ErrorBody, description=_DESCRIPTIONS[status], generate_examples=False
-        )
-        for status in statuses
-    }
+    Database errors quote statement parameters (token hashes among them), so
+    only their type is told; the messages of our own errors carry no secrets.
+    """
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None)
+        return f"{type(exc).__name__}({type(orig).__name__ if orig else ''})"
+    if isinstance(exc, EngineError | RecoveryError) or getattr(exc, "safe_to_log", False):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__

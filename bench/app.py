@@ -29,12 +29,12 @@ from litestar import Litestar, Request, get, post
 from sqlalchemy import insert
 
 from api import migrate
-from api.app import Services, create_app
+from api.accounts.passwords import Argon2Hasher
 from api.cli import DISPATCHER_ENV, GRACEFUL_SHUTDOWN_SECONDS
 from api.logs import configure_logging
+from api.settings import settings_from_env
+from api.web.app import Services, create_app
 from engine.core import attempt_t
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import settings_from_env
 
 NOOP_PATH = "/bench/noop"
 INSERT_PATH = "/bench/insert"

@@ -69,6 +69,11 @@ import httpx
 from sqlalchemy import Engine as SqlEngine
 from sqlalchemy import create_engine, func, insert, select, text
 
+from api.accounts.addresses import normalise_email
+from api.accounts.models import Account, RecoveryToken
+from api.accounts.passwords import Argon2Hasher
+from api.accounts.tokens import token_hash
+from api.support.reference import support_reference
 from bench.harness import percentile
 from engine.clock import SystemClock
 from engine.core import START_EVENT, attempt_t, event_t
@@ -76,10 +81,6 @@ from engine.db import normalise_url
 from engine.flow import FlowSpec
 from flows import registry
 from flows.password_recovery import NAME
-from flows.recovery.identity import normalise_email, support_reference
-from flows.recovery.models import Account, RecoveryToken
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.tokens import token_hash
 from tests.support.postgres import PostgresServer, free_port, running_postgres
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import (

@@ -30,13 +30,13 @@ from typing import IO
 import aiosmtplib
 from sqlalchemy import func, select
 
+from api.mail.messages import recovery_email
 from bench.env import BenchEnv, attempt_row, bulk_insert, insert_accounts, start_event
 from bench.harness import Figure, Floor
 from bench.server import ROOT
 from engine import Database
 from engine.core import attempt_t
 from flows.recovery.dispatch import MAX_CONCURRENT_SENDS
-from flows.recovery.emails import recovery_email
 from tests.support.smtp import SmtpSink
 
 WORKER_READY = "mail worker started"

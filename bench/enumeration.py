@@ -26,11 +26,11 @@ import httpx
 from scipy.stats import mannwhitneyu
 
 import flows
+from api.accounts.passwords import Argon2Hasher
 from bench.env import BenchEnv, insert_accounts
 from bench.harness import Figure, median
 from bench.server import BenchServer
 from engine import Database, Engine
-from flows.recovery.passwords import Argon2Hasher
 
 KINDS = ("known", "unknown", "throttled")
 THROTTLED = "t0000000@example.com"

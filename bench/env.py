@@ -340,7 +340,7 @@ def insert_accounts(db: Database, emails: Iterable[str], password_hash: str) -> 
     Hashing each password would cost ~0.1 s of Argon2 apiece; the request
     and dispatch paths never verify it, so one real hash shared is honest.
     """
-    from flows.recovery.models import Account
+    from api.accounts.models import Account
 
     now = datetime.now(UTC)
     rows = [

@@ -22,11 +22,11 @@ from collections import Counter
 
 import httpx
 
+from api.accounts.passwords import Argon2Hasher
 from bench.env import BenchEnv, insert_accounts
 from bench.harness import Figure, Floor, percentile
 from bench.server import BenchServer
 from engine import Database
-from flows.recovery.passwords import Argon2Hasher
 
 PASSWORD = "Kestrel-Quartz-Violin-93!"
 ACCOUNTS = 4

@@ -24,12 +24,12 @@ from __future__ import annotations
 from typing import Any
 
 import flows
+from api.support.service import SupportService
 from bench.app import INSERT_PATH, NOOP_PATH
 from bench.env import BACKENDS, BenchEnv
 from bench.harness import Figure, Floor, median
 from bench.server import CONNECTIONS, BenchServer, WrkResult, run_wrk, wrk_available
 from engine import Database, Engine
-from flows.recovery.support import SupportService
 
 BODY = {"email": "someone@example.com"}
 ROUTES = ("floor", "insert_floor", "request", "support_get")

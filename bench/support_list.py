@@ -25,11 +25,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select, tuple_
 
 import flows
+from api.support.service import DEFAULT_PAGE, SupportService, decode_cursor, encode_cursor
 from bench.env import BenchEnv, attempt_row, bulk_insert
 from bench.harness import Figure, Floor, percentile
 from engine import Database, Engine
 from engine.core import attempt_t
-from flows.recovery.support import DEFAULT_PAGE, SupportService, decode_cursor, encode_cursor
 
 STATE = "expired"
 # (state, share): what a year of "Forgot password?" leaves behind, roughly.

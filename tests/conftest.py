@@ -20,8 +20,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
+import api.accounts.models
+import api.support.models  # noqa: F401  (registers the tables of support)
 import engine.models  # noqa: F401  (registers the engine's tables)
-import flows.recovery.models  # noqa: F401  (registers the domain's tables)
 from engine import Database
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.tools import require

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from api.support.reference import support_reference
 from bench.chaos import (
     USER_AGENT,
     Mail,
@@ -31,7 +32,6 @@ from bench.chaos import (
 )
 from flows import registry
 from flows.password_recovery import NAME
-from flows.recovery.identity import support_reference
 from tests.support.tools import require
 
 

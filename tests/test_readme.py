@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from api.cli import build_parser
+from api.settings import Settings
 from bench import readme
-from flows.recovery.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

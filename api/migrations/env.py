@@ -19,8 +19,9 @@ from sqlalchemy import Connection, String, create_engine, pool
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
+import api.accounts.models  # noqa: F401  (registers the tables of accounts)
+import api.support.models  # noqa: F401  (registers the tables of support)
 import engine.models  # noqa: F401  (registers the engine's tables)
-import flows.recovery.models  # noqa: F401  (registers the domain's tables)
 from engine.db import default_sqlite_url, normalise_url
 
 config = context.config

@@ -43,19 +43,19 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from api import i18n
+from api.accounts.models import Account, RecoveryToken
+from api.accounts.tokens import new_token, token_hash
+from api.errors import describe
+from api.mail.messages import password_changed_email, recovery_email
+from api.mail.transports import MailError, MailTransport, PermanentMailError, TemporaryMailError
+from api.settings import Settings
+from api.support.reference import support_reference
 from engine import ConflictError, Engine, EventRefused, Transaction
 from engine.clock import as_utc
 from engine.core import AttemptRecord, attempt_t, event_t, outbox_t
 from engine.tally import ATTEMPTS
 from flows.password_recovery import LIVE_STATES, NAME
-from flows.recovery import i18n
-from flows.recovery.emails import password_changed_email, recovery_email
-from flows.recovery.errors import describe
-from flows.recovery.identity import support_reference
-from flows.recovery.mail import MailError, MailTransport, PermanentMailError, TemporaryMailError
-from flows.recovery.models import Account, RecoveryToken
-from flows.recovery.settings import Settings
-from flows.recovery.tokens import new_token, token_hash
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
-from engine import ConflictError, Engine, EventRefused, Transaction
-from engine.clock import as_utc
-from engine.core import AttemptRecord, attempt_t
-from flows.password_recovery import LIVE_STATES, NAME
-from flows.recovery.errors import (
+from api.accounts.addresses import InvalidEmail, mask_email, normalise_email
+from api.accounts.models import Account, LoginDevice, LoginFailure, LoginSession, RecoveryToken
+from api.accounts.passwords import PasswordHasher
+from api.accounts.policy import PasswordPolicy, PersonalData, check_history
+from api.accounts.tokens import new_token, plausible_token, token_hash, token_matches
+from api.errors import (
     DEAD_LINKS,
     AccountExists,
     InvalidInput,
@@ -37,12 +38,12 @@ from flows.recovery.errors import (
     SessionInvalid,
     UnknownToken,
 )
-from flows.recovery.identity import InvalidEmail, mask_email, normalise_email, support_reference
-from flows.recovery.models import Account, LoginDevice, LoginFailure, LoginSession, RecoveryToken
-from flows.recovery.passwords import PasswordHasher
-from flows.recovery.policy import PasswordPolicy, PersonalData, check_history
-from flows.recovery.settings import Settings
-from flows.recovery.tokens import new_token, plausible_token, token_hash, token_matches
+from api.settings import Settings
+from api.support.reference import support_reference
+from engine import ConflictError, Engine, EventRefused, Transaction
+from engine.clock import as_utc
+from engine.core import AttemptRecord, attempt_t
+from flows.password_recovery import LIVE_STATES, NAME
 
 account_t = Account.__table__
 token_t = RecoveryToken.__table__

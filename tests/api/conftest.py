@@ -24,11 +24,11 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import func, select
 
-from api.app import Services, build_services, create_app
+from api.accounts.models import Account
+from api.accounts.passwords import Argon2Hasher
+from api.settings import Settings
+from api.web.app import Services, build_services, create_app
 from engine.core import AttemptRecord
-from flows.recovery.models import Account
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings
 from tests.support.redis import redis_server  # noqa: F401  (a fixture: shared rate limits)
 from tests.support.smtp import smtp_sink  # noqa: F401  (a fixture: the enumeration test)
 

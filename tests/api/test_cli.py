@@ -21,13 +21,14 @@ import pytest
 from sqlalchemy import insert, select
 
 from api import migrate
+from api.accounts.addresses import mask_email
+from api.accounts.models import Account
 from api.cli import build_parser
+from api.support.models import SupportKey
+from api.support.service import SupportService
 from engine import Database, Engine
 from flows import registry
 from flows.password_recovery import NAME
-from flows.recovery.identity import mask_email
-from flows.recovery.models import Account, SupportKey
-from flows.recovery.support import SupportService
 from tests.support.postgres import free_port
 from tests.support.service import command_env, recovery_command, run_recovery
 from tests.support.tools import require

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
-from api.app import create_app
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings
+from api.accounts.passwords import Argon2Hasher
+from api.settings import Settings
+from api.web.app import create_app
 from tests.api.conftest import assert_error
 from tests.support.tools import require
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings
+from api.accounts.passwords import Argon2Hasher
+from api.settings import Settings
+from api.web.app import create_app
 
 SPEC_ENDPOINTS = {
     ("post", "/api/recovery"),

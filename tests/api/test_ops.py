@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 
 from api import migrate
-from api.app import create_app
+from api.accounts.passwords import Argon2Hasher
 from api.logs import (
     ACCESS_LOGGER,
     RedactingFilter,
@@ -27,8 +27,8 @@ from api.logs import (
     escape,
     redact,
 )
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings, SettingsError, settings_from_env
+from api.settings import Settings, SettingsError, settings_from_env
+from api.web.app import create_app
 from tests.api.conftest import Api, api_settings, assert_error
 
 # Nothing listens on port 1: connecting is refused at once.

@@ -26,15 +26,15 @@ from jinja2.ext import babel_extract
 from litestar.testing import TestClient
 from sqlalchemy import select
 
-from api.app import Services, create_app
-from api.pages import STATIC_DIR, TEMPLATE_DIR
+from api.accounts.passwords import Argon2Hasher
+from api.i18n import translations
+from api.mail.transports import FileTransport
+from api.settings import Settings
+from api.support.reference import support_reference
+from api.web.app import Services, create_app
+from api.web.pages import STATIC_DIR, TEMPLATE_DIR
 from engine.core import AttemptRecord, attempt_t
 from flows.recovery.dispatch import Dispatcher
-from flows.recovery.i18n import translations
-from flows.recovery.identity import support_reference
-from flows.recovery.mail import FileTransport
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings
 
 BASE = "http://testserver.local"
 EMAIL = "jane.doe@example.com"

@@ -21,11 +21,11 @@ from freezegun import freeze_time
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
+from api.accounts.models import Account, LoginSession, RecoveryToken
+from api.accounts.tokens import token_hash
+from api.mail.transports import transport_from_url
 from engine.core import AttemptRecord, attempt_t
 from flows.recovery.dispatch import Dispatcher
-from flows.recovery.mail import transport_from_url
-from flows.recovery.models import Account, LoginSession, RecoveryToken
-from flows.recovery.tokens import token_hash
 from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, PUBLIC_BASE_URL, Api, assert_error
 from tests.support.smtp import SmtpSink
 

@@ -29,13 +29,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from api.accounts.models import Account
+from api.accounts.passwords import Argon2Hasher
+from api.settings import Settings
 from engine import Database, Engine
 from engine.core import attempt_t, event_t
 from flows import registry
-from flows.recovery.models import Account
-from flows.recovery.passwords import Argon2Hasher
 from flows.recovery.service import RecoveryService
-from flows.recovery.settings import Settings
 from tests.support.service import RunningService, running_service
 
 pytestmark = pytest.mark.slow

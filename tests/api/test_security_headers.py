@@ -18,10 +18,10 @@ from litestar.testing import TestClient
 from sqlalchemy import create_engine, select
 from sqlmodel import SQLModel
 
-from api.app import create_app
+from api.accounts.passwords import Argon2Hasher
+from api.settings import Settings
+from api.web.app import create_app
 from engine.core import AttemptRecord, attempt_t
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.settings import Settings
 from tests.api.conftest import assert_error
 from tests.support.redis import RedisServer
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from api.accounts.models import Account
+from api.accounts.tokens import token_hash
 from engine import Database
 from engine.core import attempt_t
-from flows.recovery.models import Account
-from flows.recovery.tokens import token_hash
 from tests.support.service import run_recovery, running_service
 from tests.support.smtp import SmtpSink
 

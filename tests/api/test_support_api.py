@@ -14,10 +14,11 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
-from flows.recovery.errors import InvalidInput
-from flows.recovery.identity import support_reference
-from flows.recovery.models import Account, AuditEntry, SupportKey
-from flows.recovery.tokens import token_hash
+from api.accounts.models import Account
+from api.accounts.tokens import token_hash
+from api.errors import InvalidInput
+from api.support.models import AuditEntry, SupportKey
+from api.support.reference import support_reference
 from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, Api, assert_error
 from tests.support.tools import require
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from playwright.sync_api import Locator, Page, expect
 
-from flows.recovery.policy import PasswordPolicy, PersonalData, Violation
+from api.accounts.policy import PasswordPolicy, PersonalData, Violation
 from tests.browser.live import LiveServer, reset_link
 
 if TYPE_CHECKING:

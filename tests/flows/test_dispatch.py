@@ -27,15 +27,16 @@ from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import insert, select
 
 import flows
+from api.accounts.addresses import normalise_email
+from api.accounts.models import Account, RecoveryToken
+from api.accounts.tokens import token_hash
+from api.mail.transports import FileTransport, MailTransport, SmtpTransport
+from api.settings import Settings
+from api.support.reference import support_reference
 from engine import Database, Engine, Transaction
 from engine.core import AttemptRecord, outbox_t
 from flows.password_recovery import NAME
 from flows.recovery.dispatch import Dispatcher
-from flows.recovery.identity import normalise_email, support_reference
-from flows.recovery.mail import FileTransport, MailTransport, SmtpTransport
-from flows.recovery.models import Account, RecoveryToken
-from flows.recovery.settings import Settings
-from flows.recovery.tokens import token_hash
 from tests.support import smtp as smtp_support
 from tests.support.postgres import PostgresServer
 from tests.support.smtp import ReceivedMessage, SmtpSink

@@ -5,21 +5,21 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
-from pathlib import Path
 
 import jinja2.ext
 import pytest
 from babel.messages.pofile import read_po
 
-from flows.recovery import emails, i18n
-from flows.recovery.emails import password_changed_email, recovery_email
-from flows.recovery.mail import envelope
+from api import i18n
+from api.mail import messages as emails
+from api.mail.messages import password_changed_email, recovery_email
+from api.mail.transports import envelope
 
 MAIL_FROM = "Account recovery <no-reply@accounts.example.test>"
 EXPIRES = datetime(2026, 11, 30, 15, 5, tzinfo=UTC)
 LINK = "https://accounts.example.test/recovery/reset?token=Tok3n-abc_DEF"
 CANCEL = "https://accounts.example.test/recovery/cancel?token=Tok3n-abc_DEF"
-PO_FILE = Path(emails.__file__).parent / "locale" / "fr" / "LC_MESSAGES" / "mail.po"
+PO_FILE = i18n.LOCALE_DIR / "fr" / "LC_MESSAGES" / "mail.po"
 
 
 def build_recovery(**overrides: object) -> EmailMessage:

@@ -9,8 +9,9 @@ import jinja2
 import pytest
 from babel.messages.pofile import read_po
 
-from flows.recovery import i18n, policy
-from flows.recovery.i18n import (
+from api import i18n
+from api.accounts import policy
+from api.i18n import (
     LOCALE_DIR,
     SUPPORTED,
     gettext,

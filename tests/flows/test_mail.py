@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.recovery.mail import (
+from api.mail.transports import (
     FileTransport,
     PermanentMailError,
     SmtpTransport,

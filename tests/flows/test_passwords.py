@@ -12,7 +12,7 @@ import argon2
 import pytest
 from argon2 import extract_parameters, profiles
 
-from flows.recovery.passwords import Argon2Hasher, PasswordHasher, normalise_password
+from api.accounts.passwords import Argon2Hasher, PasswordHasher, normalise_password
 
 CHEAP = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 

@@ -12,9 +12,9 @@ from datetime import date
 
 import pytest
 
-from flows.recovery import policy as policy_module
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.policy import (
+from api.accounts import policy as policy_module
+from api.accounts.passwords import Argon2Hasher
+from api.accounts.policy import (
     MESSAGES,
     PasswordPolicy,
     PersonalData,

@@ -24,12 +24,11 @@ from freezegun import freeze_time
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from engine import Database, Engine
-from engine.core import attempt_t, event_t, outbox_t
-from flows import registry
-from flows.password_recovery import NAME
-from flows.recovery.dispatch import Dispatcher
-from flows.recovery.errors import (
+from api.accounts.models import Account, LoginDevice, LoginFailure, LoginSession, RecoveryToken
+from api.accounts.passwords import Argon2Hasher
+from api.accounts.policy import PasswordPolicy, PersonalData, Violation
+from api.accounts.tokens import new_token, token_hash
+from api.errors import (
     InvalidInput,
     LinkDead,
     LinkUsed,
@@ -39,19 +38,14 @@ from flows.recovery.errors import (
     SessionInvalid,
     UnknownToken,
 )
-from flows.recovery.mail import FileTransport
-from flows.recovery.models import (
-    Account,
-    LoginDevice,
-    LoginFailure,
-    LoginSession,
-    RecoveryToken,
-)
-from flows.recovery.passwords import Argon2Hasher
-from flows.recovery.policy import PasswordPolicy, PersonalData, Violation
+from api.mail.transports import FileTransport
+from api.settings import Settings
+from engine import Database, Engine
+from engine.core import attempt_t, event_t, outbox_t
+from flows import registry
+from flows.password_recovery import NAME
+from flows.recovery.dispatch import Dispatcher
 from flows.recovery.service import RecoveryService
-from flows.recovery.settings import Settings
-from flows.recovery.tokens import new_token, token_hash
 
 OLD_PASSWORD = "Correct-Horse-Battery-42"
 NEW_PASSWORD = "Lilac-Umbrella-Sonata-97!"
@@ -636,7 +630,7 @@ async def test_no_secret_reaches_the_event_log_or_attempt_data(
 
 
 def _attempt_of(world: World, token: str) -> object:
-    from flows.recovery.tokens import token_hash
+    from api.accounts.tokens import token_hash
 
     with world.db.transaction(write=False) as conn:
         return conn.execute(

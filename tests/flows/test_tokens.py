@@ -9,7 +9,7 @@ import secrets
 
 import pytest
 
-from flows.recovery import tokens
+from api.accounts import tokens
 
 
 def test_a_token_carries_256_bits_drawn_from_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

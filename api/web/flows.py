@@ -21,13 +21,13 @@ from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import FromPath, QueryParameter
 
-from api.app import Services
-from api.diagram_cache import DiagramCache, DiagramKey
-from api.errors import documented
-from api.schemas import FlowList, FlowSummary
+from api.errors import InvalidInput
+from api.web.app import Services
+from api.web.diagram_cache import DiagramCache, DiagramKey
+from api.web.errors import documented
+from api.web.schemas import FlowList, FlowSummary
 from engine import diagrams
 from engine.flow import FlowSpec
-from flows.recovery.errors import InvalidInput
 
 MEDIA_TYPES = {
     "svg": "image/svg+xml",

@@ -40,19 +40,19 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 import flows
-from api.diagram_cache import DiagramCache
-from api.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
+from api.accounts.passwords import Argon2Hasher, PasswordHasher
 from api.logs import AccessLogMiddleware
-from api.openapi import RefinedJsonRenderPlugin, openapi_config
-from api.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
+from api.mail.transports import transport_from_url
+from api.settings import Settings
+from api.support.service import SupportService
+from api.web.diagram_cache import DiagramCache
+from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
+from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
+from api.web.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
 from engine import Database, Engine
 from engine.clock import Clock
 from flows.recovery.dispatch import Dispatcher
-from flows.recovery.mail import transport_from_url
-from flows.recovery.passwords import Argon2Hasher, PasswordHasher
 from flows.recovery.service import RecoveryService
-from flows.recovery.settings import Settings
-from flows.recovery.support import SupportService
 
 log = logging.getLogger("api.app")
 
@@ -260,8 +260,8 @@ def create_app(
     the mail dispatcher runs as a background task between startup and shutdown.
     """
     # Imported here: the route modules import `Services` from this module.
-    from api import flows as flow_routes
-    from api import ops, pages, public, support
+    from api.web import flows as flow_routes
+    from api.web import ops, pages, public, support
 
     owned = services is None
     if services is None:

@@ -27,11 +27,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
-from api.app import SKIP_HOST_CHECK, Services
-from api.errors import MetricsNotServed, documented
-from api.schemas import Health, Ready
+from api.settings import Settings
+from api.web.app import SKIP_HOST_CHECK, Services
+from api.web.errors import MetricsNotServed, documented
+from api.web.schemas import Health, Ready
 from engine.tally import ACCEPTED, ATTEMPTS, REFUSED
-from flows.recovery.settings import Settings
 
 MAIL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OPS_OPT = {SKIP_HOST_CHECK: True, "exclude_from_csrf": True}

@@ -21,8 +21,8 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from api.accounts.policy import PasswordPolicy
 from engine import FlowRegistry
-from flows.recovery.policy import PasswordPolicy
 
 RETRY_AFTER = {
     "description": "seconds to wait before trying again",

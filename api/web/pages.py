@@ -45,9 +45,8 @@ from litestar.response import Redirect, Response, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from api.ratelimit import client_ip, parse_networks
-from engine import ConflictError, EngineError
-from flows.recovery.errors import (
+from api.accounts.tokens import plausible_token
+from api.errors import (
     InvalidInput,
     LinkDead,
     LinkUsed,
@@ -57,11 +56,12 @@ from flows.recovery.errors import (
     RecoveryError,
     UnknownToken,
 )
-from flows.recovery.i18n import SUPPORTED, pick_locale, translations
-from flows.recovery.identity import support_reference
+from api.i18n import SUPPORTED, pick_locale, translations
+from api.settings import Settings
+from api.support.reference import support_reference
+from api.web.ratelimit import client_ip, parse_networks
+from engine import ConflictError, EngineError
 from flows.recovery.service import RecoveryService
-from flows.recovery.settings import Settings
-from flows.recovery.tokens import plausible_token
 
 __all__ = [
     "CANCEL_COOKIE",

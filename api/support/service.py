@@ -32,20 +32,16 @@ from typing import Any, TypeVar
 from sqlalchemy import and_, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
+from api.accounts.addresses import InvalidEmail, mask_email, normalise_email
+from api.accounts.models import RecoveryToken
+from api.errors import InvalidInput, RecoveryError
+from api.support.models import AuditEntry, SupportKey
+from api.support.reference import reference_bounds, support_reference
 from engine import Engine, EngineError
 from engine.clock import as_utc
 from engine.core import AttemptRecord, EventRecord, attempt_t, event_t
 from engine.diagrams import path_of
 from flows.password_recovery import NAME
-from flows.recovery.errors import InvalidInput, RecoveryError
-from flows.recovery.identity import (
-    InvalidEmail,
-    mask_email,
-    normalise_email,
-    reference_bounds,
-    support_reference,
-)
-from flows.recovery.models import AuditEntry, RecoveryToken, SupportKey
 
 T = TypeVar("T")
 

@@ -14,10 +14,12 @@ from litestar import Request, Router, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
-from api.app import Services
-from api.errors import CONSUMES_TOKEN, documented
-from api.ratelimit import client_ip, parse_networks
-from api.schemas import (
+from api.errors import SessionInvalid
+from api.i18n import pick_locale
+from api.web.app import Services
+from api.web.errors import CONSUMES_TOKEN, documented
+from api.web.ratelimit import client_ip, parse_networks
+from api.web.schemas import (
     Accepted,
     LoginBody,
     PasswordBody,
@@ -28,8 +30,6 @@ from api.schemas import (
     TokenBody,
     Verified,
 )
-from flows.recovery.errors import SessionInvalid
-from flows.recovery.i18n import pick_locale
 
 Lang = Annotated[
     str | None,

@@ -37,8 +37,8 @@ from typing import Literal
 
 from zxcvbn import zxcvbn
 
-from flows.recovery.i18n import gettext
-from flows.recovery.passwords import PasswordHasher, normalise_password
+from api.accounts.passwords import PasswordHasher, normalise_password
+from api.i18n import gettext
 
 __all__ = [
     "HISTORY_SIZE",

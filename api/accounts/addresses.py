@@ -1,12 +1,9 @@
-"""Normalising what people type as their email, and the support reference of an attempt."""
+"""Email addresses: normalising what people type, and masking what support sees."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import unicodedata
-import uuid
 
 MAX_EMAIL_CHARS = 254
 # One address, no whitespace, no separators a mailer would split on.
@@ -33,30 +30,6 @@ def normalise_email(value: object) -> str:
     if not _EMAIL.match(normalised) or ".." in normalised:
         raise InvalidEmail("email must be one address of the form name@example.com")
     return normalised
-
-
-def support_reference(attempt_id: uuid.UUID) -> str:
-    """A short code a person can read out to support: 10 characters from the attempt id.
-
-    The same for every attempt whatever its account; support searches by it
-    (`reference_bounds` turns it back into a range of ids).
-    """
-    code = base64.b32encode(attempt_id.bytes[:5]).decode("ascii")  # 40 bits, 8 characters
-    return f"{code[:4]}-{code[4:]}"
-
-
-def reference_bounds(reference: str) -> tuple[uuid.UUID, uuid.UUID] | None:
-    """The range of attempt ids that carry `reference`, or None if it is malformed."""
-    code = reference.strip().upper().replace("-", "").replace(" ", "")
-    if len(code) != 8:
-        return None
-    try:
-        prefix = base64.b32decode(code)
-    except (ValueError, binascii.Error):
-        return None
-    low = uuid.UUID(bytes=prefix + b"\x00" * 11)
-    high = uuid.UUID(bytes=prefix + b"\xff" * 11)
-    return low, high
 
 
 def mask_email(address: str) -> str:

@@ -29,10 +29,10 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from api import i18n
 from engine.clock import SystemClock
-from flows.recovery import i18n
 
-TEMPLATE_DIR = Path(__file__).parent / "templates" / "email"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
 MAX_NAME_CHARS = 200
 
 # Subjects are translated in Python (the templates translate the bodies).

@@ -21,12 +21,21 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.types import Scope
 
-from api.app import Services
-from api.errors import answer_for, documented
-from api.flows import ATTEMPT_FORMATS, diagram_operation, format_parameter, render_diagram
+from api.errors import RecoveryError
 from api.logs import escape
-from api.ratelimit import client_ip, parse_networks
-from api.schemas import (
+from api.support.reference import support_reference
+from api.support.service import (
+    DEFAULT_AUDIT_PAGE,
+    DEFAULT_PAGE,
+    MAX_AUDIT_PAGE,
+    MAX_PAGE,
+    UNKNOWN_KEY,
+)
+from api.web.app import Services
+from api.web.errors import answer_for, documented
+from api.web.flows import ATTEMPT_FORMATS, diagram_operation, format_parameter, render_diagram
+from api.web.ratelimit import client_ip, parse_networks
+from api.web.schemas import (
     AttemptItem,
     AttemptPage,
     AuditItem,
@@ -42,15 +51,6 @@ from api.schemas import (
     TimelineEntry,
 )
 from engine import EngineError
-from flows.recovery.errors import RecoveryError
-from flows.recovery.identity import support_reference
-from flows.recovery.support import (
-    DEFAULT_AUDIT_PAGE,
-    DEFAULT_PAGE,
-    MAX_AUDIT_PAGE,
-    MAX_PAGE,
-    UNKNOWN_KEY,
-)
 
 SUPPORT_PATH = "/api/support"
 ROLE_OPT = "support_role"

@@ -31,8 +31,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 
+from api.accounts.addresses import mask_email
 from engine.clock import Clock, SystemClock
-from flows.recovery.identity import mask_email
 
 MAX_ERROR_CHARS = 300
 DEFAULT_MAIL_DIR = Path("var/mail")

@@ -1,0 +1,1 @@
+"""Mail: rendering the emails (templates, languages) and the transports that carry them."""
