@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from litestar import Litestar
 
+    from api.services import Services
     from api.settings import Settings
     from engine import Engine
 
@@ -154,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = attempt_commands.add_parser(
         "show", help="an attempt's state, timeline and allowed events"
     )
-    show.add_argument("id", metavar="ID")
+    show.add_argument(
+        "id", metavar="ID", help="the attempt's id, or the reference a person reads out"
+    )
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(handler=_show_attempt)
 
@@ -204,11 +207,12 @@ def _explain(exc: Exception) -> str | None:
     from alembic.util import CommandError as AlembicError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from api.demo import DemoFailed
     from api.errors import PolicyFailed, RecoveryError
     from api.settings import SettingsError
     from engine.errors import EngineError, InvalidAttemptId
 
-    if isinstance(exc, CommandError):
+    if isinstance(exc, CommandError | DemoFailed):
         return str(exc)
     if isinstance(exc, SettingsError):
         return f"bad configuration: {exc}"
@@ -253,9 +257,21 @@ def open_engine(settings: Settings) -> Iterator[Engine]:
 
     db = Database(settings.database_url, pool_size=2)
     try:
-        yield Engine(db, registry(settings.link_ttl_minutes))
+        yield Engine(db, registry(settings))
     finally:
         db.close()
+
+
+@contextlib.contextmanager
+def open_services(settings: Settings) -> Iterator[Services]:
+    """Every service on the configured database, closed when the block ends."""
+    from api.services import build_services
+
+    services = build_services(settings)
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 @contextlib.contextmanager
@@ -302,7 +318,7 @@ def _serve(args: argparse.Namespace) -> int:
             # share the CSRF secret. Without one configured, this run makes one.
             os.environ["RECOVERY_CSRF_SECRET"] = secrets.token_hex(32)
     else:
-        target = _create_app(settings, run_dispatcher=not args.no_dispatcher)
+        target = _create_app(settings, run_worker=not args.no_dispatcher)
     with _signals_recorded():
         try:
             # uvicorn with read timeouts, a connection limit and the metrics socket.
@@ -321,10 +337,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_app(settings: Settings, *, run_dispatcher: bool) -> Litestar:
+def _create_app(settings: Settings, *, run_worker: bool) -> Litestar:
     from api.web.app import create_app
 
-    return create_app(settings, run_dispatcher=run_dispatcher)
+    return create_app(settings, run_worker=run_worker)
 
 
 def app_factory() -> Litestar:
@@ -333,7 +349,7 @@ def app_factory() -> Litestar:
 
     settings = _settings()
     configure_logging(settings.log_level)
-    return _create_app(settings, run_dispatcher=os.environ.get(DISPATCHER_ENV, "1") == "1")
+    return _create_app(settings, run_worker=os.environ.get(DISPATCHER_ENV, "1") == "1")
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -354,19 +370,15 @@ async def _run_worker(settings: Settings) -> None:
     import asyncio
     import logging
 
-    from api.mail.transports import transport_from_url
-    from flows.recovery.dispatch import Dispatcher
-
     log = logging.getLogger("recovery.worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with open_engine(settings) as engine:
-        transport = transport_from_url(settings.mail_url, settings.mail_timeout_seconds)
-        dispatcher = Dispatcher(engine, settings, transport)
-        log.info("mail worker started (%r)", transport)
-        await dispatcher.run_forever(stop)
+    with open_services(settings) as services:
+        # "mail worker started" is what supervisors and tests wait for.
+        log.info("mail worker started (%r)", services.mail.transport)
+        await services.worker.run_forever(stop)
         log.info("mail worker stopped")
 
 
@@ -400,7 +412,7 @@ def _diagrams(args: argparse.Namespace) -> int:
     from flows import registry
 
     settings = _settings()
-    written = write_diagrams(registry(settings.link_ttl_minutes), args.out)
+    written = write_diagrams(registry(settings), args.out)
     for path in written:
         print(path)
     if not graphviz_available():
@@ -423,14 +435,10 @@ def _read_password() -> str:
 
 
 def _create_account(args: argparse.Namespace) -> int:
-    from api.accounts.passwords import Argon2Hasher
-    from flows.recovery.service import RecoveryService
-
     settings = _settings()
     password = _read_password()
-    with open_engine(settings) as engine:
-        service = RecoveryService(engine, settings, Argon2Hasher(settings.max_concurrent_hashes))
-        account = service.create_account_sync(
+    with open_services(settings) as services:
+        account = services.accounts.create_sync(
             email=args.email,
             name=args.name,
             password=password,
@@ -483,13 +491,23 @@ def _revoke_key(args: argparse.Namespace) -> int:
 
 
 def _show_attempt(args: argparse.Namespace) -> int:
+    from api.support.reference import reference_bounds
+
     settings = _settings()
-    with open_engine(settings) as engine:
+    with open_services(settings) as services:
+        target: str = args.id
+        bounds = None if _looks_like_uuid(target) else reference_bounds(target)
+        if bounds is not None:
+            # A reference as a person reads it out: the attempts whose id carries it.
+            found = services.engine.queries.page_sync(id_between=bounds, limit=10).items
+            if not found:
+                raise CommandError(f"no attempt has the reference {_printable(target)!r}")
+            if len(found) > 1:
+                ids = ", ".join(str(a.id) for a in found)
+                raise CommandError(f"the reference {_printable(target)!r} fits several: {ids}")
+            target = str(found[0].id)
         # Reading applies an overdue deadline first, as every other reader does.
-        record = engine.get_sync(args.id)
-        history = engine.history_sync(record.id)
-        allowed = engine.allowed_events(record)
-    view = attempt_view(record, history, allowed)
+        view = _plain(services.support.view_sync(target))
     if args.json:
         print(json.dumps(view, indent=2, ensure_ascii=False))
     else:
@@ -497,46 +515,19 @@ def _show_attempt(args: argparse.Namespace) -> int:
     return 0
 
 
-def attempt_view(record: Any, history: Sequence[Any], allowed: Sequence[str]) -> dict[str, Any]:
-    """An attempt as plain data, shaped like the support API's attempt (no secrets in it)."""
-    from api.accounts.addresses import mask_email
-    from api.support.reference import support_reference
+def _looks_like_uuid(value: str) -> bool:
+    return len(value.replace("-", "")) == 32
 
-    data: Mapping[str, Any] = record.data or {}
-    delivery = data.get("delivery") or {}
-    return {
-        "id": str(record.id),
-        "flow": record.flow,
-        "state": record.state,
-        "reference": support_reference(record.id),
-        "created_at": _iso(record.created_at),
-        "updated_at": _iso(record.updated_at),
-        "deadline_at": _iso(record.deadline_at),
-        "email_masked": mask_email(record.subject) if record.subject else None,
-        "locale": record.locale,
-        "client_ip": data.get("client_ip"),
-        "user_agent": data.get("user_agent"),
-        "delivery": {
-            "status": delivery.get("status", "none"),
-            "tries": delivery.get("tries", 0),
-            "last_error": delivery.get("last_error"),
-            "sent_at": delivery.get("sent_at"),
-        },
-        "timeline": [
-            {
-                "seq": e.seq,
-                "event": e.event,
-                "from": e.from_state,
-                "to": e.to_state,
-                "actor": e.actor,
-                "at": _iso(e.at),
-                "accepted": e.accepted,
-                "detail": dict(e.detail or {}),
-            }
-            for e in history
-        ],
-        "allowed_events": list(allowed),
-    }
+
+def _plain(value: Any) -> Any:
+    """Support's view as JSON-ready data: datetimes as ISO 8601 text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _iso(value: datetime | None) -> str | None:

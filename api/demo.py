@@ -33,16 +33,12 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from sqlalchemy import select
 
 from api.accounts.addresses import normalise_email
-from api.accounts.passwords import Argon2Hasher
-from api.cli import CommandError, open_engine
+from api.services import Services, build_services
 from api.settings import Settings
 from engine import Engine
-from engine.core import attempt_t
 from flows.password_recovery import NAME
-from flows.recovery.service import RecoveryService
 
 JOURNEY = ("requested", "emailed", "link_opened", "password_set", "logged_in")
 DEMO_NAME = "Demo Person"
@@ -53,7 +49,7 @@ _LINK = re.compile(r"https?://\S+/recovery/reset\?token=[A-Za-z0-9_-]+")
 T = TypeVar("T")
 
 
-class DemoFailed(CommandError):
+class DemoFailed(Exception):
     """The demo could not complete a step; the message says which and why, in one line."""
 
 
@@ -196,13 +192,8 @@ def _error_of(response: httpx.Response) -> str:
 
 
 def _latest_attempt(engine: Engine, subject: str) -> uuid.UUID | None:
-    with engine.db.transaction(write=False) as conn:
-        return conn.execute(
-            select(attempt_t.c.id)
-            .where(attempt_t.c.flow == NAME, attempt_t.c.subject == subject)
-            .order_by(attempt_t.c.created_at.desc())
-            .limit(1)
-        ).scalar()
+    latest = engine.queries.latest_sync(subject, NAME)
+    return latest.id if latest else None
 
 
 def run_demo(settings: Settings, *, base_url: str, mailbox: Path, timeout: float) -> None:
@@ -214,18 +205,19 @@ def run_demo(settings: Settings, *, base_url: str, mailbox: Path, timeout: float
     server = _Server(base_url)
     try:
         server.check_reachable()
-        with open_engine(settings) as engine:
-            _walk(settings, server, engine, mailbox, timeout)
+        services = build_services(settings)
+        try:
+            _walk(services, server, mailbox, timeout)
+        finally:
+            services.close()
     finally:
         server.close()
 
 
-def _walk(
-    settings: Settings, server: _Server, engine: Engine, mailbox: Path, timeout: float
-) -> None:
+def _walk(services: Services, server: _Server, mailbox: Path, timeout: float) -> None:
+    engine = services.engine
     address = f"demo.{secrets.token_hex(4)}@example.com"
-    service = RecoveryService(engine, settings, Argon2Hasher(settings.max_concurrent_hashes))
-    service.create_account_sync(email=address, name=DEMO_NAME, password=strong_password())
+    services.accounts.create_sync(email=address, name=DEMO_NAME, password=strong_password())
     print(f"demo account {address} created; server {server.base_url}; mailbox {mailbox}")
 
     server.call("POST", "/api/recovery", 202, json={"email": address})

@@ -1,8 +1,28 @@
 """The service's configuration: one frozen object read from `RECOVERY_*` variables.
 
+`Settings` is composed of one section per room (the database, HTTP, mail,
+the worker, accounts and sign-in) and one per flow; the variables keep their
+flat names (`RECOVERY_LINK_TTL_MINUTES`, ...), each section only groups them
+in the code and says where each is used. A new flow adds its section here.
+
 Nothing reads the environment at import time: `Settings()` does, when the
 command line or a test builds it, and a bad value fails there with a message
 naming the variable (`settings_from_env`).
+
+Defaults that hold the service up against abuse, each a variable:
+- /metrics is not served (404) unless RECOVERY_METRICS_TOKEN (bearer, at least
+  16 characters) or RECOVERY_METRICS_LISTEN (host:port, a second socket of
+  `recovery serve` that serves /metrics alone) is set;
+- rate limits per client IP and endpoint: POSTs 20/min, other public requests
+  (pages, link checks, diagrams, /metrics, static files) 60/min, the support API
+  600/min; /health and /ready are never limited;
+- `recovery serve` gives a request 10 s for its headers and 30 s for its body
+  (then 408 and the connection is closed), and answers 503 past 1,000 open
+  connections;
+- the service answers its public host and the loopback names only
+  (RECOVERY_EXTRA_ALLOWED_HOSTS adds more);
+- a browser that signed in on the login page is remembered for 180 days (its
+  device cookie): others' failed sign-ins do not slow it down.
 """
 
 from __future__ import annotations
@@ -13,45 +33,56 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
 from engine.db import normalise_url
 
+# The embedded default: a SQLite file under ./var/.
+DEFAULT_DATABASE_URL = "sqlite:///var/recovery.db"
+MIN_METRICS_TOKEN_CHARS = 16
 
-class Settings(BaseSettings):
-    """Every knob of the service, with production defaults.
 
-    Defaults that hold the service up against abuse (issue 18), each a variable:
-    - /metrics is not served (404) unless RECOVERY_METRICS_TOKEN (bearer, at least
-      16 characters) or RECOVERY_METRICS_LISTEN (host:port, a second socket of
-      `recovery serve` that serves /metrics alone) is set;
-    - rate limits per client IP and endpoint: POSTs 20/min, other public requests
-      (pages, link checks, diagrams, /metrics, static files) 60/min, the support API
-      600/min; /health and /ready are never limited;
-    - `recovery serve` gives a request 10 s for its headers and 30 s for its body
-      (then 408 and the connection is closed), and answers 503 past 1,000 open
-      connections;
-    - the service answers its public host and the loopback names only
-      (RECOVERY_EXTRA_ALLOWED_HOSTS adds more);
-    - a browser that signed in on the login page is remembered for 180 days (its
-      device cookie): others' failed sign-ins do not slow it down.
-    """
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
-    model_config = SettingsConfigDict(env_prefix="RECOVERY_", frozen=True, extra="ignore")
 
-    database_url: str = "sqlite:///var/recovery.db"
+# -- rooms -----------------------------------------------------------------------
+
+
+class DatabaseSettings(BaseModel):
+    """The store every process shares (engine, accounts, support)."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_size: int = Field(default=8, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        normalise_url(value)  # raises ValueError naming the scheme
+        return value
+
+
+class HttpSettings(BaseModel):
+    """The HTTP application (`api/web`) and `recovery serve`."""
+
     public_base_url: str = "http://127.0.0.1:8000"
-    mail_url: str = "file://./var/mail"
-    mail_from: str = "Account recovery <no-reply@localhost>"
-    link_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
-    password_policy: Literal["classic", "nist"] = "classic"
+    # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Comma-separated host names answered besides the public one and the loopback names
+    # (an internal name a load balancer uses, say). None by default.
+    extra_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     redis_url: str | None = None
-
-    # Throttles (SPEC §4).
-    emails_per_hour: int = Field(default=3, ge=1)
-    resend_cooldown_seconds: int = Field(default=60, ge=0)
     public_rate_limit_per_minute: int = Field(default=20, ge=1)
     # GETs (and any other method but POST) per client IP and endpoint: pages, link
     # checks, diagrams, /metrics, static files. /health and /ready are never limited.
@@ -59,34 +90,10 @@ class Settings(BaseSettings):
     # Any request to the support API per client IP and endpoint (a request with a bad
     # key is audited, so it must not come free).
     support_rate_limit_per_minute: int = Field(default=600, ge=1)
-    # Comma-separated addresses or networks of proxies whose X-Forwarded-For is believed.
-    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
-    # Comma-separated host names answered besides the public one and the loopback names
-    # (an internal name a load balancer uses, say). None by default.
-    extra_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
-    login_free_failures: int = Field(default=5, ge=1)
-    login_failure_window_minutes: int = Field(default=15, ge=1)
-    # How long a browser that signed in on the login page is remembered (its device
-    # cookie): failures typed elsewhere do not slow its sign-ins down.
-    login_device_days: int = Field(default=180, ge=1)
-
-    # Mail delivery.
-    mail_max_tries: int = Field(default=5, ge=1)
-    mail_retry_base_seconds: float = Field(default=2.0, gt=0)
-    mail_timeout_seconds: float = Field(default=10.0, gt=0)
-    dispatch_lease_seconds: int = Field(default=60, ge=5)
-    dispatch_poll_seconds: float = Field(default=0.5, gt=0)
-
-    # Passwords and sessions.
-    max_concurrent_hashes: int = Field(default=2, ge=1)
-    session_ttl_minutes: int = Field(default=12 * 60, ge=1)
-
-    # HTTP. Several API processes must share the CSRF secret of the forms.
+    # Several API processes must share the CSRF secret of the forms.
     csrf_secret: SecretStr | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    db_pool_size: int = Field(default=8, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
     # `recovery serve`: a request's headers must arrive within the first timeout (of its
     # first byte, or of the connection), its body within the second (of the headers),
     # else 408 and the connection is closed; past `http_max_connections` open
@@ -94,10 +101,9 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=30.0, gt=0)
     http_max_connections: int = Field(default=1000, ge=1)
-
-    # Operations. /metrics is never public (it would tell, read before and after a
-    # request, whether an address has an account). With RECOVERY_METRICS_TOKEN it
-    # answers on the service's own port to `Authorization: Bearer <token>` only; with
+    # /metrics is never public (it would tell, read before and after a request,
+    # whether an address has an account). With RECOVERY_METRICS_TOKEN it answers on
+    # the service's own port to `Authorization: Bearer <token>` only; with
     # RECOVERY_METRICS_LISTEN (host:port) `recovery serve` opens a second socket there
     # that answers /metrics and nothing else, and the public port does not serve it
     # (both set: the listener wants the token too). With neither, /metrics is not
@@ -105,25 +111,34 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     metrics_listen: str | None = None
 
-    @field_validator("extra_allowed_hosts", mode="before")
+    @field_validator("public_base_url")
     @classmethod
-    def _extra_allowed_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(part.strip().lower() for part in value.split(",") if part.strip())
-        if isinstance(value, (tuple, list)):
-            for name in value:
-                if not re.fullmatch(r"[a-z0-9.-]+|\[?[0-9a-f:]+\]?", str(name).lower()):
-                    raise ValueError(f"not a host name: {name!r}")
-        return value
+    def _public_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _trusted_proxies(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        value = _comma_list(value)
         if isinstance(value, (tuple, list)):
             for address in value:
                 ipaddress.ip_network(address, strict=False)  # ValueError names it
+        return value
+
+    @field_validator("extra_allowed_hosts", mode="before")
+    @classmethod
+    def _extra_allowed_hosts(cls, value: object) -> object:
+        value = _comma_list(value)
+        if isinstance(value, (tuple, list)):
+            value = tuple(str(name).lower() for name in value)
+            for name in value:
+                if not re.fullmatch(r"[a-z0-9.-]+|\[?[0-9a-f:]+\]?", name):
+                    raise ValueError(f"not a host name: {name!r}")
         return value
 
     @field_validator("metrics_token")
@@ -140,21 +155,27 @@ class Settings(BaseSettings):
             _host_port(value)  # ValueError says what is wrong
         return value
 
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        normalise_url(value)  # raises ValueError naming the scheme
-        return value
+    @property
+    def public_host(self) -> str:
+        """The host name the service answers to (and builds links with)."""
+        host = urlsplit(self.public_base_url).hostname
+        assert host is not None
+        return host
 
-    @field_validator("public_base_url")
-    @classmethod
-    def _public_base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL such as https://example.com")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or fragment")
-        return value.rstrip("/")
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics listener binds (RECOVERY_METRICS_LISTEN), or None."""
+        return _host_port(self.metrics_listen) if self.metrics_listen else None
+
+
+class MailSettings(BaseModel):
+    """How mail leaves (`api/mail`): the transport, the sender, the retries."""
+
+    mail_url: str = "file://./var/mail"
+    mail_from: str = "Account recovery <no-reply@localhost>"
+    mail_max_tries: int = Field(default=5, ge=1)
+    mail_retry_base_seconds: float = Field(default=2.0, gt=0)
+    mail_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("mail_url")
     @classmethod
@@ -174,6 +195,63 @@ class Settings(BaseSettings):
             raise ValueError("must start with smtp://, smtps:// or file://")
         return value
 
+    @property
+    def mail_dir(self) -> Path | None:
+        """The directory of the file transport, or None for SMTP."""
+        parts = urlsplit(self.mail_url)
+        if parts.scheme != "file":
+            return None
+        return Path(parts.netloc + parts.path)
+
+
+class WorkerSettings(BaseModel):
+    """The worker that runs every flow's automatic work (`engine/worker.py`)."""
+
+    dispatch_lease_seconds: int = Field(default=60, ge=5)
+    dispatch_poll_seconds: float = Field(default=0.5, gt=0)
+
+
+class AccountSettings(BaseModel):
+    """Accounts and sign-in (`api/accounts`): the policy, hashing, sessions, slow-down."""
+
+    password_policy: Literal["classic", "nist"] = "classic"
+    max_concurrent_hashes: int = Field(default=2, ge=1)
+    session_ttl_minutes: int = Field(default=12 * 60, ge=1)
+    login_free_failures: int = Field(default=5, ge=1)
+    login_failure_window_minutes: int = Field(default=15, ge=1)
+    # How long a browser that signed in on the login page is remembered (its device
+    # cookie): failures typed elsewhere do not slow its sign-ins down.
+    login_device_days: int = Field(default=180, ge=1)
+
+
+# -- flows -------------------------------------------------------------------------
+
+
+class PasswordRecoverySettings(BaseModel):
+    """The password-recovery flow (`flows/password_recovery.py`)."""
+
+    link_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    # Throttles (SPEC §4), keyed on the address whether or not it has an account.
+    emails_per_hour: int = Field(default=3, ge=1)
+    resend_cooldown_seconds: int = Field(default=60, ge=0)
+
+
+# -- the whole ---------------------------------------------------------------------
+
+
+class Settings(
+    DatabaseSettings,
+    HttpSettings,
+    MailSettings,
+    WorkerSettings,
+    AccountSettings,
+    PasswordRecoverySettings,
+    BaseSettings,
+):
+    """Every knob of the service, with production defaults (see each section)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOVERY_", frozen=True, extra="ignore")
+
     @model_validator(mode="after")
     def _lease_outlives_a_send(self) -> Settings:
         # A worker's claim must outlast one SMTP send, or a slow send is claimed
@@ -184,29 +262,6 @@ class Settings(BaseSettings):
                 "RECOVERY_MAIL_TIMEOUT_SECONDS"
             )
         return self
-
-    @property
-    def public_host(self) -> str:
-        """The host name the service answers to (and builds links with)."""
-        host = urlsplit(self.public_base_url).hostname
-        assert host is not None
-        return host
-
-    @property
-    def metrics_address(self) -> tuple[str, int] | None:
-        """Where the metrics listener binds (RECOVERY_METRICS_LISTEN), or None."""
-        return _host_port(self.metrics_listen) if self.metrics_listen else None
-
-    @property
-    def mail_dir(self) -> Path | None:
-        """The directory of the file transport, or None for SMTP."""
-        parts = urlsplit(self.mail_url)
-        if parts.scheme != "file":
-            return None
-        return Path(parts.netloc + parts.path)
-
-
-MIN_METRICS_TOKEN_CHARS = 16
 
 
 def _host_port(value: str) -> tuple[str, int]:

@@ -63,8 +63,7 @@ def _insert_row(services: Services, email: str) -> None:
                 deadline_at=None,
                 lease_until=None,
                 subject=email[:320],
-                locale="en",
-                data={},
+                data={"locale": "en"},
             )
         )
 
@@ -108,7 +107,7 @@ def bench_app(*, run_dispatcher: bool, argon2_nice: int | None = None) -> Litest
         if argon2_nice is not None
         else None
     )
-    app = create_app(settings, run_dispatcher=run_dispatcher, hasher=hasher)
+    app = create_app(settings, run_worker=run_dispatcher, hasher=hasher)
     app.register(noop)
     app.register(insert_one)
     return app

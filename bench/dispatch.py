@@ -31,12 +31,12 @@ import aiosmtplib
 from sqlalchemy import func, select
 
 from api.mail.messages import recovery_email
+from api.services import MAX_CONCURRENT_SENDS
 from bench.env import BenchEnv, attempt_row, bulk_insert, insert_accounts, start_event
 from bench.harness import Figure, Floor
 from bench.server import ROOT
 from engine import Database
 from engine.core import attempt_t
-from flows.recovery.dispatch import MAX_CONCURRENT_SENDS
 from tests.support.smtp import SmtpSink
 
 WORKER_READY = "mail worker started"

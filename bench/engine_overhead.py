@@ -27,12 +27,25 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 
 import flows
+from api.accounts.links import Link
 from bench.env import BenchEnv, attempt_row, bulk_insert
 from bench.harness import Figure, Floor
 from engine import Database, Engine
 from engine.core import attempt_t, event_t
 
 EVENT = "open_link"
+# The fact `open_link`'s guard decides on: a link that is neither used nor revoked.
+LIVE_LINK = {
+    "link": Link(
+        token_hash="0" * 64,
+        cancel_hash=None,
+        attempt_id=uuid.UUID(int=0),
+        account_id=uuid.UUID(int=0),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        used_at=None,
+        revoked_at=None,
+    )
+}
 # The flow's table of allowed moves, as a hand-written version would hold it.
 ALLOWED = {("emailed", EVENT): "link_opened", ("link_opened", EVENT): "link_opened"}
 DETAIL = {"method": "GET", "repeat": True, "suspected_automated": False}
@@ -197,9 +210,7 @@ def _one_run(engine: Engine, ids: list[uuid.UUID], fires: int) -> dict[str, floa
     db = engine.db
 
     def fire(attempt_id: uuid.UUID) -> None:
-        engine.fire_sync(
-            attempt_id, EVENT, actor="person", params={"token_valid": True}, detail=DETAIL
-        )
+        engine.fire_sync(attempt_id, EVENT, actor="person", params=LIVE_LINK, detail=DETAIL)
 
     def floor(attempt_id: uuid.UUID) -> None:
         floor_transition(db, attempt_id, engine.clock.now())
@@ -208,9 +219,7 @@ def _one_run(engine: Engine, ids: list[uuid.UUID], fires: int) -> dict[str, floa
         floor_transition_prebuilt(db, attempt_id, engine.clock.now())
 
     async def fire_async(attempt_id: uuid.UUID) -> None:
-        await engine.fire(
-            attempt_id, EVENT, actor="person", params={"token_valid": True}, detail=DETAIL
-        )
+        await engine.fire(attempt_id, EVENT, actor="person", params=LIVE_LINK, detail=DETAIL)
 
     async def floor_async(attempt_id: uuid.UUID) -> None:
         await db.run(floor, attempt_id)

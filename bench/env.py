@@ -42,7 +42,6 @@ ATTEMPT_COLUMNS = (
     "deadline_at",
     "lease_until",
     "subject",
-    "locale",
     "data",
 )
 EVENT_COLUMNS = (
@@ -214,8 +213,7 @@ def attempt_row(
         "deadline_at": deadline_at,
         "lease_until": None,
         "subject": subject,
-        "locale": "en",
-        "data": data,
+        "data": {"locale": "en", **data},
     }
 
 
@@ -362,3 +360,44 @@ def insert_accounts(db: Database, emails: Iterable[str], password_hash: str) -> 
     if rows:
         with db.transaction() as conn:
             conn.execute(insert(Account.__table__), rows)
+
+
+def opened_link(engine: Any, attempt_id: uuid.UUID) -> None:
+    """Move a `requested` attempt through `dispatch` and `open_link` as the flow does: a link
+    stored for it, the email accepted, the link opened (a realistic timeline to read back)."""
+    from api.accounts import links
+    from api.accounts.models import Account
+
+    now = datetime.now(UTC)
+    digest = uuid.uuid4().hex * 2
+    account_id = uuid.uuid4()
+    links.store(engine.db, attempt_id, account_id, digest, uuid.uuid4().hex * 2, now)
+    someone = Account(
+        id=account_id,
+        email="someone@example.com",
+        email_normalized="someone@example.com",
+        name="Someone",
+        password_hash="-",
+        created_at=now,
+        password_changed_at=now,
+    )
+    sent = {"status": "sent", "tries": 1, "last_error": None, "sent_at": now.isoformat()}
+    engine.fire_sync(
+        attempt_id,
+        "dispatch",
+        params={"account": someone, "sent": True, "link_digest": digest},
+        data={"delivery": sent},
+    )
+    with engine.db.transaction(write=False) as conn:
+        link = links.Link.from_row(
+            conn.execute(
+                links.token_t.select().where(links.token_t.c.attempt_id == attempt_id)
+            ).one()
+        )
+    engine.fire_sync(
+        attempt_id,
+        "open_link",
+        actor="person",
+        params={"link": link},
+        detail={"method": "GET", "repeat": False, "suspected_automated": False},
+    )

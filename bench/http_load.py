@@ -26,7 +26,7 @@ from typing import Any
 import flows
 from api.support.service import SupportService
 from bench.app import INSERT_PATH, NOOP_PATH
-from bench.env import BACKENDS, BenchEnv
+from bench.env import BACKENDS, BenchEnv, opened_link
 from bench.harness import Figure, Floor, median
 from bench.server import CONNECTIONS, BenchServer, WrkResult, run_wrk, wrk_available
 from engine import Database, Engine
@@ -52,19 +52,7 @@ def _prepare(url: str) -> tuple[str, str]:
                 "delivery": {"status": "queued", "tries": 0, "last_error": None, "sent_at": None},
             },
         )
-        engine.fire_sync(
-            attempt.id,
-            "dispatch",
-            params={"account_exists": True, "throttled": False, "mail_accepted": True},
-            data={"delivery": {"status": "sent", "tries": 1, "last_error": None, "sent_at": None}},
-        )
-        engine.fire_sync(
-            attempt.id,
-            "open_link",
-            actor="person",
-            params={"token_valid": True},
-            detail={"method": "GET", "repeat": False, "suspected_automated": False},
-        )
+        opened_link(engine, attempt.id)
         return key, str(attempt.id)
     finally:
         db.close()

@@ -225,7 +225,6 @@ class _Model:
     id: uuid.UUID
     state: str
     subject: str
-    locale: str
     created_at: datetime
     deadline_at: datetime | None
     now: datetime
@@ -283,7 +282,6 @@ class Engine:
         flow: str,
         *,
         subject: str = "",
-        locale: str = "en",
         data: Mapping[str, Any] | None = None,
         actor: str = SYSTEM,
         detail: Mapping[str, Any] | None = None,
@@ -303,7 +301,6 @@ class Engine:
             deadline_at=None,
             lease_until=None,
             subject=subject,
-            locale=locale,
             data=dict(data or {}),
         )
         deadline = spec.deadlines.get(record.state)
@@ -445,7 +442,6 @@ class Engine:
             id=record.id,
             state=record.state,
             subject=record.subject,
-            locale=record.locale,
             created_at=record.created_at,
             deadline_at=record.deadline_at,
             now=now,

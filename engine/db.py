@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -157,8 +156,3 @@ class Database:
         if self._readers is not self._writer:
             self._readers.shutdown(wait=True)
         self.engine.dispose()
-
-
-def default_sqlite_url(base: str | os.PathLike[str] = "var") -> str:
-    """The embedded default: a SQLite file under ./var/."""
-    return f"sqlite:///{Path(base) / 'recovery.db'}"

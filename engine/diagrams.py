@@ -94,10 +94,13 @@ def _duration(after: timedelta) -> str:
 
 
 def _label(spec: FlowSpec, t: Transition, numbers: Sequence[int]) -> str:
-    """An arrow's text: event, guards, the deadline that fires it, the steps that took it."""
+    """An arrow's text, in UML's order: event, [guards], / effects, then the deadline that
+    fires it and the steps that took it."""
     label = t.event
     if t.guards:
         label += f" [{', '.join(t.guards)}]"
+    if t.effects:
+        label += f" / {', '.join(t.effects)}"
     deadline = spec.deadlines.get(t.source)
     if deadline is not None and deadline.event == t.event:
         kept = ", not restarted" if not deadline.restart else ""

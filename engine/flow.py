@@ -11,7 +11,10 @@ machine:
   subject among the flows of one group, older ones ended by an event;
 - its funnel (the main path, for statistics);
 - its automatic work (`Job`: attempts waiting in a state, claimed by a worker;
-  `OutboxHandler`: side effects queued by its transitions).
+  `OutboxHandler`: side effects queued by its transitions);
+- its hooks: callables the application calls by name at moments of its own
+  (the engine never calls them), so the code around the engine can iterate
+  the registered flows instead of naming them.
 
 What a transition does is the machine's business: a callback named on the
 transition (`a.to(b, on="effect")`), or found by name (`on_<event>`), runs
@@ -127,6 +130,7 @@ class FlowSpec:
     funnel: tuple[str, ...] = ()
     jobs: tuple[Job, ...] = ()
     outbox: tuple[OutboxHandler, ...] = ()
+    hooks: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.machine, type) and issubclass(self.machine, StateMachine)):
@@ -154,17 +158,20 @@ class FlowSpec:
         if self.exclusive and self.exclusive.end_event not in self.events:
             raise ValueError(f"flow {self.name!r}: unknown event {self.exclusive.end_event!r}")
 
+    # States are named by the value the attempt row stores (for a plain `State()` its
+    # attribute name; for states made from an enum, the member's value).
+
     @property
     def states(self) -> list[str]:
-        return [s.id for s in self.machine.states]
+        return [str(s.value) for s in self.machine.states]
 
     @property
     def initial_state(self) -> str:
-        return next(s.id for s in self.machine.states if s.initial)
+        return next(str(s.value) for s in self.machine.states if s.initial)
 
     @property
     def final_states(self) -> list[str]:
-        return [s.id for s in self.machine.states if s.final]
+        return [str(s.value) for s in self.machine.states if s.final]
 
     @property
     def live_states(self) -> tuple[str, ...]:
@@ -183,7 +190,9 @@ class FlowSpec:
                 guards = tuple(str(spec) for spec in t.cond)
                 for event in t.event.split():
                     effects = self._effects(state, t)
-                    found.append(Transition(state.id, event, t.target.id, guards, effects))
+                    found.append(
+                        Transition(str(state.value), event, str(t.target.value), guards, effects)
+                    )
         return found
 
     def _effects(self, source: Any, transition: Any) -> tuple[str, ...]:
@@ -231,7 +240,7 @@ class FlowSpec:
             "description": self.description,
             "initial_state": self.initial_state,
             "states": [
-                {"name": s.id, "final": bool(s.final), "initial": bool(s.initial)}
+                {"name": str(s.value), "final": bool(s.final), "initial": bool(s.initial)}
                 for s in self.machine.states
             ],
             "events": self.events,
@@ -300,6 +309,10 @@ class FlowRegistry:
 
     def names(self) -> list[str]:
         return list(self._specs)
+
+    def hooked(self, hook: str) -> list[tuple[FlowSpec, Callable[..., Any]]]:
+        """The newest version of each flow that has `hook`, with the hook."""
+        return [(spec, spec.hooks[hook]) for spec in self if hook in spec.hooks]
 
     def group(self, group: str) -> list[FlowSpec]:
         """Every registered version of the flows in an exclusive group."""

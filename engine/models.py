@@ -41,7 +41,6 @@ class Attempt(SQLModel, table=True):
     deadline_at: datetime | None = Field(default=None)
     lease_until: datetime | None = Field(default=None)
     subject: str = Field(default="", max_length=320)
-    locale: str = Field(default="en", max_length=16)
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
     @declared_attr.directive

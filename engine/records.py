@@ -40,7 +40,6 @@ class AttemptRecord:
     deadline_at: datetime | None
     lease_until: datetime | None
     subject: str
-    locale: str
     data: Mapping[str, Any]
 
     @classmethod

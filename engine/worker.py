@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from engine.core import AttemptRecord, Engine, InTx
 from engine.errors import ConflictError, EngineError, EventRefused
 from engine.flow import Handler, Job
+from engine.tally import ATTEMPTS
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +133,18 @@ class Worker:
         poll_seconds: float,
         max_concurrent: int = MAX_CONCURRENT,
         outbox_batch: int = 16,
+        batch: int | None = None,
     ) -> None:
-        if max_concurrent < 1 or outbox_batch < 1:
-            raise ValueError("max_concurrent and outbox_batch must be at least 1")
+        if max_concurrent < 1 or outbox_batch < 1 or (batch is not None and batch < 1):
+            raise ValueError("max_concurrent, outbox_batch and batch must be at least 1")
         self.engine = engine
         self.context = context
         self.lease = lease
         self.poll_seconds = poll_seconds
         self.max_concurrent = max_concurrent
         self.outbox_batch = outbox_batch
+        # Claims per pass of each job, when not the batch each job asks for.
+        self.batch = batch
 
     def _jobs(self) -> dict[tuple[str, str], int]:
         """(flow, state) to claim in, with the largest batch any version asks for."""
@@ -148,7 +152,7 @@ class Worker:
         for spec in self.engine.flows.all_versions():
             for job in spec.jobs:
                 key = (spec.name, job.state)
-                found[key] = max(found.get(key, 0), job.batch)
+                found[key] = max(found.get(key, 0), self.batch or job.batch)
         return found
 
     def _job_for(self, record: AttemptRecord) -> Job | None:
@@ -182,8 +186,10 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
 
     def pending(self) -> int:
-        """Attempts waiting in a state with a job, plus queued side effects not yet done."""
-        waiting = sum(self.engine.queries.waiting_sync(flow, state) for flow, state in self._jobs())
+        """Attempts waiting in a state with a job (from the running totals: a few rows),
+        plus queued side effects not yet done (the outbox's pending index)."""
+        totals = self.engine.totals_sync()
+        waiting = sum(totals.get((flow, ATTEMPTS, state), 0) for flow, state in self._jobs())
         return waiting + self.engine.queries.outbox_pending_sync(list(self._outbox_handlers()))
 
     # -- claimed attempts ------------------------------------------------------

@@ -1,13 +1,22 @@
-"""Flow definitions, one file each, and the registry the application uses."""
+"""The journeys this product runs: one file each, registered here.
+
+A new journey is a new module in this package (its machine, effects,
+deadlines, automatic work and hooks) and one line in `FLOWS`; the engine,
+the worker, support, metrics, the command line and the diagrams take it up
+from the registry.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
+from api.settings import Settings
 from engine import FlowRegistry
 from flows import password_recovery
 
+FLOWS = (password_recovery,)
 
-def registry(link_ttl_minutes: int = 60) -> FlowRegistry:
-    """Every flow this product runs, configured."""
-    return FlowRegistry([password_recovery.spec(link_ttl=timedelta(minutes=link_ttl_minutes))])
+
+def registry(settings: Settings | None = None) -> FlowRegistry:
+    """Every version of every flow, configured by `settings` (the defaults without:
+    nothing is read from the environment)."""
+    settings = settings or Settings.model_construct()
+    return FlowRegistry(spec for flow in FLOWS for spec in flow.specs(settings))

@@ -19,10 +19,11 @@ from sqlalchemy import Connection, String, create_engine, pool
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
-import api.accounts.models  # noqa: F401  (registers the tables of accounts)
+import api.accounts.models
 import api.support.models  # noqa: F401  (registers the tables of support)
 import engine.models  # noqa: F401  (registers the engine's tables)
-from engine.db import default_sqlite_url, normalise_url
+from api.settings import DEFAULT_DATABASE_URL
+from engine.db import normalise_url
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -64,7 +65,7 @@ def run_migrations_online() -> None:
     url = (
         config.get_main_option("sqlalchemy.url")
         or os.environ.get("RECOVERY_DATABASE_URL")
-        or default_sqlite_url()
+        or DEFAULT_DATABASE_URL
     )
     connectable = create_engine(normalise_url(url), poolclass=pool.NullPool)
     with connectable.connect() as conn:
@@ -75,7 +76,7 @@ def run_migrations_online() -> None:
 
 
 def run_migrations_offline() -> None:
-    url = config.get_main_option("sqlalchemy.url") or default_sqlite_url()
+    url = config.get_main_option("sqlalchemy.url") or DEFAULT_DATABASE_URL
     context.configure(
         url=str(normalise_url(url)),
         target_metadata=target_metadata,

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,26 +38,20 @@ from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-import flows
-from api.accounts.passwords import Argon2Hasher, PasswordHasher
+from api.accounts.passwords import PasswordHasher
 from api.logs import AccessLogMiddleware
-from api.mail.transports import transport_from_url
+from api.services import Services, build_services
 from api.settings import Settings
-from api.support.service import SupportService
-from api.web.diagram_cache import DiagramCache
+from api.web import flows as flow_routes
+from api.web import ops, pages, public, support
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
+from api.web.ops import SKIP_HOST_CHECK
 from api.web.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
-from engine import Database, Engine
 from engine.clock import Clock
-from flows.recovery.dispatch import Dispatcher
-from flows.recovery.service import RecoveryService
 
 log = logging.getLogger("api.app")
 
-# A route sets this opt to skip the host check (health probes use whatever
-# name reaches the container; they build no links).
-SKIP_HOST_CHECK = "skip_host_check"
 # Host names that cannot belong to someone else on the internet: the loopback
 # names. They let a probe or a scraper on the machine in; a link is never built
 # from the Host header anyway (it comes from public_base_url), so they forge
@@ -80,40 +73,6 @@ SECURITY_HEADERS = {
 # Answers that can hold a token, a session or a person's data: never cached.
 NO_STORE_PREFIXES = ("/api/recovery", "/api/login", "/api/logout", "/api/session", "/api/support")
 NO_STORE_PAGES = ("/recovery", "/login")
-
-
-@dataclass
-class Services:
-    """Everything the handlers use, built once per application."""
-
-    settings: Settings
-    engine: Engine
-    recovery: RecoveryService
-    support: SupportService
-    hasher: PasswordHasher
-    dispatcher: Dispatcher | None
-    diagrams: DiagramCache = field(default_factory=DiagramCache)
-
-
-def build_services(
-    settings: Settings,
-    *,
-    hasher: PasswordHasher | None = None,
-    clock: Clock | None = None,
-) -> Services:
-    """The database, engine, domain services and mail dispatcher for `settings`."""
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
-    engine = Engine(db, flows.registry(settings.link_ttl_minutes), clock)
-    hasher = hasher or Argon2Hasher(settings.max_concurrent_hashes)
-    transport = transport_from_url(settings.mail_url, settings.mail_timeout_seconds)
-    return Services(
-        settings=settings,
-        engine=engine,
-        recovery=RecoveryService(engine, settings, hasher),
-        support=SupportService(engine),
-        hasher=hasher,
-        dispatcher=Dispatcher(engine, settings, transport),
-    )
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -249,38 +208,35 @@ def create_app(
     settings: Settings,
     *,
     services: Services | None = None,
-    run_dispatcher: bool = False,
+    run_worker: bool = False,
     hasher: PasswordHasher | None = None,
     clock: Clock | None = None,
 ) -> Litestar:
     """The application for `settings`.
 
     Services passed in belong to the caller (who closes them); services built
-    here are closed when the application shuts down. With `run_dispatcher`,
-    the mail dispatcher runs as a background task between startup and shutdown.
+    here are closed when the application shuts down. With `run_worker`, the worker
+    (every flow's automatic work: the mail among it) runs as a background task
+    between startup and shutdown.
     """
-    # Imported here: the route modules import `Services` from this module.
-    from api.web import flows as flow_routes
-    from api.web import ops, pages, public, support
-
     owned = services is None
     if services is None:
         services = build_services(settings, hasher=hasher, clock=clock)
     svc = services
     metrics = ops.Metrics(svc)
-    if svc.dispatcher is not None and svc.dispatcher.on_send is None:
-        svc.dispatcher.on_send = metrics.observe_send
+    if svc.mail.on_send is None:
+        svc.mail.on_send = metrics.observe_send
 
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
-    async def start_dispatcher() -> None:
-        if run_dispatcher and svc.dispatcher is not None:
+    async def start_worker() -> None:
+        if run_worker:
             stop.clear()
-            tasks.append(asyncio.create_task(svc.dispatcher.run_forever(stop)))
-            log.info("mail dispatcher started")
+            tasks.append(asyncio.create_task(svc.worker.run_forever(stop)))
+            log.info("worker started (every flow's automatic work, the mail among it)")
 
-    async def stop_dispatcher() -> None:
+    async def stop_worker() -> None:
         stop.set()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -289,7 +245,7 @@ def create_app(
 
     async def close_database() -> None:
         if owned:
-            svc.engine.db.close()
+            svc.close()
 
     route_handlers: list[Any] = [
         *public.route_handlers,
@@ -326,12 +282,10 @@ def create_app(
         guards=[require_json_body],
         request_class=RecoveryRequest,
         before_send=[security_headers(settings)],
-        on_startup=[start_dispatcher],
-        on_shutdown=[stop_dispatcher, close_database],
+        on_startup=[start_worker],
+        on_shutdown=[stop_worker, close_database],
         after_exception=[support.audit_refusal],
-        openapi_config=openapi_config(
-            RefinedJsonRenderPlugin(svc.recovery.policy, svc.engine.flows)
-        ),
+        openapi_config=openapi_config(RefinedJsonRenderPlugin(svc.policy, svc.engine.flows)),
         stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config,

@@ -22,7 +22,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType
 from litestar.params import FromPath, QueryParameter
 
 from api.errors import InvalidInput
-from api.web.app import Services
+from api.services import Services
 from api.web.diagram_cache import DiagramCache, DiagramKey
 from api.web.errors import documented
 from api.web.schemas import FlowList, FlowSummary

@@ -2,12 +2,12 @@
 
 Each application has its own `CollectorRegistry`, so several apps in one
 process (tests) never share counters. Attempts by state, transitions by
-event and the dispatcher's queue depth are read from the database at scrape
+event and the worker's queue depth are read from the database at scrape
 time: the database is shared by every API process and worker, so these
 numbers are the whole deployment's, not one process's. They come from the
 engine's running totals (`engine.tally`), so a scrape reads a handful of rows
 rather than the attempt table and the whole event log. Mail send latency is
-observed in-process, from the dispatcher's `on_send` callback.
+observed in-process, from the mail's `on_send` callback.
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
+from api.services import Services
 from api.settings import Settings
-from api.web.app import SKIP_HOST_CHECK, Services
 from api.web.errors import MetricsNotServed, documented
 from api.web.schemas import Health, Ready
 from engine.tally import ACCEPTED, ATTEMPTS, REFUSED
 
 MAIL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A route sets this opt to skip the host check (health probes use whatever
+# name reaches the container; they build no links).
+SKIP_HOST_CHECK = "skip_host_check"
 OPS_OPT = {SKIP_HOST_CHECK: True, "exclude_from_csrf": True}
 
 
@@ -67,14 +70,12 @@ class _DatabaseCollector(Collector):
                 transitions.add_metric([flow, event, "true" if kind == ACCEPTED else "false"], n)
         yield attempts
         yield transitions
-        dispatcher = self.services.dispatcher
-        if dispatcher is not None:
-            depth = GaugeMetricFamily(
-                "recovery_dispatch_queue_depth",
-                "Requested attempts and notifications waiting for the mail worker",
-            )
-            depth.add_metric([], dispatcher.queue_depth())
-            yield depth
+        depth = GaugeMetricFamily(
+            "recovery_dispatch_queue_depth",
+            "Attempts waiting for their flow's automatic work, and side effects not yet run",
+        )
+        depth.add_metric([], self.services.worker.pending())
+        yield depth
 
 
 class Metrics:
@@ -92,7 +93,7 @@ class Metrics:
         self.registry.register(_DatabaseCollector(services))
 
     def observe_send(self, seconds: float, outcome: str) -> None:
-        """The dispatcher's `on_send` callback."""
+        """The mail's `on_send` callback."""
         self.mail_latency.labels(outcome=outcome).observe(seconds)
 
     def render(self) -> bytes:

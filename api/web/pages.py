@@ -1,6 +1,6 @@
 """The server-rendered HTML pages: sign-in, "Forgot password?", the reset form, "this wasn't me".
 
-The pages drive the same `RecoveryService` as the JSON API, render with Jinja
+The pages drive the same flow and sign-in as the JSON API, render with Jinja
 (templates in `api/templates/`, our own CSS in `api/static/`, no script, no
 third-party asset) in English or French, and post their forms under Litestar's
 double-submit CSRF cookie.
@@ -57,11 +57,12 @@ from api.errors import (
     UnknownToken,
 )
 from api.i18n import SUPPORTED, pick_locale, translations
+from api.services import Services
 from api.settings import Settings
 from api.support.reference import support_reference
 from api.web.ratelimit import client_ip, parse_networks
 from engine import ConflictError, EngineError
-from flows.recovery.service import RecoveryService
+from flows import password_recovery
 
 __all__ = [
     "CANCEL_COOKIE",
@@ -209,8 +210,8 @@ def _settings(request: Request[Any, Any, Any]) -> Settings:
     return settings
 
 
-def _service(request: Request[Any, Any, Any]) -> RecoveryService:
-    service: RecoveryService = request.app.state.services.recovery
+def _service(request: Request[Any, Any, Any]) -> Services:
+    service: Services = request.app.state.services
     return service
 
 
@@ -389,13 +390,13 @@ async def login_submit(request: Request[Any, Any, Any]) -> Template:
     email = fields["email"].strip()
     service = _service(request)
     try:
-        signed = await service.login(
+        signed = await service.signin.login(
             email,
             fields["password"],
             device=request.cookies.get(DEVICE_COOKIE),
             remember_device=True,
         )
-        info = await service.session(signed.session_token)
+        info = await service.signin.session(signed.session_token)
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="login", values={"email": email})
     cookies = [
@@ -438,15 +439,15 @@ async def logout_submit(request: Request[Any, Any, Any]) -> Redirect:
     if token:
         # Already revoked or expired: signing out is done either way.
         with contextlib.suppress(RecoveryError):
-            await _service(request).logout(token)
+            await _service(request).signin.logout(token)
     gone = Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)
     return _redirect(page.url("/login"), cookies=[gone])
 
 
-def _seconds_until(moment: datetime | None, service: RecoveryService) -> int:
+def _seconds_until(moment: datetime | None, service: Services) -> int:
     if moment is None:
         return 0
-    return max(0, int((moment - service.clock.now()).total_seconds()))
+    return max(0, int((moment - service.engine.clock.now()).total_seconds()))
 
 
 # -- "Forgot password?" ------------------------------------------------------------------
@@ -466,7 +467,8 @@ async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
     if isinstance(fields, InvalidInput):
         return error_page(request, page, fields, form="recovery")
     try:
-        attempt = await _service(request).request(
+        attempt = await password_recovery.request(
+            _service(request),
             fields["email"],
             locale=page.locale,
             client_ip=_client_ip(request),
@@ -517,14 +519,14 @@ async def reset_page(
     service = _service(request)
     if token is not None:
         try:
-            opened = await service.open_link(
-                token, method=request.method, has_cookies=bool(request.cookies)
+            opened = await password_recovery.open_link(
+                service, token, method=request.method, has_cookies=bool(request.cookies)
             )
         except (RecoveryError, EngineError) as exc:
             return error_page(request, _page(request), exc, form="reset")
         # The language chosen when the link was requested, unless the URL says otherwise.
         explicit = request.query_params.get("lang")
-        page = _page(request, None if explicit else opened.attempt.locale)
+        page = _page(request, None if explicit else opened.attempt.data.get("locale"))
         cookie = _token_cookie(settings, token, _seconds_until(opened.expires_at, service))
         return _redirect(page.url("/recovery/reset"), cookies=[cookie])
     page = _page(request)
@@ -545,8 +547,12 @@ async def reset_submit(request: Request[Any, Any, Any]) -> Template:
     if isinstance(fields, InvalidInput):
         return error_page(request, page, fields, form="reset")
     try:
-        attempt = await _service(request).set_password(
-            token, fields["password"], fields["password_confirm"], locale=page.locale
+        attempt = await password_recovery.set_password(
+            _service(request),
+            token,
+            fields["password"],
+            fields["password_confirm"],
+            locale=page.locale,
         )
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="reset")
@@ -589,7 +595,7 @@ async def cancel_submit(request: Request[Any, Any, Any]) -> Template:
     if not token:
         return _missing_link(request, page, "/recovery/cancel")
     try:
-        attempt = await _service(request).cancel_by_token(token)
+        attempt = await password_recovery.cancel(_service(request), token)
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="cancel")
     return render(

@@ -16,7 +16,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from api.errors import SessionInvalid
 from api.i18n import pick_locale
-from api.web.app import Services
+from api.services import Services
 from api.web.errors import CONSUMES_TOKEN, documented
 from api.web.ratelimit import client_ip, parse_networks
 from api.web.schemas import (
@@ -30,6 +30,7 @@ from api.web.schemas import (
     TokenBody,
     Verified,
 )
+from flows import password_recovery
 
 Lang = Annotated[
     str | None,
@@ -67,7 +68,8 @@ async def request_recovery(
     services: NamedDependency[Services],
     lang: Lang = None,
 ) -> Accepted:
-    await services.recovery.request(
+    await password_recovery.request(
+        services,
         data.email,
         locale=request_locale(request, lang),
         client_ip=client_ip(request, parse_networks(services.settings.trusted_proxies)),
@@ -84,7 +86,9 @@ async def request_recovery(
 )
 async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Services]) -> Verified:
     # A JSON POST is a client app acting for the person, not a mail scanner's prefetch.
-    opened = await services.recovery.open_link(data.token, method="POST", has_cookies=True)
+    opened = await password_recovery.open_link(
+        services, data.token, method="POST", has_cookies=True
+    )
     return Verified(
         attempt_id=str(opened.attempt.id),
         state=opened.attempt.state,
@@ -106,8 +110,12 @@ async def set_password(
     services: NamedDependency[Services],
     lang: Lang = None,
 ) -> StateAnswer:
-    attempt = await services.recovery.set_password(
-        data.token, data.password, data.password_confirm, locale=request_locale(request, lang)
+    attempt = await password_recovery.set_password(
+        services,
+        data.token,
+        data.password,
+        data.password_confirm,
+        locale=request_locale(request, lang),
     )
     return StateAnswer(state=attempt.state)
 
@@ -121,7 +129,7 @@ async def set_password(
 async def cancel_attempt(
     data: JSONBody[TokenBody], services: NamedDependency[Services]
 ) -> StateAnswer:
-    attempt = await services.recovery.cancel_by_token(data.token)
+    attempt = await password_recovery.cancel(services, data.token)
     return StateAnswer(state=attempt.state)
 
 
@@ -133,7 +141,7 @@ async def cancel_attempt(
     responses=documented(400, 401, 413, 415, 429),
 )
 async def login(data: JSONBody[LoginBody], services: NamedDependency[Services]) -> SessionCreated:
-    signed_in = await services.recovery.login(data.email, data.password)
+    signed_in = await services.signin.login(data.email, data.password)
     return SessionCreated(session_token=signed_in.session_token, expires_at=signed_in.expires_at)
 
 
@@ -145,7 +153,7 @@ async def login(data: JSONBody[LoginBody], services: NamedDependency[Services]) 
     responses=documented(401, 429),
 )
 async def logout(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> None:
-    await services.recovery.logout(bearer(request))
+    await services.signin.logout(bearer(request))
 
 
 @get(
@@ -157,7 +165,7 @@ async def logout(request: Request[Any, Any, Any], services: NamedDependency[Serv
 async def session(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> SessionAnswer:
-    info = await services.recovery.session(bearer(request))
+    info = await services.signin.session(bearer(request))
     return SessionAnswer(email_masked=info.email_masked, expires_at=info.expires_at)
 
 

@@ -133,7 +133,9 @@ class TimelineEntry(Struct, frozen=True):
 
 class SupportAttempt(Struct, frozen=True):
     id: str
+    reference: Annotated[str, Meta(description="the short reference a person reads out")]
     flow: str
+    flow_version: Annotated[int, Meta(description="the version of the flow it runs on")]
     state: str
     created_at: datetime
     updated_at: datetime
@@ -166,6 +168,7 @@ class FunnelStep(Struct, frozen=True):
 
 
 class Stats(Struct, frozen=True):
+    flow: str
     since: datetime
     until: datetime
     total: int

@@ -23,6 +23,7 @@ from litestar.types import Scope
 
 from api.errors import RecoveryError
 from api.logs import escape
+from api.services import Services
 from api.support.reference import support_reference
 from api.support.service import (
     DEFAULT_AUDIT_PAGE,
@@ -31,7 +32,6 @@ from api.support.service import (
     MAX_PAGE,
     UNKNOWN_KEY,
 )
-from api.web.app import Services
 from api.web.errors import answer_for, documented
 from api.web.flows import ATTEMPT_FORMATS, diagram_operation, format_parameter, render_diagram
 from api.web.ratelimit import client_ip, parse_networks
@@ -145,6 +145,7 @@ AttemptId = Annotated[str, PathParameter(description="the attempt's id (a UUID)"
 async def list_attempts(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
+    flow: Annotated[str | None, QueryParameter(description="only attempts of this flow")] = None,
     state_filter: Annotated[
         str | None, QueryParameter(name="state", description="only attempts in this state")
     ] = None,
@@ -161,6 +162,7 @@ async def list_attempts(
 ) -> AttemptPage:
     page = await services.support.list_attempts(
         key_name(request),
+        flow=flow,
         state=state_filter,
         email=email,
         reference=reference,
@@ -206,9 +208,10 @@ async def attempt_diagram(
 ) -> Response[bytes]:
     # The service checks the format, so that a bad one is audited like any refusal.
     fmt = format
-    flow, current, path = await services.support.diagram(key_name(request), attempt_id, fmt)
-    spec = services.engine.flows.get(flow)
-    return await render_diagram(services.diagrams, spec, fmt, current=current, path=path)
+    record, path = await services.support.diagram(key_name(request), attempt_id, fmt)
+    # The version the attempt runs on: its path is drawn on that diagram.
+    spec = services.engine.spec_of(record)
+    return await render_diagram(services.diagrams, spec, fmt, current=record.state, path=path)
 
 
 @post(
@@ -264,8 +267,11 @@ async def stats(
     services: NamedDependency[Services],
     since: FromQuery[datetime | None] = None,
     until: FromQuery[datetime | None] = None,
+    flow: Annotated[
+        str | None, QueryParameter(description="the flow counted (default: the first registered)")
+    ] = None,
 ) -> Stats:
-    found = await services.support.stats(key_name(request), since, until)
+    found = await services.support.stats(key_name(request), since, until, flow)
     funnel = [FunnelStep(**step) for step in found.pop("funnel")]
     return Stats(**found, funnel=funnel)
 

@@ -26,8 +26,9 @@ from sqlalchemy import func, select
 
 from api.accounts.models import Account
 from api.accounts.passwords import Argon2Hasher
+from api.services import Services, build_services
 from api.settings import Settings
-from api.web.app import Services, build_services, create_app
+from api.web.app import create_app
 from engine.core import AttemptRecord
 from tests.support.redis import redis_server  # noqa: F401  (a fixture: shared rate limits)
 from tests.support.smtp import smtp_sink  # noqa: F401  (a fixture: the enumeration test)
@@ -60,7 +61,7 @@ class Api:
         password: str = OLD_PASSWORD,
         locale: str = "en",
     ) -> Account:
-        return self.services.recovery.create_account_sync(
+        return self.services.accounts.create_sync(
             email=address, name=name, password=password, locale=locale
         )
 
@@ -71,9 +72,8 @@ class Api:
     # -- mail ----------------------------------------------------------------
 
     def dispatch(self) -> int:
-        """One pass of the application's own mail dispatcher (file transport)."""
-        assert self.services.dispatcher is not None
-        return asyncio.run(self.services.dispatcher.run_once())
+        """One pass of the application's own worker (its mail: the file transport)."""
+        return asyncio.run(self.services.worker.run_once())
 
     def messages(self) -> list[email.message.EmailMessage]:
         found = []

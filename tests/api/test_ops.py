@@ -219,9 +219,9 @@ def test_run_dispatcher_emails_requests_in_the_background_and_stops_on_shutdown(
     db_url: str, tmp_path: Path
 ) -> None:
     settings = api_settings(db_url, tmp_path / "mail", dispatch_poll_seconds=0.05)
-    app = create_app(settings, run_dispatcher=True, hasher=Argon2Hasher.for_tests())
+    app = create_app(settings, run_worker=True, hasher=Argon2Hasher.for_tests())
     services = app.state["services"]
-    services.recovery.create_account_sync(
+    services.accounts.create_sync(
         email="jane.doe@example.com", name="Jane Doe", password="Correct-Horse-Battery-42"
     )
     with TestClient(app) as client:

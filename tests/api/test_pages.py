@@ -2,7 +2,7 @@
 
 Each test builds the real application (`api.app.create_app`) on a fresh
 database, with real Argon2 (the cheap test profile), the real CSRF middleware,
-and the real mail dispatcher writing `.eml` files that the test reads the link
+and the real worker writing `.eml` files that the test reads the link
 from. Time moves through an injected clock, the application's one time seam.
 """
 
@@ -29,12 +29,13 @@ from sqlalchemy import select
 from api.accounts.passwords import Argon2Hasher
 from api.i18n import translations
 from api.mail.transports import FileTransport
+from api.services import Services
 from api.settings import Settings
 from api.support.reference import support_reference
-from api.web.app import Services, create_app
+from api.web.app import create_app
 from api.web.pages import STATIC_DIR, TEMPLATE_DIR
 from engine.core import AttemptRecord, attempt_t
-from flows.recovery.dispatch import Dispatcher
+from engine.worker import Worker
 
 BASE = "http://testserver.local"
 EMAIL = "jane.doe@example.com"
@@ -151,7 +152,7 @@ class Site:
     settings: Settings
     mailbox: Path
     clock: ManualClock
-    dispatcher: Dispatcher
+    worker: Worker
 
     def csrf(self, path: str = "/recovery") -> str:
         """The CSRF token a GET of `path` put into its form (its cookie is now set)."""
@@ -174,7 +175,7 @@ class Site:
 
     def dispatch(self) -> None:
         """Run the mail worker once (requested attempts become emails)."""
-        asyncio.run(self.dispatcher.run_once())
+        asyncio.run(self.worker.run_once())
 
     def emails(self) -> list[email.message.EmailMessage]:
         files = sorted(self.mailbox.glob("*.eml"))
@@ -240,9 +241,9 @@ def make_site(db_url: str, tmp_path: Path) -> Iterator[SiteFactory]:
         client.__enter__()
         clients.append(client)
         services: Services = app.state.services
-        services.recovery.create_account_sync(email=EMAIL, name=NAME, password=OLD_PASSWORD)
-        dispatcher = Dispatcher(services.engine, settings, FileTransport(mailbox))
-        return Site(client, services, settings, mailbox, clock, dispatcher)
+        services.accounts.create_sync(email=EMAIL, name=NAME, password=OLD_PASSWORD)
+        worker = services.worker_with(FileTransport(mailbox))
+        return Site(client, services, settings, mailbox, clock, worker)
 
     yield make
     for client in clients:
@@ -511,7 +512,7 @@ def test_reset_form_states_the_rules_before_typing_and_labels_every_field(site: 
     site.client.get(site.emailed_link())
     page = doc(site.client.get("/recovery/reset"))
     rules = [li.text for li in page.by_id("password-rules").walk() if li.tag == "li"]
-    assert rules == site.services.recovery.policy.rules("en")
+    assert rules == site.services.policy.rules("en")
     for field_id in ("password", "password_confirm"):
         field = page.by_id(field_id)
         assert field.attrs["type"] == "password"

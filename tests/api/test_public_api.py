@@ -3,7 +3,7 @@ the error shape, bad input, enumeration, sign-in slow-downs, tokens, Host forger
 secrets kept out of answers and logs.
 
 Real parts throughout: a Litestar app from `create_app`, the engine on a real
-database, the app's own dispatcher writing .eml files (and a real SMTP server
+database, the app's own worker writing .eml files (and a real SMTP server
 on loopback where a refusal is needed), cheap-profile Argon2.
 """
 
@@ -25,7 +25,6 @@ from api.accounts.models import Account, LoginSession, RecoveryToken
 from api.accounts.tokens import token_hash
 from api.mail.transports import transport_from_url
 from engine.core import AttemptRecord, attempt_t
-from flows.recovery.dispatch import Dispatcher
 from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, PUBLIC_BASE_URL, Api, assert_error
 from tests.support.smtp import SmtpSink
 
@@ -49,7 +48,7 @@ def test_forgot_password_answers_202_accepted_and_records_a_requested_attempt(ap
     assert answer.status_code == 202
     assert answer.content == b'{"status":"accepted"}'
     [attempt] = api.attempts()
-    assert (attempt.state, attempt.subject, attempt.locale) == (
+    assert (attempt.state, attempt.subject, attempt.data["locale"]) == (
         "requested",
         "someone@example.com",
         "fr",
@@ -63,7 +62,7 @@ def test_lang_query_parameter_wins_over_accept_language(api: Api) -> None:
         "/api/recovery?lang=fr", json={"email": "a@example.com"}, headers={"Accept-Language": "en"}
     )
     [attempt] = api.attempts()
-    assert attempt.locale == "fr"
+    assert attempt.data["locale"] == "fr"
 
 
 def _comparable(answer: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
@@ -77,9 +76,7 @@ def test_known_unknown_throttled_and_undeliverable_addresses_get_byte_identical_
     api.account("known@example.com")
     api.account("busy@example.com")
     api.account("bounce@example.com")
-    refusing = Dispatcher(
-        api.services.engine, api.settings, transport_from_url(smtp_sink.url, timeout=5)
-    )
+    refusing = api.services.worker_with(transport_from_url(smtp_sink.url, timeout=5))
     with freeze_time(T0, real_asyncio=True) as clock:
         # Three emails to busy@ in the hour: the next request is throttled.
         for _ in range(3):
@@ -112,7 +109,7 @@ def test_known_unknown_throttled_and_undeliverable_addresses_get_byte_identical_
     assert all(shape == first for shape in shapes.values()), shapes
     # The request path did the same work: one requested attempt, the same facts recorded.
     assert {(r.state, tuple(sorted(r.data))) for r in recorded.values()} == {
-        ("requested", ("client_ip", "delivery", "email_submitted", "user_agent"))
+        ("requested", ("client_ip", "delivery", "email_submitted", "locale", "user_agent"))
     }
 
 
@@ -417,11 +414,10 @@ async def test_twenty_concurrent_password_submissions_with_one_token_one_200_the
 ) -> None:
     api = make_api(public_rate_limit_per_minute=100)
     api.account()
-    assert api.services.dispatcher is not None
     async with AsyncTestClient(api.app) as client:
         answer = await client.post("/api/recovery", json={"email": "jane.doe@example.com"})
         assert answer.status_code == 202
-        await api.services.dispatcher.run_once()
+        await api.services.worker.run_once()
         [token] = api.tokens_sent()
         assert (await client.post("/api/recovery/verify", json={"token": token})).status_code == 200
         answers = await asyncio.gather(

@@ -29,13 +29,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from api.accounts.accounts import Accounts
 from api.accounts.models import Account
 from api.accounts.passwords import Argon2Hasher
+from api.services import build_services
 from api.settings import Settings
-from engine import Database, Engine
+from engine import Database
 from engine.core import attempt_t, event_t
-from flows import registry
-from flows.recovery.service import RecoveryService
 from tests.support.service import RunningService, running_service
 
 pytestmark = pytest.mark.slow
@@ -61,10 +61,10 @@ class Served:
     db_url: str
     mailbox: Path
 
-    def service_side(self, hasher: Argon2Hasher) -> tuple[Database, RecoveryService]:
-        db = Database(self.db_url, pool_size=2)
+    def service_side(self, hasher: Argon2Hasher) -> tuple[Database, Accounts]:
         settings = Settings(database_url=self.db_url, mail_url=f"file://{self.mailbox}")
-        return db, RecoveryService(Engine(db, registry()), settings, hasher)
+        services = build_services(settings, hasher=hasher)
+        return services.engine.db, services.accounts
 
     def link_token(self, http: httpx.Client, address: str) -> str:
         before = len(list(self.mailbox.glob("*.eml")))
@@ -187,7 +187,7 @@ def test_old_password_sign_ins_racing_a_reset_never_outlive_it(served: Served, s
         with served.service.client() as http:
             for round_ in range(ROUNDS):
                 address = f"racer-{round_}@example.com"
-                account = service.create_account_sync(
+                account = service.create_sync(
                     email=address, name="Noor Haddad", password=OLD_PASSWORD
                 )
                 with db.transaction(write=False) as conn:

@@ -19,13 +19,16 @@ from api.accounts.tokens import token_hash
 from api.errors import InvalidInput
 from api.support.models import AuditEntry, SupportKey
 from api.support.reference import support_reference
+from flows import password_recovery
 from tests.api.conftest import NEW_PASSWORD, OLD_PASSWORD, Api, assert_error
 from tests.support.tools import require
 
 T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
 DETAIL_KEYS = {
     "id",
+    "reference",
     "flow",
+    "flow_version",
     "state",
     "created_at",
     "updated_at",
@@ -43,8 +46,8 @@ DETAIL_KEYS = {
 def _request(api: Api, address: str, locale: str = "en") -> None:
     """A "Forgot password?" request straight through the service (no HTTP rate limit)."""
     asyncio.run(
-        api.services.recovery.request(
-            address, locale=locale, client_ip="198.51.100.7", user_agent="agent/1.0"
+        password_recovery.request(
+            api.services, address, locale=locale, client_ip="198.51.100.7", user_agent="agent/1.0"
         )
     )
 
@@ -279,7 +282,7 @@ def test_the_attempt_diagram_highlights_its_state_and_path(api: Api) -> None:
     assert answer.headers["content-type"].startswith("text/plain")
     assert "class emailed current" in answer.text
     assert "class requested visited" in answer.text
-    assert "dispatch [mail_accepted] (1)" in answer.text
+    assert "dispatch [mail_accepted] / keep_the_link (1)" in answer.text
     dot = api.client.get(f"/api/support/attempts/{attempt.id}/diagram?format=dot", headers=reader)
     assert dot.status_code == 200 and dot.text.startswith("digraph")
 
@@ -352,7 +355,7 @@ def test_support_resend_starts_a_new_attempt_whose_email_supersedes_the_old_link
         assert set(body) == {"attempt_id", "state", "reference", "resend_of"}
         assert body["state"] == "requested" and body["resend_of"] == str(old.id)
         api.dispatch()
-        states = {str(a.id): (a.state, a.locale, a.subject) for a in api.attempts()}
+        states = {str(a.id): (a.state, a.data["locale"], a.subject) for a in api.attempts()}
         assert states[str(old.id)][0] == "superseded"
         assert states[body["attempt_id"]] == ("emailed", "fr", "jane.doe@example.com")
         error = assert_error(api.client.post("/api/recovery/verify", json={"token": first}), 410)

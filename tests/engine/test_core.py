@@ -34,16 +34,11 @@ def test_start_creates_an_attempt_in_the_initial_state_and_logs_its_creation(
     """A started attempt is in `queued`, version 1, with its facts stored and one start event."""
     with freeze_time(T0):
         attempt = engine.start_sync(
-            FLOW, subject="customer-7", locale="fr", data={"ip": "192.0.2.1"}, actor="customer"
+            FLOW, subject="customer-7", data={"ip": "192.0.2.1"}, actor="customer"
         )
         stored = engine.get_sync(attempt.id)
     assert stored == attempt
-    assert (stored.state, stored.version, stored.locale, stored.subject) == (
-        "queued",
-        1,
-        "fr",
-        "customer-7",
-    )
+    assert (stored.state, stored.version, stored.subject) == ("queued", 1, "customer-7")
     assert stored.data == {"ip": "192.0.2.1"}
     assert stored.created_at == stored.updated_at == T0
     assert stored.deadline_at == T0 + timedelta(hours=24)

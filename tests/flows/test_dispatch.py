@@ -1,4 +1,5 @@
-"""The mail dispatcher against real databases (SQLite, PostgreSQL) and a real SMTP server.
+"""The flow's mail work, run by the worker, against real databases (SQLite, PostgreSQL) and a
+real SMTP server.
 
 Attempts are recorded the way the "Forgot password?" request records them,
 accounts are inserted with a cheap Argon2 hash, and the dispatcher mails
@@ -28,15 +29,18 @@ from sqlalchemy import insert, select
 
 import flows
 from api.accounts.addresses import normalise_email
+from api.accounts.links import Link
 from api.accounts.models import Account, RecoveryToken
+from api.accounts.passwords import Argon2Hasher
 from api.accounts.tokens import token_hash
 from api.mail.transports import FileTransport, MailTransport, SmtpTransport
+from api.services import services_for
 from api.settings import Settings
 from api.support.reference import support_reference
-from engine import Database, Engine, Transaction
+from engine import Database, Engine
 from engine.core import AttemptRecord, outbox_t
+from engine.worker import Worker
 from flows.password_recovery import NAME
-from flows.recovery.dispatch import Dispatcher
 from tests.support import smtp as smtp_support
 from tests.support.postgres import PostgresServer
 from tests.support.smtp import ReceivedMessage, SmtpSink
@@ -95,10 +99,10 @@ def request(engine: Engine, typed: str, locale: str = "en") -> AttemptRecord:
     return engine.start_sync(
         NAME,
         subject=normalise_email(typed),
-        locale=locale,
         actor="person",
         data={
             "email_submitted": typed,
+            "locale": locale,
             "client_ip": "203.0.113.7",
             "user_agent": "pytest",
             "delivery": {"status": "queued", "tries": 0, "last_error": None, "sent_at": None},
@@ -144,8 +148,29 @@ def settings(db_url: str, smtp_sink: SmtpSink) -> Settings:
     return make_settings(db_url, smtp_sink)
 
 
+def Dispatcher(
+    engine: Engine,
+    settings: Settings,
+    transport: MailTransport,
+    on_send: Any = None,
+    *,
+    batch_size: int | None = None,
+    max_concurrent_sends: int = 4,
+) -> Worker:
+    """What `recovery worker` runs on `engine`: the worker, its mail going to `transport`."""
+    return services_for(
+        engine,
+        settings,
+        hasher=Argon2Hasher.for_tests(),
+        transport=transport,
+        on_send=on_send,
+        max_concurrent_sends=max_concurrent_sends,
+        batch=batch_size,
+    ).worker
+
+
 @pytest.fixture
-def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
+def dispatcher(engine: Engine, settings: Settings) -> Worker:
     return Dispatcher(engine, settings, SmtpTransport(settings.mail_url, timeout=2))
 
 
@@ -156,7 +181,7 @@ async def test_link_goes_to_the_stored_address_not_the_typed_variant(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Typed "JANE@example.COM", the link goes to the stored "Jane@Example.com" address."""
@@ -200,7 +225,7 @@ async def test_french_attempt_gets_the_french_email(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """The language fixed on the attempt at request time is the email's language."""
@@ -219,7 +244,7 @@ async def test_no_secret_reaches_logs_event_details_or_attempt_data(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -263,7 +288,7 @@ async def test_no_secret_reaches_logs_event_details_or_attempt_data(
 async def test_unknown_address_is_recorded_and_nothing_is_sent(
     frozen: FrozenDateTimeFactory,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
     database: Database,
 ) -> None:
@@ -281,7 +306,7 @@ async def test_disabled_account_is_treated_as_unknown(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """A disabled account gets no link: the attempt ends as `unknown_account`."""
@@ -296,7 +321,7 @@ async def test_fourth_request_in_an_hour_is_throttled(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Three emails an hour per address; the fourth request sends nothing."""
@@ -319,7 +344,7 @@ async def test_fourth_request_in_an_hour_is_throttled(
 
 
 async def test_throttles_key_on_the_address_even_without_an_account(
-    frozen: FrozenDateTimeFactory, engine: Engine, dispatcher: Dispatcher
+    frozen: FrozenDateTimeFactory, engine: Engine, dispatcher: Worker
 ) -> None:
     """An unknown address is throttled exactly like a known one (no enumeration by throttling)."""
     attempts = []
@@ -335,7 +360,7 @@ async def test_duplicate_inside_the_cooldown_sends_one_email(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Two clicks ten seconds apart give one email; the second attempt is throttled."""
@@ -356,7 +381,7 @@ async def test_a_support_resend_is_emailed_inside_the_cooldown_and_past_the_hour
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """An agent's resend is deliberate and audited: no throttle stops it, and it supersedes."""
@@ -385,7 +410,7 @@ async def test_two_requests_in_the_same_instant_send_exactly_one_email(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Requests stamped with the same time: one is the first, the other a duplicate."""
@@ -401,7 +426,7 @@ async def test_request_after_the_cooldown_is_emailed(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Sixty-one seconds later the same address gets a new email (and the old link dies)."""
@@ -420,7 +445,7 @@ async def test_hourly_window_slides(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Throttled at minute 58; emailed again once the first email is more than an hour old."""
@@ -445,13 +470,14 @@ async def test_hourly_window_slides(
 
 
 async def test_newer_emailed_attempt_supersedes_the_older(
-    frozen: FrozenDateTimeFactory, database: Database, engine: Engine, dispatcher: Dispatcher
+    frozen: FrozenDateTimeFactory, database: Database, engine: Engine, dispatcher: Worker
 ) -> None:
     """Emailing a newer link supersedes the older attempt and revokes its token."""
     add_account(database, "jane@example.com")
     old = request(engine, "jane@example.com")
     await dispatcher.run_once()
-    engine.fire_sync(old.id, "open_link", actor="person", params={"token_valid": True})
+    [row] = token_rows(database)
+    engine.fire_sync(old.id, "open_link", actor="person", params={"link": Link(**row)})
     frozen.tick(timedelta(minutes=5))
     new = request(engine, "jane@example.com")
     await dispatcher.run_once()
@@ -476,7 +502,7 @@ async def test_smtp_down_is_retried_with_backoff_then_delivered(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Mail server down: tries 1 and 2 fail, waits of 1 s then 2 s, try 3 delivers."""
@@ -514,7 +540,7 @@ async def test_permanent_refusal_is_undeliverable_at_once(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """A 550 answer moves the attempt to `undeliverable` on the first try, no token kept."""
@@ -535,7 +561,7 @@ async def test_addresses_quoted_in_a_mail_servers_refusal_are_stored_masked(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Servers quote the recipient in their replies; the delivery facts support reads and
@@ -586,7 +612,7 @@ async def test_an_address_the_mail_server_cannot_take_ends_undeliverable_at_once
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Without SMTPUTF8 on the server, no try can ever deliver it: the first one ends the
@@ -653,7 +679,7 @@ async def test_dispatcher_killed_mid_send_loses_nothing(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     settings: Settings,
     smtp_sink: SmtpSink,
 ) -> None:
@@ -710,7 +736,7 @@ async def test_request_that_waited_past_its_deadline_expires_unsent(
     frozen: FrozenDateTimeFactory,
     engine: Engine,
     database: Database,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """A request older than its deadline (a day of outage) expires instead of being emailed."""
@@ -789,25 +815,33 @@ async def test_two_workers_emailing_one_address_at_once_leave_one_live_link(
 
 
 def reset_password(engine: Engine, attempt: AttemptRecord) -> None:
-    """Drive the attempt to `password_set`, queueing the notification as the reset does."""
-    engine.fire_sync(attempt.id, "open_link", actor="person", params={"token_valid": True})
-
-    def queue(tx: Transaction) -> None:
-        tx.enqueue(
-            "password_changed",
-            {
-                "account_id": tx.attempt.data["account_id"],
-                "attempt_id": str(tx.attempt.id),
-                "locale": tx.attempt.locale,
-            },
+    """Drive the attempt to `password_set` through the flow's own effect, as the reset page
+    does: the link used up, the password stored, the notice queued."""
+    with engine.db.transaction(write=False) as conn:
+        token_row = conn.execute(
+            select(RecoveryToken.__table__).where(
+                RecoveryToken.__table__.c.attempt_id == attempt.id
+            )
+        ).one()
+        link = Link.from_row(token_row)
+        account = Account(
+            **conn.execute(
+                select(Account.__table__).where(Account.__table__.c.id == link.account_id)
+            )
+            .one()
+            ._mapping
         )
-
+    engine.fire_sync(attempt.id, "open_link", actor="person", params={"link": link})
     engine.fire_sync(
         attempt.id,
         "set_password",
         actor="person",
-        params={"token_valid": True, "password_accepted": True},
-        in_tx=queue,
+        params={
+            "link": link,
+            "violations": [],
+            "account": account,
+            "new_hash": HASHER.hash("Another-Fine-Pass-2031!"),
+        },
     )
 
 
@@ -815,7 +849,7 @@ async def test_password_changed_notice_goes_to_the_stored_address_in_the_attempt
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """The notice is French for a French attempt, goes to the stored address, holds no password."""
@@ -867,14 +901,14 @@ async def test_password_changed_notice_is_retried_then_given_up(
     assert await dispatcher.run_once() == 1
     (item,) = outbox_rows(database)
     assert item["done_at"] is not None and item["tries"] == 2
-    assert dispatcher.queue_depth() == 0
+    assert dispatcher.pending() == 0
 
 
 async def test_password_changed_notice_survives_a_mail_outage(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """With the mail server down the notice waits, and goes out once it is back."""
@@ -897,7 +931,7 @@ async def test_queue_depth_counts_waiting_requests_and_pending_notices(
     frozen: FrozenDateTimeFactory,
     database: Database,
     engine: Engine,
-    dispatcher: Dispatcher,
+    dispatcher: Worker,
     smtp_sink: SmtpSink,
 ) -> None:
     """Requested attempts (backing off included) and unsent notices make the queue."""
@@ -907,9 +941,9 @@ async def test_queue_depth_counts_waiting_requests_and_pending_notices(
     reset_password(engine, done)
     request(engine, "a@example.com")
     request(engine, "b@example.com")
-    assert dispatcher.queue_depth() == 3
+    assert dispatcher.pending() == 3
     await dispatcher.run_once()
-    assert dispatcher.queue_depth() == 0
+    assert dispatcher.pending() == 0
 
 
 async def test_on_send_reports_each_send_with_its_outcome(

@@ -3,7 +3,9 @@
 The property test drives a real `Engine` on SQLite and PostgreSQL with random
 event sequences, random guard facts and random jumps of the clock, and checks
 that nothing ever leaves the flow's definition and that the event log tells
-the attempt's story exactly once, in order.
+the attempt's story exactly once, in order. The facts are real ones (a stored
+link, live or revoked; an account; a new password's hash), because the
+transitions' effects act on them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,10 +21,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert
 from statemachine import StateMachine
 from statemachine.exceptions import TransitionNotAllowed
 
 import flows
+from api.accounts import links
+from api.accounts.models import Account
+from api.accounts.policy import Violation
+from api.settings import Settings
 from engine import Database, Engine, EventRefused, FlowSpec
 from engine.core import EventRecord, Fired
 from flows.password_recovery import PasswordRecovery
@@ -59,6 +67,7 @@ SPEC_TRANSITIONS = {
     ("link_opened", "supersede", "superseded"),
 }
 SPEC_EVENTS = {event for _, event, _ in SPEC_TRANSITIONS}
+# The yes/no questions the guards decide on; `World.facts` turns them into real facts.
 GUARD_FACTS = (
     "throttled",
     "account_exists",
@@ -101,7 +110,7 @@ def test_the_machine_raises_on_an_event_its_state_does_not_allow() -> None:
     """A strict machine refuses loudly rather than ignoring a disallowed event."""
     machine = PasswordRecovery()
     with pytest.raises(TransitionNotAllowed):
-        machine.send("log_in", signed_in=True)
+        machine.send("log_in", credential_version=1)
     assert machine.current_state_value == "requested"
 
 
@@ -122,9 +131,8 @@ def test_link_deadline_is_sixty_minutes_from_sending_and_opening_does_not_extend
     emailed, opened = spec.deadlines["emailed"], spec.deadlines["link_opened"]
     assert (emailed.after, emailed.event) == (timedelta(minutes=60), "expire")
     assert (opened.after, opened.event, opened.restart) == (timedelta(minutes=60), "expire", False)
-    assert flows.registry(link_ttl_minutes=15).get("password_recovery").deadlines[
-        "emailed"
-    ].after == timedelta(minutes=15)
+    shorter = flows.registry(Settings.model_construct(link_ttl_minutes=15))
+    assert shorter.get("password_recovery").deadlines["emailed"].after == timedelta(minutes=15)
 
 
 class SteppedClock:
@@ -138,8 +146,57 @@ class SteppedClock:
 
 
 def _facts(**true: bool) -> dict[str, bool]:
-    """Guard facts, all false except those named."""
+    """Guard answers, all no except those named."""
     return {fact: true.get(fact, False) for fact in GUARD_FACTS}
+
+
+class World:
+    """An account and an attempt with its stored link: what the effects act on."""
+
+    def __init__(self, engine: Engine, database: Database) -> None:
+        now = engine.clock.now()
+        self.account = Account(
+            email="someone@example.com",
+            email_normalized=f"s-{uuid.uuid4().hex[:8]}@example.com",
+            name="Some One",
+            password_hash="$argon2id$old",
+            password_history=["$argon2id$old"],
+            created_at=now,
+            password_changed_at=now,
+        )
+        with database.transaction() as conn:
+            conn.execute(insert(Account.__table__).values(**self.account.model_dump()))
+        self.attempt = engine.start_sync("password_recovery", subject=self.account.email_normalized)
+        # Examples share the database: each world's link is its own.
+        self.digest = secrets.token_hex(32)
+        links.store(database, self.attempt.id, self.account.id, self.digest, uuid.uuid4().hex, now)
+        self.now = now
+
+    def facts(self, event: str, answers: dict[str, bool]) -> dict[str, Any]:
+        """Real facts that make each guard of `event` answer as `answers` says."""
+        link = links.Link(
+            token_hash=self.digest,
+            cancel_hash=None,
+            attempt_id=self.attempt.id,
+            account_id=self.account.id,
+            created_at=self.now,
+            used_at=None,
+            revoked_at=None if answers["token_valid"] else self.now,
+        )
+        return {
+            "throttle": "hourly_limit" if answers["throttled"] else None,
+            # `dispatch` asks whether there is an account; a reset is always for one.
+            "account": self.account
+            if answers["account_exists"] or event == "set_password"
+            else None,
+            "sent": answers["mail_accepted"],
+            "link_digest": self.digest,
+            "link": link,
+            "violations": [] if answers["password_accepted"] else [Violation("too_short")],
+            "new_hash": "$argon2id$new",
+            # A reset raises the account's credential version from 0 to 1.
+            "credential_version": 1 if answers["signed_in"] else None,
+        }
 
 
 fire_step = st.tuples(
@@ -223,7 +280,8 @@ def test_random_event_sequences_stay_inside_the_flow_and_are_logged_once_in_orde
     clock = SteppedClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
     engine = Engine(database, flows.registry(), clock)
     spec = engine.flows.get("password_recovery")
-    attempt = engine.start_sync("password_recovery", subject=f"s-{uuid.uuid4().hex[:8]}")
+    world = World(engine, database)
+    attempt = world.attempt
     fired: list[Fired] = []
     for step in plan:
         if step[0] == "wait":
@@ -235,7 +293,7 @@ def test_random_event_sequences_stay_inside_the_flow_and_are_logged_once_in_orde
         _, event, facts = step
         before = engine.read_sync(attempt.id)
         try:
-            outcome = engine.fire_sync(attempt.id, event, params=facts)
+            outcome = engine.fire_sync(attempt.id, event, params=world.facts(event, facts))
         except EventRefused as refused:
             after = engine.read_sync(attempt.id)
             assert refused.event == event
