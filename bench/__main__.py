@@ -49,6 +49,12 @@ def _http(env: BenchEnv) -> list[Figure]:
     return http_load.measure(env)
 
 
+def _request_path(env: BenchEnv) -> list[Figure]:
+    from bench import request_path
+
+    return request_path.measure(env)
+
+
 def _enumeration(env: BenchEnv) -> list[Figure]:
     from bench import enumeration
 
@@ -69,7 +75,7 @@ def _dispatch(env: BenchEnv) -> list[Figure]:
 
 # The programs each section needs beyond Python (names in tests/support/tools.py);
 # every section measures SQLite and PostgreSQL, so each needs the PostgreSQL server.
-NEEDS: dict[str, tuple[str, ...]] = {"http": ("wrk",)}
+NEEDS: dict[str, tuple[str, ...]] = {"http": ("wrk",), "request_path": ("wrk",)}
 ALWAYS = ("postgresql",)
 
 SECTIONS: dict[str, Section] = {
@@ -77,6 +83,7 @@ SECTIONS: dict[str, Section] = {
     "sweep": _sweep,
     "support_list": _support_list,
     "http": _http,
+    "request_path": _request_path,
     "enumeration": _enumeration,
     "hashing": _hashing,
     "dispatch": _dispatch,
