@@ -75,7 +75,12 @@ def _dispatch(env: BenchEnv) -> list[Figure]:
 
 # The programs each section needs beyond Python (names in tests/support/tools.py);
 # every section measures SQLite and PostgreSQL, so each needs the PostgreSQL server.
-NEEDS: dict[str, tuple[str, ...]] = {"http": ("wrk",), "request_path": ("wrk",)}
+# The mail sections compare with the request rate of the same run, measured by wrk.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "http": ("wrk",),
+    "request_path": ("wrk",),
+    "dispatch": ("wrk",),
+}
 ALWAYS = ("postgresql",)
 
 SECTIONS: dict[str, Section] = {
