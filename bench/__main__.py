@@ -73,6 +73,12 @@ def _dispatch(env: BenchEnv) -> list[Figure]:
     return dispatch.measure(env)
 
 
+def _inbox(env: BenchEnv) -> list[Figure]:
+    from bench import time_to_inbox
+
+    return time_to_inbox.measure(env)
+
+
 # The programs each section needs beyond Python (names in tests/support/tools.py);
 # every section measures SQLite and PostgreSQL, so each needs the PostgreSQL server.
 # The mail sections compare with the request rate of the same run, measured by wrk.
@@ -80,6 +86,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "http": ("wrk",),
     "request_path": ("wrk",),
     "dispatch": ("wrk",),
+    "inbox": ("wrk",),
 }
 ALWAYS = ("postgresql",)
 
@@ -92,6 +99,7 @@ SECTIONS: dict[str, Section] = {
     "enumeration": _enumeration,
     "hashing": _hashing,
     "dispatch": _dispatch,
+    "inbox": _inbox,
 }
 
 
