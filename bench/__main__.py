@@ -61,6 +61,12 @@ def _enumeration(env: BenchEnv) -> list[Figure]:
     return enumeration.measure(env)
 
 
+def _enumeration_sending(env: BenchEnv) -> list[Figure]:
+    from bench import enumeration_sending
+
+    return enumeration_sending.measure(env)
+
+
 def _hashing(env: BenchEnv) -> list[Figure]:
     from bench import hashing
 
@@ -97,6 +103,7 @@ SECTIONS: dict[str, Section] = {
     "http": _http,
     "request_path": _request_path,
     "enumeration": _enumeration,
+    "enumeration_sending": _enumeration_sending,
     "hashing": _hashing,
     "dispatch": _dispatch,
     "inbox": _inbox,

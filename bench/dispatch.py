@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiosmtplib
 from sqlalchemy import func, select
@@ -83,6 +83,26 @@ def _requested(db: Database) -> int:
         )
 
 
+def requested_rows(addresses: list[str]) -> list[dict[str, Any]]:
+    """`requested` attempt rows for `addresses`, as `POST /api/recovery` would have left them."""
+    now = datetime.now(UTC)
+    return [
+        attempt_row(
+            state="requested",
+            created_at=now + timedelta(microseconds=i),
+            subject=address,
+            deadline_at=now + timedelta(hours=24),
+            data={
+                "email_submitted": address,
+                "client_ip": "127.0.0.1",
+                "user_agent": "bench",
+                "delivery": {"status": "queued", "tries": 0, "last_error": None, "sent_at": None},
+            },
+        )
+        for i, address in enumerate(addresses)
+    ]
+
+
 def _product_run(
     env: BenchEnv, sink: SmtpSink, backend: str, workers: int, count: int, tag: str
 ) -> float:
@@ -111,27 +131,7 @@ def _product_run(
             procs.append((proc, log))
             _wait_for_line(log_path, WORKER_READY, proc, 60)
         before = len(sink.receipts)
-        now = datetime.now(UTC)
-        rows = [
-            attempt_row(
-                state="requested",
-                created_at=now + timedelta(microseconds=i),
-                subject=address,
-                deadline_at=now + timedelta(hours=24),
-                data={
-                    "email_submitted": address,
-                    "client_ip": "127.0.0.1",
-                    "user_agent": "bench",
-                    "delivery": {
-                        "status": "queued",
-                        "tries": 0,
-                        "last_error": None,
-                        "sent_at": None,
-                    },
-                },
-            )
-            for i, address in enumerate(addresses)
-        ]
+        rows = requested_rows(addresses)
         started = time.perf_counter()
         bulk_insert(db, rows, [start_event(r) for r in rows], rebuild_indexes=False)
         sink.wait_for(before + count, timeout=600)
