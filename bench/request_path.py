@@ -86,14 +86,14 @@ def seed_accounts(url: str, emails: list[str]) -> None:
         db.close()
 
 
-@contextlib.contextmanager
-def servers(env: BenchEnv, backend: str, *, hello: bool) -> Iterator[dict[str, BenchServer]]:
-    """The product (`recovery serve --no-dispatcher`), the bare INSERT floor and maybe hello."""
+def servers(env: BenchEnv, backend: str, *, hello: bool) -> dict[str, BenchServer]:
+    """The product (`recovery serve --no-dispatcher`), the bare INSERT floor and maybe hello,
+    on fresh databases, not started yet."""
     sizes = env.sizes
     product_url = env.fresh_url(backend, f"path_{backend}")
     seed_accounts(product_url, [known(i) for i in range(sizes.request_addresses)])
     floor_url = env.fresh_url(backend, f"bare_{backend}")
-    started: dict[str, BenchServer] = {
+    group: dict[str, BenchServer] = {
         "product": BenchServer(
             {
                 "RECOVERY_DATABASE_URL": product_url,
@@ -115,7 +115,7 @@ def servers(env: BenchEnv, backend: str, *, hello: bool) -> Iterator[dict[str, B
         ),
     }
     if hello:
-        started["hello"] = BenchServer(
+        group["hello"] = BenchServer(
             {},
             dispatcher=False,
             log_dir=env.tmp,
@@ -123,13 +123,20 @@ def servers(env: BenchEnv, backend: str, *, hello: bool) -> Iterator[dict[str, B
             program=hello_program,
             ready_path=HELLO_PATH,
         )
+    return group
+
+
+@contextlib.contextmanager
+def running(groups: list[dict[str, BenchServer]]) -> Iterator[None]:
+    """Every server of `groups` started at once (they boot in parallel), stopped afterwards."""
+    every = [server for group in groups for server in group.values()]
     with contextlib.ExitStack() as stack:
-        for server in started.values():
+        for server in every:
             stack.callback(server.stop)
             server.spawn()
-        for server in started.values():
+        for server in every:
             server.wait_ready()
-        yield started
+        yield
 
 
 def _wrk(srv: dict[str, BenchServer], route: str, seconds: float, count: int) -> WrkResult:
@@ -199,14 +206,12 @@ def _sequential(
     return runs
 
 
-def _measure_backend(env: BenchEnv, backend: str) -> dict[str, Any]:
-    hello = backend == "sqlite"
+def _measure_backend(env: BenchEnv, backend: str, srv: dict[str, BenchServer]) -> dict[str, Any]:
     routes: tuple[str, ...] = ("floor", "known", "unknown")
-    if hello:
+    if "hello" in srv:
         routes += ("hello", "health")
-    with servers(env, backend, hello=hello) as srv:
-        rounds = _rounds(env, srv, routes)
-        sequential = _sequential(env, srv, random.Random(17))
+    rounds = _rounds(env, srv, routes)
+    sequential = _sequential(env, srv, random.Random(17))
     env.measured.setdefault(CAPACITY_KEY, {})[backend] = [r["known"].rps for r in rounds]
     return {"rounds": rounds, "sequential": sequential}
 
@@ -294,7 +299,9 @@ def measure(env: BenchEnv) -> list[Figure]:
     if not wrk_available():
         raise RuntimeError("wrk is not installed (Debian package wrk)")
     backends = BACKENDS if env.has_postgresql else ("sqlite",)
-    data = {b: _measure_backend(env, b) for b in backends}
+    groups = {b: servers(env, b, hello=b == "sqlite") for b in backends}
+    with running(list(groups.values())):
+        data = {b: _measure_backend(env, b, groups[b]) for b in backends}
     how = (
         f"wrk, {CONNECTIONS} connections, {env.sizes.wrk_seconds:g} s per route per round, "
         "routes interleaved"
