@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MAX_CONNECTIONS = 512
+# At most this many connections at once (uvicorn's default backlog is 2048).
+MAX_CONNECTIONS = 256
 HOST = "127.0.0.1"
 
 
@@ -102,61 +103,113 @@ class Connection:
 # -- open loop --------------------------------------------------------------------------
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _open(port: int) -> Stream:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def _exchange(conn: Stream, raw: bytes) -> int:
+    reader, writer = conn
     writer.write(raw)
     head = await reader.readuntil(b"\r\n\r\n")
     await reader.readexactly(_content_length(head[:-4]))
     return int(head.split(b" ", 2)[1])
 
 
+def _usable(conn: Stream) -> bool:
+    """Not closed by the server meanwhile (uvicorn closes keep-alive connections idle 5 s)."""
+    return not conn[0].at_eof() and not conn[1].is_closing()
+
+
 async def open_loop(port: int, requests: list[tuple[str, bytes]], rate: float) -> dict[str, Any]:
-    """Send `requests` (label, raw) open loop at `rate`/s; per request: due, answered, status."""
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    """Send `requests` (label, raw) open loop at `rate`/s; per request: due, answered, status.
+
+    The connection of each request is chosen when it is due: the most recently
+    idle one, else a new one while fewer than `MAX_CONNECTIONS` are open, else
+    the request waits for one (and the load falls behind schedule, which
+    `most_late_s` reports). A keep-alive connection the server closed before
+    the request reached it is replaced once.
+    """
+    idle: list[Stream] = []
+    open_now = 0
     opened = 0
+    most_open = 0
     results: list[dict[str, Any]] = []
     tasks: set[asyncio.Task[None]] = set()
+    freed = asyncio.Event()
     most_late = 0.0
     start_wall, start = time.time(), time.perf_counter()
 
     def wall() -> float:
         return start_wall + (time.perf_counter() - start)
 
-    async def one(label: str, raw: bytes, due: float) -> None:
-        nonlocal opened
-        if idle:
-            conn = idle.pop()
-        else:
-            opened += 1
-            conn = await asyncio.open_connection(HOST, port)
-            conn[1].get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            status = await _exchange(conn[0], conn[1], raw)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            results.append({"label": label, "due": due, "done": wall(), "status": 0})
+    def closed(conn: Stream | None) -> None:
+        nonlocal open_now
+        open_now -= 1
+        if conn is not None:
             conn[1].close()
-            raise RuntimeError(f"request failed: {exc}") from None
+        freed.set()
+
+    async def one(label: str, raw: bytes, due: float, conn: Stream | None) -> None:
+        nonlocal opened
+        status = 0
+        try:
+            for attempt in range(2):
+                reused = conn is not None
+                if conn is None:
+                    opened += 1
+                    conn = await _open(port)
+                try:
+                    status = await _exchange(conn, raw)
+                    break
+                except (OSError, asyncio.IncompleteReadError):
+                    conn[1].close()
+                    conn = None
+                    if not reused or attempt == 1:
+                        raise
+        except (OSError, asyncio.IncompleteReadError):
+            closed(conn)
+            results.append({"label": label, "due": due, "done": wall(), "status": 0})
+            return
         results.append({"label": label, "due": due, "done": wall(), "status": status})
+        assert conn is not None
         idle.append(conn)
+        freed.set()
 
     for i, (label, raw) in enumerate(requests):
         due = start + i / rate
         wait = due - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)
-        else:
-            most_late = max(most_late, -wait)
-        while opened >= MAX_CONNECTIONS and not idle:
-            await asyncio.sleep(0.001)
-        task = asyncio.create_task(one(label, raw, start_wall + i / rate))
+        conn: Stream | None = None
+        while conn is None:
+            while idle and not _usable(idle[-1]):
+                closed(idle.pop())
+            if idle:
+                conn = idle.pop()
+            elif open_now < MAX_CONNECTIONS:
+                open_now += 1
+                most_open = max(most_open, open_now)
+                break
+            else:
+                freed.clear()
+                await freed.wait()
+        most_late = max(most_late, time.perf_counter() - due)
+        task = asyncio.create_task(one(label, raw, start_wall + i / rate, conn))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks)
     for _reader, writer in idle:
         writer.close()
     return {
         "results": results,
         "connections": opened,
+        "most_connections_at_once": most_open,
         "most_late_s": most_late,
         "seconds": time.perf_counter() - start,
     }

@@ -178,6 +178,7 @@ class RunOutcome:
     queue_at_load_end: int
     generator_late_s: float
     connections: int
+    most_at_once: int
 
 
 def _load(
@@ -246,6 +247,7 @@ def _run(
         queue_at_load_end=at_end[-1] if at_end else 0,
         generator_late_s=float(load["most_late_s"]),
         connections=int(load["connections"]),
+        most_at_once=int(load["most_connections_at_once"]),
     )
 
 
@@ -337,6 +339,7 @@ def measure(env: BenchEnv) -> list[Figure]:
                 ],
                 "load generator: most behind schedule s": [o.generator_late_s for o in outcomes],
                 "load generator: connections opened": [o.connections for o in outcomes],
+                "load generator: most connections at once": [o.most_at_once for o in outcomes],
             },
         )
     ]
