@@ -169,7 +169,7 @@ class Sizes:
     # long its mail may take to drain afterwards before the rest counts as late.
     inbox_seconds: float = 60.0
     inbox_floor_seconds: float = 10.0
-    inbox_drain_timeout_s: float = 300.0
+    inbox_drain_timeout_s: float = 180.0
     # Accounts `recovery reset-all` resets (the figure's name says 100k).
     reset_all_accounts: int = 100_000
 
