@@ -1,74 +1,67 @@
-"""`dispatch_emails_per_s_1w`, `dispatch_emails_per_s_2w`: the mail dispatcher's throughput.
+"""The mail dispatcher's throughput against the SMTP floor, and against the requests it must serve.
 
-On PostgreSQL (where several dispatchers share the queue with `FOR UPDATE
-SKIP LOCKED`), one or two `recovery worker` processes are started and left
-idle until they are up; then one transaction commits N `requested` attempts
-for N distinct addresses that each have an account (nothing is throttled),
-and the clock runs until every one has left `requested` and the real SMTP
-sink on loopback holds its N emails.
+One or two `recovery worker` processes are started and left idle until they
+are up; then one transaction commits N `requested` attempts for N distinct
+addresses that each have an account (nothing is throttled), and the clock
+runs until every one has left `requested` and the real SMTP sink on loopback
+holds its N emails. On PostgreSQL (where several dispatchers share the queue
+with `FOR UPDATE SKIP LOCKED`) with one and with two workers; on SQLite (the
+embedded default, one writer) with one.
 
-The floor is the same number of plain SMTP sends of a rendered recovery
-email to the same sink, by as many processes, each with the dispatcher's
-number of concurrent sends (`MAX_CONCURRENT_SENDS`), one connection per
-message as the SMTP transport does: the cost of the mail alone.
+The floor (issue 17 §1) is the same number of recovery emails, rendered by the
+dispatcher's own template code before the clock starts, sent with plain
+aiosmtplib to the same sink by as many processes, each over as many
+persistent connections as the dispatcher runs sends at once
+(`MAX_CONCURRENT_SENDS`), every connection reused for every message
+(`bench.floors`): the most mail that concurrency could carry. The older floor,
+a connection per message as the SMTP transport does today (`python -m
+bench.dispatch send-floor`, below), is kept in the details.
 
-`python -m bench.dispatch send-floor ...` is that floor's sender process.
+- `dispatch_emails_per_s_1w` (PostgreSQL), `dispatch_emails_per_s_1w_sqlite`,
+  `dispatch_emails_per_s_2w` (PostgreSQL, with its scaling over one worker in
+  the detail; the issue's goal is 1.7x): emails/s, each against its floor.
+- `dispatch_vs_smtp_floor_ratio`: one worker on PostgreSQL over the
+  persistent-connection floor, per run (SQLite's in the detail). Target `>= 0.7`.
+- `dispatch_vs_request_ratio`: one worker's emails/s on PostgreSQL over the
+  req/s `POST /api/recovery` accepted with known addresses on PostgreSQL in
+  the same run (`bench.request_path.request_capacity`), run by run: whether
+  the mail keeps up with the requests. Target `>= 1`.
+
+The sink keeps receipts only (no parsing), so it costs both sides little.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiosmtplib
 from sqlalchemy import func, select
 
-from api.mail.messages import recovery_email
-from api.services import MAX_CONCURRENT_SENDS
 from bench.env import BenchEnv, attempt_row, bulk_insert, insert_accounts, start_event
+from bench.floors import smtp_floor_seconds
 from bench.harness import Figure, Floor
+from bench.product import (
+    MAX_CONCURRENT_SENDS,
+    Database,
+    attempt_t,
+    child_env,
+    recovery_command,
+    recovery_message,
+)
 from bench.server import ROOT
-from engine import Database
-from engine.core import attempt_t
 from tests.support.smtp import SmtpSink
 
 WORKER_READY = "mail worker started"
 # Never verified on the dispatch path: any well-formed Argon2 hash will do.
 PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
-
-
-def _message(to: str) -> object:
-    now = datetime.now(UTC)
-    token = "x" * 43
-    return recovery_email(
-        locale="en",
-        to=to,
-        mail_from="Account recovery <no-reply@localhost>",
-        link=f"http://127.0.0.1:8000/recovery/reset?token={token}",
-        cancel_link=f"http://127.0.0.1:8000/recovery/cancel?token={token}",
-        expires_at=now + timedelta(hours=1),
-        reference="ABCD-EFGH",
-        name="Person",
-        sent_at=now,
-    )
-
-
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def _recovery_command() -> list[str]:
-    return [sys.executable, "-c", "from api.cli import main; raise SystemExit(main())"]
 
 
 def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -90,9 +83,31 @@ def _requested(db: Database) -> int:
         )
 
 
-def _product_run(env: BenchEnv, sink: SmtpSink, workers: int, count: int, tag: str) -> float:
+def requested_rows(addresses: list[str]) -> list[dict[str, Any]]:
+    """`requested` attempt rows for `addresses`, as `POST /api/recovery` would have left them."""
+    now = datetime.now(UTC)
+    return [
+        attempt_row(
+            state="requested",
+            created_at=now + timedelta(microseconds=i),
+            subject=address,
+            deadline_at=now + timedelta(hours=24),
+            data={
+                "email_submitted": address,
+                "client_ip": "127.0.0.1",
+                "user_agent": "bench",
+                "delivery": {"status": "queued", "tries": 0, "last_error": None, "sent_at": None},
+            },
+        )
+        for i, address in enumerate(addresses)
+    ]
+
+
+def _product_run(
+    env: BenchEnv, sink: SmtpSink, backend: str, workers: int, count: int, tag: str
+) -> float:
     """Seconds for `workers` dispatcher processes to email `count` fresh requests."""
-    url = env.fresh_url("postgresql", f"dispatch_{tag}")
+    url = env.fresh_url(backend, f"dispatch_{tag}")
     addresses = [f"d{tag}{i:06d}@example.com" for i in range(count)]
     db = Database(url, pool_size=2)
     procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
@@ -107,36 +122,16 @@ def _product_run(env: BenchEnv, sink: SmtpSink, workers: int, count: int, tag: s
             log_path = env.tmp / f"worker-{tag}-{n}.log"
             log = log_path.open("wb")
             proc = subprocess.Popen(
-                [*_recovery_command(), "worker"],
+                [*recovery_command(), "worker"],
                 cwd=ROOT,
-                env=_child_env(settings),
+                env=child_env(settings),
                 stdout=log,
                 stderr=log,
             )
             procs.append((proc, log))
             _wait_for_line(log_path, WORKER_READY, proc, 60)
-        before = len(sink.messages)
-        now = datetime.now(UTC)
-        rows = [
-            attempt_row(
-                state="requested",
-                created_at=now + timedelta(microseconds=i),
-                subject=address,
-                deadline_at=now + timedelta(hours=24),
-                data={
-                    "email_submitted": address,
-                    "client_ip": "127.0.0.1",
-                    "user_agent": "bench",
-                    "delivery": {
-                        "status": "queued",
-                        "tries": 0,
-                        "last_error": None,
-                        "sent_at": None,
-                    },
-                },
-            )
-            for i, address in enumerate(addresses)
-        ]
+        before = len(sink.receipts)
+        rows = requested_rows(addresses)
         started = time.perf_counter()
         bulk_insert(db, rows, [start_event(r) for r in rows], rebuild_indexes=False)
         sink.wait_for(before + count, timeout=600)
@@ -156,8 +151,9 @@ def _product_run(env: BenchEnv, sink: SmtpSink, workers: int, count: int, tag: s
     return elapsed
 
 
-def _floor_run(env: BenchEnv, sink: SmtpSink, senders: int, count: int) -> float:
-    """Seconds for `senders` processes to hand `count` recovery emails to the sink."""
+def _connection_per_message_run(sink: SmtpSink, senders: int, count: int) -> float:
+    """Seconds for `senders` processes to hand `count` recovery emails to the sink,
+    `MAX_CONCURRENT_SENDS` at a time each, a connection per message (the older floor)."""
     procs = []
     for n in range(senders):
         share = count // senders + (1 if n < count % senders else 0)
@@ -173,7 +169,7 @@ def _floor_run(env: BenchEnv, sink: SmtpSink, senders: int, count: int) -> float
                 str(share),
             ],
             cwd=ROOT,
-            env=_child_env({}),
+            env=child_env({}),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -182,7 +178,7 @@ def _floor_run(env: BenchEnv, sink: SmtpSink, senders: int, count: int) -> float
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("floor sender did not start")
-    before = len(sink.messages)
+    before = len(sink.receipts)
     started = time.perf_counter()
     for proc in procs:
         assert proc.stdin is not None
@@ -196,53 +192,142 @@ def _floor_run(env: BenchEnv, sink: SmtpSink, senders: int, count: int) -> float
     return elapsed
 
 
+def _runs(env: BenchEnv, sink: SmtpSink, count: int) -> dict[str, list[float]]:
+    """emails/s per run of every product configuration and floor, interleaved."""
+    cells: dict[str, Callable[[int], float]] = {
+        "pg 1w": lambda run: _product_run(env, sink, "postgresql", 1, count, f"pg1w{run}"),
+        "sqlite 1w": lambda run: _product_run(env, sink, "sqlite", 1, count, f"sq1w{run}"),
+        "floor 1p": lambda run: smtp_floor_seconds(sink, senders=1, count=count),
+        "per-message floor 1p": lambda run: _connection_per_message_run(sink, 1, count),
+        "pg 2w": lambda run: _product_run(env, sink, "postgresql", 2, count, f"pg2w{run}"),
+        "floor 2p": lambda run: smtp_floor_seconds(sink, senders=2, count=count),
+    }
+    rates: dict[str, list[float]] = {cell: [] for cell in cells}
+    for run in range(env.sizes.runs):
+        # Alternate the order run by run, so drift favours neither side.
+        order = list(cells) if run % 2 == 0 else list(reversed(cells))
+        for cell in order:
+            rates[cell].append(count / cells[cell](run))
+            sink.clear()
+    return rates
+
+
+def _ratio(top: list[float], bottom: list[float]) -> list[float]:
+    return [t / b for t, b in zip(top, bottom, strict=True)]
+
+
 def measure(env: BenchEnv) -> list[Figure]:
+    """The dispatcher's figures (needs PostgreSQL); the request rate comes from this run."""
+    from bench.request_path import request_capacity
+
     if not env.has_postgresql:
         raise RuntimeError("the dispatcher figures need PostgreSQL")
-    sizes = env.sizes
-    count = sizes.dispatch_emails
-    sink = env.smtp_sink()
-    figures = []
-    for workers in (1, 2):
-        product: list[float] = []
-        floor: list[float] = []
-        for run in range(sizes.runs):
-            tag = f"{workers}w{run}"
-            if run % 2 == 0:
-                product.append(count / _product_run(env, sink, workers, count, tag))
-                floor.append(count / _floor_run(env, sink, workers, count))
-            else:
-                floor.append(count / _floor_run(env, sink, workers, count))
-                product.append(count / _product_run(env, sink, workers, count, tag))
-            sink.clear()
-        figures.append(
-            Figure(
-                name=f"dispatch_emails_per_s_{workers}w",
-                unit="emails/s",
-                runs=product,
-                floor=Floor(
-                    f"plain SMTP sends by {workers} process(es), {MAX_CONCURRENT_SENDS} at a time "
-                    "each",
-                    "emails/s",
-                    floor,
-                ),
-                ratio_runs=[p / f for p, f in zip(product, floor, strict=True)],
-                description=(
-                    f"{count:,} requested attempts for known addresses dispatched by {workers} "
-                    "`recovery worker` process(es) on PostgreSQL to a real SMTP sink on loopback "
-                    "(throttle checks, account lookup, token, rendering in the attempt's language, "
-                    "send, `dispatch` transition with the token stored)."
-                ),
-            )
+    count = env.sizes.dispatch_emails
+    sink = env.smtp_sink(keep_messages=False)
+    rates = _runs(env, sink, count)
+    requests_pg = request_capacity(env, "postgresql")
+    requests_sqlite = request_capacity(env, "sqlite")
+    conns = MAX_CONCURRENT_SENDS
+
+    def floor(processes: int) -> Floor:
+        return Floor(
+            f"plain aiosmtplib sends by {processes} process(es), {conns} persistent "
+            "connections each (python -m bench.floors smtp)",
+            "emails/s",
+            rates[f"floor {processes}p"],
         )
-    return figures
+
+    def what(backend: str, workers: int) -> str:
+        return (
+            f"{count:,} requested attempts for known addresses dispatched by {workers} "
+            f"`recovery worker` process(es) on {backend} to a real SMTP sink on loopback "
+            "(throttle checks, account lookup, token, rendering in the attempt's language, "
+            "send, `dispatch` transition with the token stored)."
+        )
+
+    per_message = rates["per-message floor 1p"]
+    pg1, sq1, pg2 = rates["pg 1w"], rates["sqlite 1w"], rates["pg 2w"]
+    return [
+        Figure(
+            name="dispatch_emails_per_s_1w",
+            unit="emails/s",
+            runs=pg1,
+            floor=floor(1),
+            ratio_runs=_ratio(pg1, rates["floor 1p"]),
+            description=what("PostgreSQL", 1),
+            detail={
+                "sqlite emails/s": sq1,
+                f"floor with a connection per message, {conns} at a time, emails/s": per_message,
+                "ratio to the connection-per-message floor": _ratio(pg1, per_message),
+            },
+        ),
+        Figure(
+            name="dispatch_emails_per_s_1w_sqlite",
+            unit="emails/s",
+            runs=sq1,
+            floor=floor(1),
+            ratio_runs=_ratio(sq1, rates["floor 1p"]),
+            description=what("SQLite", 1),
+        ),
+        Figure(
+            name="dispatch_emails_per_s_2w",
+            unit="emails/s",
+            runs=pg2,
+            floor=floor(2),
+            ratio_runs=_ratio(pg2, rates["floor 2p"]),
+            description=what("PostgreSQL", 2),
+            detail={"two workers over one, per run (goal 1.7x)": _ratio(pg2, pg1)},
+        ),
+        Figure(
+            name="dispatch_vs_smtp_floor_ratio",
+            unit="x",
+            runs=_ratio(pg1, rates["floor 1p"]),
+            target=">= 0.7",
+            better="higher",
+            threshold=0.7,
+            floor=floor(1),
+            ratio_runs=_ratio(pg1, rates["floor 1p"]),
+            description=(
+                "One `recovery worker` on PostgreSQL, emails/s over the persistent-connection "
+                f"SMTP floor's, per run ({count:,} emails each)."
+            ),
+            detail={
+                "dispatcher emails/s": pg1,
+                "sqlite ratio": _ratio(sq1, rates["floor 1p"]),
+            },
+        ),
+        Figure(
+            name="dispatch_vs_request_ratio",
+            unit="x",
+            runs=_ratio(pg1, requests_pg),
+            target=">= 1",
+            better="higher",
+            threshold=1.0,
+            floor=Floor(
+                "POST /api/recovery req/s, known addresses, PostgreSQL, this run "
+                "(recovery serve --no-dispatcher, wrk)",
+                "req/s",
+                requests_pg,
+            ),
+            ratio_runs=_ratio(pg1, requests_pg),
+            description=(
+                "Emails/s of one `recovery worker` on PostgreSQL over the req/s the API accepts "
+                "on PostgreSQL, run by run: below 1, a sustained load grows the queue without "
+                "bound."
+            ),
+            detail={
+                "dispatcher emails/s": pg1,
+                "sqlite: emails/s over req/s": _ratio(sq1, requests_sqlite),
+            },
+        ),
+    ]
 
 
 # -- the floor's sender process ---------------------------------------------------------
 
 
 async def _send_all(port: int, count: int) -> None:
-    message = _message("someone@example.com")
+    message = recovery_message("someone@example.com")
     slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     async def one(i: int) -> None:

@@ -66,6 +66,9 @@ class BenchEnv:
         self.tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         self._pg: PostgresServer | None = None
         self._count = 0
+        # What one section measured that a later section of the same run builds on
+        # (the request path's capacity, for the mail figures), by name.
+        self.measured: dict[str, Any] = {}
 
     # -- lifetime -------------------------------------------------------------
 
@@ -180,9 +183,13 @@ class BenchEnv:
         finally:
             db.close()
 
-    def smtp_sink(self) -> SmtpSink:
-        """A started loopback SMTP server, stopped when the run ends."""
-        sink = SmtpSink().start()
+    def smtp_sink(self, *, keep_messages: bool = True) -> SmtpSink:
+        """A started loopback SMTP server, stopped when the run ends.
+
+        With `keep_messages=False` it records only receipts (time, envelope), not
+        parsed messages: cheaper per message, for the figures that count and time mail.
+        """
+        sink = SmtpSink(keep_messages=keep_messages).start()
         self._stack.callback(sink.stop)
         return sink
 

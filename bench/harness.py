@@ -57,6 +57,10 @@ def _round(value: float | None) -> float | None:
     return round(value, digits)
 
 
+class SectionSkipped(Exception):
+    """A section that cannot run in this build or on this machine; the reason is reported."""
+
+
 @dataclass
 class Floor:
     """What a speed figure is compared with: the same work done the cheapest way."""
@@ -156,6 +160,18 @@ class Sizes:
     enumeration_per_class: int
     hashing_seconds: float
     dispatch_emails: int
+    # Issue 17: the request path against floors outside the product, and mail keeping up.
+    # Addresses the wrk load cycles over (known ones have an account), per kind.
+    request_addresses: int = 1000
+    # Requests per kind (known, unknown) per run, one at a time.
+    sequential_per_kind: int = 500
+    # How long the open-loop load of the time-to-inbox figure lasts per run, and how
+    # long its mail may take to drain afterwards before the rest counts as late.
+    inbox_seconds: float = 60.0
+    inbox_floor_seconds: float = 10.0
+    inbox_drain_timeout_s: float = 180.0
+    # Accounts `recovery reset-all` resets (the figure's name says 100k).
+    reset_all_accounts: int = 100_000
 
     @classmethod
     def full(cls) -> Sizes:
@@ -186,6 +202,12 @@ class Sizes:
             enumeration_per_class=15,
             hashing_seconds=1.0,
             dispatch_emails=20,
+            request_addresses=200,
+            sequential_per_kind=15,
+            inbox_seconds=1.0,
+            inbox_floor_seconds=1.0,
+            inbox_drain_timeout_s=60.0,
+            reset_all_accounts=200,
         )
 
 

@@ -3,8 +3,12 @@
 `BenchServer` starts `python -m bench.app` (the product's `recovery serve`
 configuration plus the bench floor routes) on a free loopback port with the
 given `RECOVERY_*` settings, waits for `/health`, and stops it with SIGTERM.
-A background thread samples its resident memory (psutil) the whole time, so
-the peak under load is known. `wrk` is Debian's HTTP load generator.
+Given a `program` (port → argv) it starts that instead: `recovery serve`
+itself, or a floor app of `bench.floors` (which has no `/health`: any HTTP
+answer on `ready_path` then means it is up). `spawn()` and `wait_ready()`
+split `start()`, so several servers can boot at once. A background thread
+samples its resident memory (psutil) the whole time, so the peak under load
+is known. `wrk` is Debian's HTTP load generator.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +51,9 @@ class BenchServer:
         log_dir: Path,
         label: str,
         extra_args: tuple[str, ...] = (),
+        program: Callable[[int], list[str]] | None = None,
+        ready_path: str = "/health",
+        ready_any_status: bool = False,
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -60,6 +68,9 @@ class BenchServer:
         }
         self.dispatcher = dispatcher
         self.extra_args = extra_args
+        self.program = program
+        self.ready_path = ready_path
+        self.ready_any_status = ready_any_status
         self.log_path = log_dir / f"server-{label}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -69,21 +80,34 @@ class BenchServer:
         self.start_rss_bytes = 0
 
     def start(self, timeout: float = 60.0) -> BenchServer:
+        return self.spawn().wait_ready(timeout)
+
+    def spawn(self) -> BenchServer:
+        """Start the process; `wait_ready()` then waits for it to answer."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
         env.update(self.settings)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-m", "bench.app", "--port", str(self.port)]
-        if not self.dispatcher:
-            cmd.append("--no-dispatcher")
+        if self.program is not None:
+            cmd = self.program(self.port)
+        else:
+            cmd = [sys.executable, "-m", "bench.app", "--port", str(self.port)]
+            if not self.dispatcher:
+                cmd.append("--no-dispatcher")
         cmd.extend(self.extra_args)
         self._log = self.log_path.open("wb")
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> BenchServer:
+        """Block until the server answers `ready_path`, then start sampling its memory."""
+        assert self._proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"bench server exited: {self.log_tail()}")
             try:
-                if httpx.get(self.base_url + "/health", timeout=1.0).status_code == 200:
+                status = httpx.get(self.base_url + self.ready_path, timeout=1.0).status_code
+                if status == 200 or self.ready_any_status:
                     break
             except httpx.HTTPError:
                 pass
@@ -199,14 +223,21 @@ def run_wrk(
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     connections: int = CONNECTIONS,
+    lua: str | None = None,
 ) -> WrkResult:
-    """One wrk run at `connections` concurrent connections; refuses results with errors."""
+    """One wrk run at `connections` concurrent connections; refuses results with errors.
+
+    `lua` is appended to the generated script, e.g. a `request` function that
+    varies the body per request (see `cycling_body_lua`).
+    """
     lines = [f'wrk.method = "{method}"']
     if body is not None:
         lines.append(f"wrk.body = {_lua_string(json.dumps(body))}")
         lines.append('wrk.headers["Content-Type"] = "application/json"')
     for name, value in (headers or {}).items():
         lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+    if lua is not None:
+        lines.append(lua)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     try:
@@ -234,6 +265,23 @@ def run_wrk(
             f"wrk against {url}: {result.non_2xx} non-2xx answers, {result.errors} socket errors"
         )
     return result
+
+
+def cycling_body_lua(json_format: str, count: int, offset: int = 0) -> str:
+    """A wrk `request` function whose JSON body cycles through `count` values.
+
+    `json_format` is a Lua `string.format` pattern with one integer, e.g.
+    `{"email":"k%07d@example.com"}`: the n-th request sends `offset + n % count`.
+    The Content-Type header must be set (`headers=`) since the body is not static.
+    """
+    return (
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        f"  local body = string.format({_lua_string(json_format)}, {offset} + n % {count})\n"
+        "  return wrk.format(nil, nil, nil, body)\n"
+        "end"
+    )
 
 
 def _lua_string(value: str) -> str:

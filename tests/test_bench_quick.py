@@ -19,6 +19,22 @@ from tests.support.tools import find_pg_bin, require
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Issue 17: every speed figure against a floor outside the product, measured in the same run.
+ISSUE_17_SQLITE_FIGURES = {
+    "http_request_vs_bare_ratio_sqlite",
+    "http_health_vs_hello_ratio",
+    "request_p50_ms_sequential",
+    "enumeration_median_diff_ms_while_sending",
+    "time_to_inbox_p99_s",
+}
+ISSUE_17_POSTGRESQL_FIGURES = {
+    "http_request_vs_bare_ratio_postgresql",
+    "dispatch_emails_per_s_1w",
+    "dispatch_emails_per_s_1w_sqlite",
+    "dispatch_emails_per_s_2w",
+    "dispatch_vs_smtp_floor_ratio",
+    "dispatch_vs_request_ratio",
+}
 SQLITE_FIGURES = {
     "engine_overhead_ratio_sqlite",
     "sweep_100k_s_sqlite",
@@ -33,7 +49,7 @@ SQLITE_FIGURES = {
     "loop_p99_ms_while_hashing",
     "dummy_verify_vs_real_ratio",
     "serve_peak_rss_mb",
-}
+} | ISSUE_17_SQLITE_FIGURES
 POSTGRESQL_FIGURES = {
     "engine_overhead_ratio_postgresql",
     "sweep_100k_s_postgresql",
@@ -41,7 +57,10 @@ POSTGRESQL_FIGURES = {
     "http_request_ratio_postgresql",
     "dispatch_emails_per_s_1w",
     "dispatch_emails_per_s_2w",
-}
+} | ISSUE_17_POSTGRESQL_FIGURES
+# Measured once `recovery reset-all` exists (SPEC §9); until then the section says why not.
+RESET_ALL_FIGURE = "reset_all_100k_s"
+RESET_ALL_SKIPPED = "== reset_all skipped: recovery reset-all is not in this build"
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +115,33 @@ def test_quick_bench_json_holds_every_figure_in_the_fixed_shape(
         runs = figure["runs"]
         assert len(runs) >= 3 and all(isinstance(r, int | float) for r in runs), name
         assert min(runs) <= figure["value"] <= max(runs), name
+
+
+@pytest.mark.slow
+def test_quick_bench_measures_reset_all_or_says_it_is_not_in_this_build(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """`reset_all_100k_s` is measured, or the run says `recovery reset-all` is not in this build."""
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads((out / "results.json").read_text())["figures"]
+    if RESET_ALL_FIGURE not in figures:
+        assert RESET_ALL_SKIPPED in done.stdout
+        assert "## Sections skipped" in (out / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_bench_gives_every_issue_17_figure_its_floor(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """Each figure issue 17 names carries the floor it was measured against in the same run."""
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads((out / "results.json").read_text())["figures"]
+    expected = ISSUE_17_SQLITE_FIGURES | (ISSUE_17_POSTGRESQL_FIGURES if find_pg_bin() else set())
+    for name in expected | ({RESET_ALL_FIGURE} & set(figures)):
+        floor = figures[name].get("floor")
+        assert floor and floor["what"] and len(floor["runs"]) >= 3, name
 
 
 @pytest.mark.slow
