@@ -259,7 +259,8 @@ def specs(settings: Settings) -> list[FlowSpec]:
             ),
             jobs=(Job(Step.requested, send_link),),
             outbox=(OutboxHandler(PASSWORD_CHANGED, send_password_changed),),
-            hooks={"signed_in": signed_in, "resend": resend},
+            # What support may fire (POST /api/support/attempts/{id}/events/{event}).
+            hooks={"signed_in": signed_in, "resend": resend, "support_events": (Event.cancel,)},
         )
     ]
 

@@ -229,7 +229,8 @@ class SupportService:
         """Support's view of one attempt, unaudited (the command line's `attempts show`)."""
         record = self.engine.get_sync(attempt_id)
         history = self.engine.history_sync(record.id)
-        return views.detail(record, history, self.engine.allowed_events(record))
+        view = views.detail(record, history, self.engine.allowed_events(record))
+        return {**view, "support_events": self.support_events(record)}
 
     async def attempt(self, key_name: str, attempt_id: str) -> dict[str, Any]:
         return await self._run(self.attempt_sync, key_name, attempt_id)
@@ -254,23 +255,52 @@ class SupportService:
 
     # -- actions -----------------------------------------------------------------------
 
+    def support_events(self, record: AttemptRecord) -> list[str]:
+        """The events support may fire at this attempt now: those its flow lets support
+        fire (its `support_events` hook), among those its state allows."""
+        spec = self.engine.spec_of(record)
+        allowed = set(self.engine.allowed_events(record))
+        return [event for event in spec.hooks.get("support_events", ()) if event in allowed]
+
+    def fire_event_sync(
+        self, key_name: str, attempt_id: str | uuid.UUID, event: str, reason: str
+    ) -> AttemptRecord:
+        """Fire one of the events the attempt's flow lets support fire, with a reason, as
+        `support:<key name>`; the flow's effects do the rest. `InvalidInput` for an event
+        support may not fire, `EventRefused` (409) when its state does not allow it now."""
+        reason = reason.strip()
+
+        def work() -> AttemptRecord:
+            if not reason:
+                raise InvalidInput("reason", "a reason is required")
+            record = self.engine.read_sync(attempt_id)
+            spec = self.engine.spec_of(record)
+            permitted = spec.hooks.get("support_events", ())
+            if event not in permitted:
+                names = ", ".join(permitted) or "none"
+                raise InvalidInput(
+                    "event", f"support may fire these events of {spec.name}: {names}"
+                )
+            fired = self.engine.fire_sync(
+                record.id,
+                event,
+                actor=actor_of(key_name),
+                params={"reason": reason, "context": self.context},
+                detail={"reason": reason, "via": "support"},
+            )
+            return fired.attempt
+
+        return self._audited(key_name, event, str(attempt_id)[:64], {"reason": reason}, work)
+
+    async def fire_event(
+        self, key_name: str, attempt_id: str, event: str, reason: str
+    ) -> AttemptRecord:
+        return await self._run(self.fire_event_sync, key_name, attempt_id, event, reason)
+
     def cancel_sync(self, key_name: str, attempt_id: str | uuid.UUID, reason: str) -> str:
         """Cancel the attempt (its flow's cancel effect kills what it gave out);
         `EventRefused` (409) when not allowed now."""
-        reason = reason.strip()
-
-        def work() -> str:
-            if not reason:
-                raise InvalidInput("reason", "a reason is required")
-            fired = self.engine.fire_sync(
-                attempt_id,
-                "cancel",
-                actor=actor_of(key_name),
-                detail={"reason": reason, "via": "support"},
-            )
-            return fired.attempt.state
-
-        return self._audited(key_name, "cancel", str(attempt_id)[:64], {"reason": reason}, work)
+        return self.fire_event_sync(key_name, attempt_id, "cancel", reason).state
 
     async def cancel(self, key_name: str, attempt_id: str, reason: str) -> str:
         return await self._run(self.cancel_sync, key_name, attempt_id, reason)

@@ -146,7 +146,10 @@ class SupportAttempt(Struct, frozen=True):
     user_agent: str | None
     delivery: Delivery
     timeline: list[TimelineEntry]
-    allowed_events: list[str]
+    allowed_events: Annotated[list[str], Meta(description="every event its state allows now")]
+    support_events: Annotated[
+        list[str], Meta(description="the events support may fire now (POST .../events/{event})")
+    ]
 
 
 class ResendAnswer(Struct, frozen=True):

@@ -232,6 +232,31 @@ async def cancel_attempt(
 
 
 @post(
+    "/attempts/{attempt_id:str}/events/{event:str}",
+    status_code=200,
+    opt=WRITE,
+    summary="Fire an event the attempt's flow lets support fire (its detail lists them now)",
+    description=(
+        "The events support may fire depend on the flow (password_recovery: cancel; "
+        "assisted_recovery: approve, deny, request_info, cancel) and on the attempt's state: "
+        "the attempt's detail lists those allowed now in `support_events`. Every one needs "
+        "a reason and is audited under the key's name. 400 for an event support may not "
+        "fire, 409 when the attempt's state does not allow it now."
+    ),
+    responses=documented(400, 401, 403, 404, 409, 413, 415, 429),
+)
+async def fire_event(
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    attempt_id: AttemptId,
+    event: Annotated[str, PathParameter(description="the event to fire, e.g. cancel")],
+    data: JSONBody[CancelBody],
+) -> StateAnswer:
+    record = await services.support.fire_event(key_name(request), attempt_id, event, data.reason)
+    return StateAnswer(state=record.state)
+
+
+@post(
     "/attempts/{attempt_id:str}/resend",
     status_code=202,
     opt=WRITE,
@@ -301,6 +326,7 @@ router = Router(
         attempt_detail,
         attempt_diagram,
         cancel_attempt,
+        fire_event,
         resend,
         stats,
         audit,

@@ -40,6 +40,7 @@ DETAIL_KEYS = {
     "delivery",
     "timeline",
     "allowed_events",
+    "support_events",
 }
 
 
@@ -663,6 +664,7 @@ SUPPORT_ROUTES = {
     ("get", "/api/support/attempts/{attempt_id}"),
     ("get", "/api/support/attempts/{attempt_id}/diagram"),
     ("post", "/api/support/attempts/{attempt_id}/cancel"),
+    ("post", "/api/support/attempts/{attempt_id}/events/{event}"),
     ("post", "/api/support/attempts/{attempt_id}/resend"),
     ("get", "/api/support/stats"),
     ("get", "/api/support/audit"),
@@ -702,9 +704,10 @@ def test_the_support_api_has_only_the_spec_routes_and_none_takes_a_password_toke
                 for ref in refs
                 for field in schemas[ref.rsplit("/", 1)[-1]].get("properties", {})
             }
-    # Only cancel reads a body, and only its reason; resend reads no field at all.
+    # Only cancel and the events read a body, and only its reason; resend reads no field.
     assert {name: fields for name, fields in body_fields.items() if fields} == {
-        "cancel": {"reason"}
+        "cancel": {"reason"},
+        "{event}": {"reason"},
     }
 
 
@@ -755,3 +758,45 @@ def test_cancel_and_resend_refuse_a_password_token_link_or_address_and_change_no
     [message] = api.messages()
     assert "evil.example" not in message.as_string()
     assert api.client.post("/api/recovery/verify", json={"token": token}).status_code == 200
+
+
+def test_support_fires_the_events_the_flow_allows_with_a_reason_and_nothing_else(
+    api: Api,
+) -> None:
+    """`POST .../events/{event}` fires what the attempt's flow lets support fire (listed in the
+    detail's `support_events`), with a reason, audited; another event is a 400, an event its
+    state does not allow now a 409, a read key a 403; none of them changes anything."""
+    reader = api.support_headers("read", name="reader-fi")
+    writer = api.support_headers("write", name="writer-fi")
+    api.account()
+    token = api.link_token()
+    [attempt] = api.attempts()
+    base = f"/api/support/attempts/{attempt.id}"
+    detail = api.client.get(base, headers=reader).json()
+    assert detail["support_events"] == ["cancel"]
+    assert "dispatch" in detail["allowed_events"] or "open_link" in detail["allowed_events"]
+    for event in ("dispatch", "open_link", "set_password", "nonsense"):
+        refused = api.client.post(f"{base}/events/{event}", json={"reason": "r"}, headers=writer)
+        assert_error(refused, 400, "invalid_input")
+    assert_error(
+        api.client.post(f"{base}/events/cancel", json={"reason": " "}, headers=writer), 400
+    )
+    assert (
+        api.client.post(f"{base}/events/cancel", json={"reason": "r"}, headers=reader).status_code
+        == 403
+    )
+    assert api.attempts()[0].state == "emailed"
+    done = api.client.post(f"{base}/events/cancel", json={"reason": "caller asked"}, headers=writer)
+    assert (done.status_code, done.json()) == (200, {"state": "cancelled"})
+    again = api.client.post(f"{base}/events/cancel", json={"reason": "twice"}, headers=writer)
+    assert_error(again, 409, "event_refused")
+    assert api.client.get(base, headers=reader).json()["support_events"] == []
+    assert_error(
+        api.client.post("/api/recovery/verify", json={"token": token}), 410, "link_cancelled"
+    )
+    last = [e for e in api.services.engine.history_sync(attempt.id) if e.accepted][-1]
+    assert (last.event, last.actor, last.detail) == (
+        "cancel",
+        "support:writer-fi",
+        {"reason": "caller asked", "via": "support"},
+    )
