@@ -290,7 +290,14 @@ class SupportService:
             )
             return fired.attempt
 
-        return self._audited(key_name, event, str(attempt_id)[:64], {"reason": reason}, work)
+        # The audit names the event when it is one of ours; anything else a caller typed
+        # is recorded as what it is, a request to fire some event, shortened.
+        known = {e for spec in self.engine.flows.all_versions() for e in spec.events}
+        if event in known:
+            action, detail = event, {"reason": reason}
+        else:
+            action, detail = "fire_event", {"reason": reason, "event": event[:64]}
+        return self._audited(key_name, action, str(attempt_id)[:64], detail, work)
 
     async def fire_event(
         self, key_name: str, attempt_id: str, event: str, reason: str
