@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     diagrams = commands.add_parser(
-        "diagrams", help="write each flow as .mmd and .dot (and .svg with Graphviz)"
+        "diagrams",
+        help="write each flow version as .mmd and .dot (and .svg with Graphviz)",
     )
     diagrams.add_argument("--out", default="diagrams", type=Path)
     diagrams.set_defaults(handler=_diagrams)
@@ -544,8 +545,9 @@ def _attempt_text(view: Mapping[str, Any]) -> str:
     delivery = view["delivery"]
     lines = [
         f"attempt    {view['id']}  (reference {view['reference']})",
-        f"flow       {view['flow']}",
+        f"flow       {view['flow']} (version {view['flow_version']})",
         f"state      {view['state']}",
+        f"route      {_printable(view['route'] or '-')}",
         f"email      {_printable(view['email_masked'] or '-')}",
         f"locale     {_printable(view['locale'])}",
         f"created    {view['created_at']}",
