@@ -830,8 +830,11 @@ def _route(token: object, link: links.Link) -> str:
 # nothing was sent because the address has no account), newest first. One still waiting
 # for its email, or throttled (nothing sent), is passed over for the one before it.
 CODE_CANDIDATES = tuple(step for step in Step if step not in (Step.requested, Step.throttled))
+# How many of an address's newest attempts a code is compared with: the newest one, and
+# a few older ones, so a code from an email a newer one superseded is told as such.
+CODE_ATTEMPTS_COMPARED = 5
 # A lost race to log a try on an attempt someone else is firing at: tried again this often.
-CODE_FIRE_RETRIES = 3
+CODE_FIRE_RETRIES = 10
 
 
 @dataclass(frozen=True)
@@ -848,13 +851,17 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
     """The code from the email, typed with the address it went to: a fresh token for the
     new-password form, bound to that attempt and dying with its link.
 
-    A try costs the same work whatever the address: the subject's newest attempt a code
-    may belong to, its link's row (none for an address without an account), one keyed
-    digest compared in constant time, one write transaction that judges and counts the
-    try (`api.accounts.codes.judge`), and, when there is an attempt, the try recorded in
-    its event log (refused ones with their outcome, never the code). Every refusal is
-    the same `InvalidCode`, except a right code for an attempt that is over: the
-    dead-link error that says why (only someone who holds the code learns that).
+    A try costs the same work whatever the address: the subject's newest attempts a code
+    may belong to (at most `CODE_ATTEMPTS_COMPARED`), their links' rows (none for an
+    address without an account), a keyed digest compared in constant time against each
+    row's code (as many comparisons, rows or not), one write transaction that judges and
+    counts the try (`api.accounts.codes.judge`), and, when there is an attempt, the try
+    recorded in its event log (refused ones with their outcome, never the code).
+
+    A code that matches none is judged wrong against the newest attempt. Every refusal
+    is the same `InvalidCode`, except a right code for an attempt that is over (one a
+    newer email superseded, say): the dead-link error that says why, which only someone
+    holding that code can learn.
     """
     try:
         subject = normalise_email(email)
@@ -865,17 +872,23 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
     if typed is None:
         raise InvalidInput("code", f"the code is the {digits} digits in the email")
     db = app.engine.db
-    attempt = await _code_attempt(app, subject)
-    link = await db.run(links.of_attempt, db, attempt.id if attempt else None, write=False)
-    right = codes.matches(
-        typed, link.token_hash if link else None, link.code_hash if link else None
-    )
+    candidates = await _code_attempts(app, subject)
+    rows = await db.run(links.of_attempts, db, [a.id for a in candidates], write=False)
+    found = [rows.get(a.id) for a in candidates]
+    found += [None] * (CODE_ATTEMPTS_COMPARED - len(found))
+    hits = [
+        codes.matches(typed, row.token_hash if row else None, row.code_hash if row else None)
+        for row in found
+    ]
+    index = hits.index(True) if any(hits) else 0
+    attempt = candidates[index] if candidates else None
+    link = found[index]
     judged = await db.run(
         codes.judge,
         db,
         subject,
         link.token_hash if link else None,
-        right,
+        hits[index],
         per_attempt=app.settings.code_max_wrong_per_attempt,
         per_account=app.settings.code_max_wrong_per_account,
         now=app.engine.clock.now(),
@@ -904,14 +917,17 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
                 raise _dead_link(refused.state, link) from None
             raise InvalidCode() from None
         except ConflictError:
-            continue  # another try (or the worker) wrote to the attempt first
+            # Another try (or the worker) logged on the attempt at the same moment.
+            await asyncio.sleep(0)
+            continue
         opened = fired.attempt
         return EnteredCode(opened, opened.deadline_at, token, support_reference(opened.id))
     raise ConflictError(attempt.id, Event.enter_code)
 
 
-async def _code_attempt(app: App, subject: str) -> AttemptRecord | None:
-    """The subject's newest attempt a code may belong to, if its version has codes.
+async def _code_attempts(app: App, subject: str) -> list[AttemptRecord]:
+    """The subject's newest attempts a code may belong to, newest first, of versions
+    that email codes.
 
     Only attempts recent enough to still be live are looked at: one waits at most
     `REQUEST_TTL` for its email, whose link then lives `link_ttl_minutes`.
@@ -922,12 +938,9 @@ async def _code_attempt(app: App, subject: str) -> AttemptRecord | None:
         subject=subject,
         states=list(CODE_CANDIDATES),
         created_since=app.engine.clock.now() - window,
-        limit=1,
+        limit=CODE_ATTEMPTS_COMPARED,
     )
-    newest = page.items[0] if page.items else None
-    if newest is None or not _carries_a_code(app, newest):
-        return None
-    return newest
+    return [attempt for attempt in page.items if _carries_a_code(app, attempt)]
 
 
 def _dead_link(state: str, link: links.Link) -> LinkDead:

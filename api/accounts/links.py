@@ -17,7 +17,7 @@ transition's effect); the others open their own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,8 +30,6 @@ from api.errors import UnknownToken
 from engine import Database
 
 token_t = RecoveryToken.__table__
-# What `of_attempt` looks up when there is no attempt: the same query, which finds nothing.
-NO_ATTEMPT = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True)
@@ -112,13 +110,11 @@ def find(db: Database, token: object, *, cancel: bool = False) -> Link:
     return link
 
 
-def of_attempt(db: Database, attempt_id: uuid.UUID | None) -> Link | None:
-    """The link stored for an attempt (None: no attempt, or nothing was ever emailed)."""
-    if attempt_id is None:
-        attempt_id = NO_ATTEMPT
+def of_attempts(db: Database, attempt_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Link]:
+    """The links stored for these attempts, by attempt (one emailed nothing: none)."""
     with db.transaction(write=False) as conn:
-        row = conn.execute(select(token_t).where(token_t.c.attempt_id == attempt_id)).first()
-    return Link.from_row(row) if row is not None else None
+        rows = conn.execute(select(token_t).where(token_t.c.attempt_id.in_(list(attempt_ids))))
+        return {row.attempt_id: Link.from_row(row) for row in rows}
 
 
 def opened_by_code(token: str, link: Link) -> bool:
