@@ -334,7 +334,7 @@ def error_page(
         template = {"login": "login.html", "recovery": "recovery.html"}.get(form, "error.html")
         return render(page, template, status=400, error=f"invalid_{exc.field}", values=shown)
     if isinstance(exc, InvalidCode):
-        return _code_form(request, page, status=400, error="invalid_code", values=shown)
+        return _code_form(request, page, status=400, error="code_refused", values=shown)
     if isinstance(exc, (LinkDead, UnknownToken)):
         if isinstance(exc, UnknownToken):
             reason = "unknown"
