@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_TIMEOUT_SECONDS,
         help="seconds to wait for each step (default: %(default)s)",
     )
+    demo.add_argument(
+        "--code",
+        action="store_true",
+        help="type the email's one-time code instead of opening its link",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -592,7 +597,9 @@ def _demo(args: argparse.Namespace) -> int:
         )
     if args.timeout <= 0:
         raise CommandError("--timeout must be positive")
-    run_demo(settings, base_url=base_url, mailbox=Path(mailbox), timeout=args.timeout)
+    run_demo(
+        settings, base_url=base_url, mailbox=Path(mailbox), timeout=args.timeout, code=args.code
+    )
     return 0
 
 

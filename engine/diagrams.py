@@ -104,7 +104,8 @@ def _label(spec: FlowSpec, t: Transition, numbers: Sequence[int]) -> str:
     deadline = spec.deadlines.get(t.source)
     if deadline is not None and deadline.event == t.event:
         kept = ", not restarted" if not deadline.restart else ""
-        label += f" (after {_duration(deadline.after)}{kept})"
+        after = _duration(deadline.fixed) if deadline.fixed is not None else "a computed time"
+        label += f" (after {after}{kept})"
     if numbers:
         label += f" ({', '.join(str(n) for n in numbers)})"
     # Mermaid ends a statement at a newline or ';'; neither belongs in a label.

@@ -21,6 +21,7 @@ from freezegun import freeze_time
 
 from api.accounts.models import RecoveryCodeFailures
 from tests.api.conftest import NEW_PASSWORD, Api, assert_error
+from tests.support.service import run_recovery
 
 T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
 VOLATILE_HEADERS = {"date", "x-request-id"}
@@ -231,3 +232,35 @@ def test_the_code_and_its_token_never_reach_a_log_or_another_answer(
         assert secret not in logged
         for answer in answers:
             assert secret not in answer.text
+
+
+def test_support_sees_the_route_in_the_api_and_in_attempts_show(api: Api, tmp_path: Any) -> None:
+    """An attempt opened by its code says `code`, one opened by its link `link`; so does
+    `recovery attempts show` (a subprocess on the same database)."""
+    api.account()
+    api.account("other@example.com")
+    _, code = emailed(api)
+    token = api.client.post("/api/recovery/code", json={"email": ADDRESS, "code": code}).json()[
+        "token"
+    ]
+    api.client.post("/api/recovery/password", json=_password(token))
+    link_token, _ = emailed(api, "other@example.com")
+    api.client.post("/api/recovery/verify", json={"token": link_token})
+    reader = api.support_headers("read")
+    routes = {}
+    for attempt in api.attempts():
+        view = api.client.get(f"/api/support/attempts/{attempt.id}", headers=reader).json()
+        routes[attempt.subject] = (view["route"], view["flow_version"])
+    assert routes == {ADDRESS: ("code", 2), "other@example.com": ("link", 2)}
+    by_code = next(a for a in api.attempts() if a.subject == ADDRESS)
+    shown = run_recovery(
+        "attempts",
+        "show",
+        str(by_code.id),
+        env={"RECOVERY_DATABASE_URL": api.settings.database_url},
+        cwd=tmp_path,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "route      code" in shown.stdout.splitlines()
+    assert "flow       password_recovery (version 2)" in shown.stdout.splitlines()
+    assert code not in shown.stdout and token not in shown.stdout
