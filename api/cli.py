@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     diagrams = commands.add_parser(
-        "diagrams", help="write each flow as .mmd and .dot (and .svg with Graphviz)"
+        "diagrams",
+        help="write each flow version as .mmd and .dot (and .svg with Graphviz)",
     )
     diagrams.add_argument("--out", default="diagrams", type=Path)
     diagrams.set_defaults(handler=_diagrams)
@@ -173,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEMO_TIMEOUT_SECONDS,
         help="seconds to wait for each step (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--code",
+        action="store_true",
+        help="type the email's one-time code instead of opening its link",
     )
     demo.set_defaults(handler=_demo)
     return parser
@@ -544,8 +550,9 @@ def _attempt_text(view: Mapping[str, Any]) -> str:
     delivery = view["delivery"]
     lines = [
         f"attempt    {view['id']}  (reference {view['reference']})",
-        f"flow       {view['flow']}",
+        f"flow       {view['flow']} (version {view['flow_version']})",
         f"state      {view['state']}",
+        f"route      {_printable(view['route'] or '-')}",
         f"email      {_printable(view['email_masked'] or '-')}",
         f"locale     {_printable(view['locale'])}",
         f"created    {view['created_at']}",
@@ -590,7 +597,9 @@ def _demo(args: argparse.Namespace) -> int:
         )
     if args.timeout <= 0:
         raise CommandError("--timeout must be positive")
-    run_demo(settings, base_url=base_url, mailbox=Path(mailbox), timeout=args.timeout)
+    run_demo(
+        settings, base_url=base_url, mailbox=Path(mailbox), timeout=args.timeout, code=args.code
+    )
     return 0
 
 

@@ -10,7 +10,11 @@ persisted journey, not the demo's hopes:
 
     requested → emailed → link_opened → password_set → logged_in
 
-It never prints a token, a password or a session token. It reads state from
+With `--code` it types the email's one-time code (`POST /api/recovery/code`)
+instead of opening the link, which it never touches: the same states, the
+attempt opened by the code's token.
+
+It never prints a token, a code, a password or a session token. It reads state from
 the database rather than the support API so that it does not have to mint a
 support key (a credential) as a side effect of a demonstration.
 """
@@ -45,6 +49,8 @@ DEMO_NAME = "Demo Person"
 POLL_SECONDS = 0.1
 HTTP_TIMEOUT_SECONDS = 15.0
 _LINK = re.compile(r"https?://\S+/recovery/reset\?token=[A-Za-z0-9_-]+")
+# The code stands alone on its line in the plain-text part (flow version 2).
+_CODE = re.compile(r"^(\d{6,12})\s*$", re.MULTILINE)
 
 T = TypeVar("T")
 
@@ -130,8 +136,18 @@ def _message_to(path: Path, address: str) -> EmailMessage | None:
     return message if address.casefold() in recipients else None
 
 
-def find_link(mailbox: Path, address: str) -> tuple[Path, str] | None:
-    """The newest recovery email to `address` in `mailbox` and the link's token, if any."""
+@dataclass(frozen=True)
+class Emailed:
+    """The newest recovery email to the demo's address: its file, its link's token, and
+    its one-time code (None in an email of version 1, which carries none)."""
+
+    path: Path
+    token: str
+    code: str | None
+
+
+def find_link(mailbox: Path, address: str) -> Emailed | None:
+    """The newest recovery email to `address` in `mailbox`, if any."""
     if not mailbox.is_dir():
         return None
     for path in sorted(mailbox.glob("*.eml"), reverse=True):
@@ -143,8 +159,9 @@ def find_link(mailbox: Path, address: str) -> tuple[Path, str] | None:
         match = _LINK.search(text)
         if match:
             token = parse_qs(urlsplit(match.group(0)).query).get("token", [""])[0]
+            code = _CODE.search(text)
             if token:
-                return path, token
+                return Emailed(path, token, code.group(1) if code else None)
     return None
 
 
@@ -196,8 +213,11 @@ def _latest_attempt(engine: Engine, subject: str) -> uuid.UUID | None:
     return latest.id if latest else None
 
 
-def run_demo(settings: Settings, *, base_url: str, mailbox: Path, timeout: float) -> None:
-    """Walk the journey and print each state; `DemoFailed` says which step went wrong."""
+def run_demo(
+    settings: Settings, *, base_url: str, mailbox: Path, timeout: float, code: bool = False
+) -> None:
+    """Walk the journey (by the link, or by the code) and print each state; `DemoFailed`
+    says which step went wrong."""
     # Print the arrows even where standard output cannot encode them.
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
@@ -207,14 +227,16 @@ def run_demo(settings: Settings, *, base_url: str, mailbox: Path, timeout: float
         server.check_reachable()
         services = build_services(settings)
         try:
-            _walk(services, server, mailbox, timeout)
+            _walk(services, server, mailbox, timeout, by_code=code)
         finally:
             services.close()
     finally:
         server.close()
 
 
-def _walk(services: Services, server: _Server, mailbox: Path, timeout: float) -> None:
+def _walk(
+    services: Services, server: _Server, mailbox: Path, timeout: float, *, by_code: bool
+) -> None:
     engine = services.engine
     address = f"demo.{secrets.token_hex(4)}@example.com"
     services.accounts.create_sync(email=address, name=DEMO_NAME, password=strong_password())
@@ -230,21 +252,33 @@ def _walk(services: Services, server: _Server, mailbox: Path, timeout: float) ->
     journey = _Journey(engine, attempt_id, timeout)
     journey.reach("requested", f"POST /api/recovery -> 202 (attempt {attempt_id})")
 
-    def mail_or_stop() -> tuple[Path, str] | None:
+    def mail_or_stop() -> Emailed | None:
         state = engine.read_sync(attempt_id).state
         if state not in JOURNEY:
             raise DemoFailed(_why_off_path(state))
         return find_link(mailbox, address)
 
-    path, token = _wait(
-        f"no recovery email to {address} arrived in {mailbox}", timeout, mail_or_stop
-    )
-    journey.reach("emailed", f"email {path.name} holds the link")
-
-    opened = server.call("POST", "/api/recovery/verify", 200, json={"token": token}).json()
-    journey.reach(
-        "link_opened", f"POST /api/recovery/verify -> 200, expires {opened.get('expires_at')}"
-    )
+    mail = _wait(f"no recovery email to {address} arrived in {mailbox}", timeout, mail_or_stop)
+    token = mail.token
+    if not by_code:
+        journey.reach("emailed", f"email {mail.path.name} holds the link")
+        opened = server.call("POST", "/api/recovery/verify", 200, json={"token": token}).json()
+        journey.reach(
+            "link_opened", f"POST /api/recovery/verify -> 200, expires {opened.get('expires_at')}"
+        )
+    else:
+        if mail.code is None:
+            raise DemoFailed(f"email {mail.path.name} carries no code (a version 1 attempt?)")
+        journey.reach("emailed", f"email {mail.path.name} holds the link and a code")
+        opened = server.call(
+            "POST", "/api/recovery/code", 200, json={"email": address, "code": mail.code}
+        ).json()
+        # From here on the code's token does what the link's would; the link is never used.
+        token = opened["token"]
+        journey.reach(
+            "link_opened",
+            f"POST /api/recovery/code -> 200, expires {opened.get('expires_at')} (link unopened)",
+        )
 
     new_password = strong_password()
     server.call(
@@ -265,4 +299,5 @@ def _walk(services: Services, server: _Server, mailbox: Path, timeout: float) ->
 
     if journey.printed != list(JOURNEY):
         raise DemoFailed(f"unexpected journey: {' → '.join(journey.printed)}")
-    print(f"journey: {' → '.join(journey.printed)}")
+    route = engine.read_sync(attempt_id).data.get("route")
+    print(f"journey: {' → '.join(journey.printed)}" + (f" (by the {route})" if by_code else ""))

@@ -43,6 +43,20 @@ class UnknownToken(RecoveryError):
         super().__init__("this link is not valid")
 
 
+class InvalidCode(RecoveryError):
+    """A recovery code that opens nothing: wrong, past its limit of wrong codes, or typed
+    for an address with no code (or no account) at all. One answer for all of them,
+    so it tells nobody which addresses have an account."""
+
+    code = "invalid_code"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this code does not open a recovery for this address: check it, or use the "
+            "link in the email (a code stops working after too many wrong tries)"
+        )
+
+
 class LinkDead(RecoveryError):
     """The link existed but can no longer be used; never raised itself.
 

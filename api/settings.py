@@ -234,6 +234,13 @@ class PasswordRecoverySettings(BaseModel):
     # Throttles (SPEC §4), keyed on the address whether or not it has an account.
     emails_per_hour: int = Field(default=3, ge=1)
     resend_cooldown_seconds: int = Field(default=60, ge=0)
+    # The one-time code beside the link (version 2 of the flow): its length, and the
+    # wrong codes judged per attempt and per address before the code stops working
+    # (the second counts across attempts until a successful recovery). README,
+    # "A code beside the link", states what these bound.
+    code_digits: int = Field(default=6, ge=6, le=12)
+    code_max_wrong_per_attempt: int = Field(default=5, ge=1)
+    code_max_wrong_per_account: int = Field(default=10, ge=1)
 
 
 # -- the whole ---------------------------------------------------------------------

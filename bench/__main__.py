@@ -71,6 +71,12 @@ def _enumeration(env: BenchEnv) -> list[Figure]:
     return enumeration.measure(env)
 
 
+def _code_enumeration(env: BenchEnv) -> list[Figure]:
+    from bench import code_enumeration
+
+    return code_enumeration.measure(env)
+
+
 def _enumeration_sending(env: BenchEnv) -> list[Figure]:
     from bench import enumeration_sending
 
@@ -119,6 +125,7 @@ SECTIONS: dict[str, Section] = {
     "http": _http,
     "request_path": _request_path,
     "enumeration": _enumeration,
+    "code_enumeration": _code_enumeration,
     "enumeration_sending": _enumeration_sending,
     "hashing": _hashing,
     "dispatch": _dispatch,

@@ -104,7 +104,8 @@ def _label(spec: FlowSpec, t: Transition, numbers: Sequence[int]) -> str:
     deadline = spec.deadlines.get(t.source)
     if deadline is not None and deadline.event == t.event:
         kept = ", not restarted" if not deadline.restart else ""
-        label += f" (after {_duration(deadline.after)}{kept})"
+        after = _duration(deadline.fixed) if deadline.fixed is not None else "a computed time"
+        label += f" (after {after}{kept})"
     if numbers:
         label += f" ({', '.join(str(n) for n in numbers)})"
     # Mermaid ends a statement at a newline or ';'; neither belongs in a label.
@@ -203,8 +204,16 @@ def png(spec: FlowSpec, *, current: str | None = None, path: Sequence[PathStep] 
     return _render(dot(spec, current=current, path=path), "png")
 
 
+def diagram_stem(registry: FlowRegistry, spec: FlowSpec) -> str:
+    """The file name (without suffix) of a flow version's diagrams: `<flow>` for the
+    newest version, `<flow>.v<N>` for each older one still registered."""
+    newest = registry.get(spec.name)
+    return spec.name if spec.version == newest.version else f"{spec.name}.v{spec.version}"
+
+
 def write_diagrams(registry: FlowRegistry, out_dir: Path) -> list[Path]:
-    """Write `<flow>.mmd` and `<flow>.dot` for every flow, and `<flow>.svg` with Graphviz.
+    """Write `.mmd` and `.dot` for every registered version of every flow, and `.svg`
+    with Graphviz, named by `diagram_stem` (the newest keeps `<flow>.mmd`).
 
     Returns the files written, in order. Text is written with LF line endings
     on every platform so the committed files compare byte for byte.
@@ -213,15 +222,16 @@ def write_diagrams(registry: FlowRegistry, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     with_svg = graphviz_available()
     written: list[Path] = []
-    for spec in registry:
+    for spec in registry.all_versions():
         outputs: list[tuple[str, bytes]] = [
             ("mmd", mermaid(spec).encode()),
             ("dot", dot(spec).encode()),
         ]
         if with_svg:
             outputs.append(("svg", svg(spec)))
+        stem = diagram_stem(registry, spec)
         for suffix, content in outputs:
-            target = out_dir / f"{spec.name}.{suffix}"
+            target = out_dir / f"{stem}.{suffix}"
             target.write_bytes(content)
             written.append(target)
     return written

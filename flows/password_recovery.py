@@ -1,16 +1,27 @@
 """The password-recovery flow: "Forgot password?" from request to sign-in.
 
-Reads like its diagram (diagrams/password_recovery.mmd), in this order:
+Reads like its diagram (diagrams/password_recovery.mmd; version 1 in
+diagrams/password_recovery.v1.mmd), in this order:
 
 1. the stored names: states (`Step`) and events (`Event`), named once;
-2. the machine: its transitions, each with the guard that picks it and the
-   effect it runs (inside the transition's database transaction);
-3. the guards, then the effects;
-4. the flow as the engine knows it: deadlines, the one-live rule it shares
-   with the other account journeys, its funnel, its automatic work (emailing
-   the link, then the "password changed" notice) and its hooks;
-5. what a person does: ask, open the link, set the password, say "this
-   wasn't me"; and what support may do (resend).
+2. the guards every version's transitions use, then the effects they run
+   (inside the transition's database transaction);
+3. the machines, one per version: their transitions, each with the guard that
+   picks it and the effect it runs. Version 2 adds one event: the email also
+   carries a one-time code, and typing it where the person asked
+   (`enter_code`) opens the same new-password form as the link;
+4. the flow as the engine knows it, both versions: deadlines, the one-live
+   rule it shares with the other account journeys, its funnel, its automatic
+   work (emailing the link, and the code from version 2, then the "password
+   changed" notice) and its hooks;
+5. what a person does: ask, open the link or type the code, set the
+   password, say "this wasn't me"; and what support may do (resend).
+
+Attempts keep the version they started on: one begun on version 1 finishes
+without a code, new ones start on version 2. No stored name changes between
+the versions: a code opens the attempt into `link_opened`, as the link does,
+and the attempt's data and event details say which route (`link` or `code`)
+the person took.
 
 The throttles key on the normalised submitted address whether or not it has
 an account, and everything up to the email happens off the request path, so
@@ -31,14 +42,21 @@ from typing import Any, Protocol
 from statemachine import StateMachine
 from statemachine.states import States
 
-from api.accounts import links
+from api.accounts import codes, links
 from api.accounts.accounts import Accounts, change_password
 from api.accounts.addresses import InvalidEmail, normalise_email
 from api.accounts.models import Account
 from api.accounts.passwords import PasswordHasher
 from api.accounts.policy import PasswordPolicy, PersonalData, Violation, check_history
 from api.accounts.tokens import new_token, token_hash
-from api.errors import DEAD_LINKS, InvalidInput, LinkDead, LinkUsed, PolicyFailed
+from api.errors import (
+    DEAD_LINKS,
+    InvalidCode,
+    InvalidInput,
+    LinkDead,
+    LinkUsed,
+    PolicyFailed,
+)
 from api.i18n import DEFAULT, SUPPORTED
 from api.mail.delivery import UNUSABLE_ADDRESS, Mail
 from api.mail.messages import password_changed_email, recovery_email
@@ -97,6 +115,8 @@ class Event(StrEnum):
     expire = "expire"
     cancel = "cancel"
     supersede = "supersede"
+    # Version 2: the code from the email, typed where the person asked.
+    enter_code = "enter_code"
 
 
 FINAL = {
@@ -118,39 +138,22 @@ DEAD_REASONS = {
     Step.logged_in: "used",
 }
 
-# -- 2. the machine ------------------------------------------------------------------
+# -- 2. what the machines run: guards, then effects ---------------------------------------
+
+# How the person reached the new-password form, as the attempt's data records it.
+LINK_ROUTE = "link"
+CODE_ROUTE = "code"
 
 
-class PasswordRecovery(StateMachine):
-    """One recovery attempt."""
+class _Recovery(StateMachine):
+    """The guards and effects of every version of the machine (section 3), found by name.
 
-    s = States.from_enum(Step, initial=Step.requested, final=FINAL, use_enum_instance=False)
+    It declares no states: python-statemachine shares a class's `State` objects with
+    its subclasses, so a version that drew a new arrow from an inherited state would
+    draw it in the older version too. Each version declares its own states and arrows.
+    """
 
-    # Throttles come first: they key on the address, whether or not it has an account.
-    dispatch = (
-        s.requested.to(s.throttled, cond="over_a_limit")
-        | s.requested.to(s.unknown_account, cond="no_account")
-        | s.requested.to(s.emailed, cond="mail_accepted", on="keep_the_link")
-    )
-    bounce = s.requested.to(s.undeliverable, on="drop_the_link")
-    open_link = s.emailed.to(s.link_opened, cond="link_live") | s.link_opened.to.itself(
-        cond="link_live"
-    )
-    set_password = s.link_opened.to(
-        s.password_set, cond=["link_live", "password_acceptable"], on="change_the_password"
-    )
-    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
-    expire = s.requested.to(s.expired) | s.emailed.to(s.expired) | s.link_opened.to(s.expired)
-    cancel = (
-        s.requested.to(s.cancelled, on="revoke_the_link")
-        | s.emailed.to(s.cancelled, on="revoke_the_link")
-        | s.link_opened.to(s.cancelled, on="revoke_the_link")
-    )
-    supersede = s.emailed.to(s.superseded, on="revoke_the_link") | s.link_opened.to(
-        s.superseded, on="revoke_the_link"
-    )
-
-    # -- 3a. guards: decisions from the facts the caller gathered --------------------
+    # -- 2a. guards: decisions from the facts the caller gathered --------------------
 
     def over_a_limit(self, throttle: str | None = None) -> bool:
         return throttle is not None
@@ -173,7 +176,7 @@ class PasswordRecovery(StateMachine):
         recorded = self.model.data.get("credential_version")
         return credential_version is not None and recorded in (None, credential_version)
 
-    # -- 3b. effects: what a transition does, in its transaction ---------------------
+    # -- 2b. effects: what a transition does, in its transaction ---------------------
 
     def keep_the_link(self, tx: Any, link_digest: str) -> None:
         """The link just emailed is the attempt's; the engine then ends the account's
@@ -209,9 +212,94 @@ class PasswordRecovery(StateMachine):
             },
         )
 
+    # -- 2c. version 2's guard and effect: the code -----------------------------------
 
-if {event.id for event in PasswordRecovery.events} != set(Event):
-    raise TypeError("flows.password_recovery: Event must name exactly the machine's events")
+    def code_right(self, verdict: str | None = None) -> bool:
+        # Judged right within both limits of wrong codes (`api.accounts.codes.judge`).
+        return verdict == codes.Verdict.right
+
+    def keep_the_code_token(self, tx: Any, link: links.Link, code_token_digest: str) -> None:
+        """The token the code was exchanged for opens the form from now on (only the
+        newest one: a code typed again replaces it)."""
+        if not links.keep_code_token(tx.conn, link, code_token_digest):
+            # The link was used or revoked since it was read.
+            raise ConflictError(tx.attempt.id, Event.enter_code)
+
+
+# -- 3. the machines, one per version -------------------------------------------------------
+
+
+class PasswordRecovery(_Recovery):
+    """One recovery attempt, version 1: the email carries a link."""
+
+    s = States.from_enum(Step, initial=Step.requested, final=FINAL, use_enum_instance=False)
+
+    # Throttles come first: they key on the address, whether or not it has an account.
+    dispatch = (
+        s.requested.to(s.throttled, cond="over_a_limit")
+        | s.requested.to(s.unknown_account, cond="no_account")
+        | s.requested.to(s.emailed, cond="mail_accepted", on="keep_the_link")
+    )
+    bounce = s.requested.to(s.undeliverable, on="drop_the_link")
+    open_link = s.emailed.to(s.link_opened, cond="link_live") | s.link_opened.to.itself(
+        cond="link_live"
+    )
+    set_password = s.link_opened.to(
+        s.password_set, cond=["link_live", "password_acceptable"], on="change_the_password"
+    )
+    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
+    expire = s.requested.to(s.expired) | s.emailed.to(s.expired) | s.link_opened.to(s.expired)
+    cancel = (
+        s.requested.to(s.cancelled, on="revoke_the_link")
+        | s.emailed.to(s.cancelled, on="revoke_the_link")
+        | s.link_opened.to(s.cancelled, on="revoke_the_link")
+    )
+    supersede = s.emailed.to(s.superseded, on="revoke_the_link") | s.link_opened.to(
+        s.superseded, on="revoke_the_link"
+    )
+
+
+class PasswordRecoveryWithCode(_Recovery):
+    """One recovery attempt, version 2: the email carries a one-time code beside the link,
+    and a right code typed where the person asked opens the attempt as the link does.
+
+    Version 1's arrows, unchanged (a test holds them equal), and `enter_code`.
+    """
+
+    s = States.from_enum(Step, initial=Step.requested, final=FINAL, use_enum_instance=False)
+
+    # Throttles come first: they key on the address, whether or not it has an account.
+    dispatch = (
+        s.requested.to(s.throttled, cond="over_a_limit")
+        | s.requested.to(s.unknown_account, cond="no_account")
+        | s.requested.to(s.emailed, cond="mail_accepted", on="keep_the_link")
+    )
+    bounce = s.requested.to(s.undeliverable, on="drop_the_link")
+    open_link = s.emailed.to(s.link_opened, cond="link_live") | s.link_opened.to.itself(
+        cond="link_live"
+    )
+    set_password = s.link_opened.to(
+        s.password_set, cond=["link_live", "password_acceptable"], on="change_the_password"
+    )
+    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
+    expire = s.requested.to(s.expired) | s.emailed.to(s.expired) | s.link_opened.to(s.expired)
+    cancel = (
+        s.requested.to(s.cancelled, on="revoke_the_link")
+        | s.emailed.to(s.cancelled, on="revoke_the_link")
+        | s.link_opened.to(s.cancelled, on="revoke_the_link")
+    )
+    supersede = s.emailed.to(s.superseded, on="revoke_the_link") | s.link_opened.to(
+        s.superseded, on="revoke_the_link"
+    )
+    enter_code = s.emailed.to(
+        s.link_opened, cond=["code_right", "link_live"], on="keep_the_code_token"
+    ) | s.link_opened.to.itself(cond=["code_right", "link_live"], on="keep_the_code_token")
+
+
+if {event.id for event in PasswordRecovery.events} != set(Event) - {Event.enter_code}:
+    raise TypeError("flows.password_recovery: Event must name exactly version 1's events")
+if {event.id for event in PasswordRecoveryWithCode.events} != set(Event):
+    raise TypeError("flows.password_recovery: Event must name exactly version 2's events")
 
 
 # -- 4. the flow as the engine knows it --------------------------------------------------
@@ -235,34 +323,52 @@ THROTTLE_WINDOW = timedelta(hours=1)
 
 
 def specs(settings: Settings) -> list[FlowSpec]:
-    """The flow's versions, configured: the link dies `link_ttl_minutes` after it is emailed."""
-    link_ttl = timedelta(minutes=settings.link_ttl_minutes)
+    """The flow's versions, configured: the link (and from version 2 the code beside it)
+    dies `link_ttl_minutes` after it is emailed. Both versions share everything but the
+    machine: the same deadlines, group, funnel, work and hooks."""
     return [
-        FlowSpec(
-            name=NAME,
-            machine=PasswordRecovery,
-            version=1,
-            description='"Forgot password?": request, email a link, set a new password, sign in.',
-            deadlines={
-                Step.requested: Deadline(REQUEST_TTL, Event.expire),
-                Step.emailed: Deadline(link_ttl, Event.expire),
-                # Opening the link does not extend its life.
-                Step.link_opened: Deadline(link_ttl, Event.expire, restart=False),
-            },
-            exclusive=Exclusive(ACCOUNT_JOURNEYS, live=LIVE, end_event=Event.supersede),
-            funnel=(
-                Step.requested,
-                Step.emailed,
-                Step.link_opened,
-                Step.password_set,
-                Step.logged_in,
-            ),
-            jobs=(Job(Step.requested, send_link),),
-            outbox=(OutboxHandler(PASSWORD_CHANGED, send_password_changed),),
-            # What support may fire (POST /api/support/attempts/{id}/events/{event}).
-            hooks={"signed_in": signed_in, "resend": resend, "support_events": (Event.cancel,)},
-        )
+        _spec(
+            settings,
+            1,
+            PasswordRecovery,
+            '"Forgot password?": request, email a link, set a new password, sign in.',
+        ),
+        _spec(
+            settings,
+            2,
+            PasswordRecoveryWithCode,
+            '"Forgot password?": request, email a link and a one-time code, open the link '
+            "or type the code, set a new password, sign in.",
+        ),
     ]
+
+
+def _spec(settings: Settings, version: int, machine: type[_Recovery], description: str) -> FlowSpec:
+    link_ttl = timedelta(minutes=settings.link_ttl_minutes)
+    return FlowSpec(
+        name=NAME,
+        machine=machine,
+        version=version,
+        description=description,
+        deadlines={
+            Step.requested: Deadline(REQUEST_TTL, Event.expire),
+            Step.emailed: Deadline(link_ttl, Event.expire),
+            # Opening the link does not extend its life.
+            Step.link_opened: Deadline(link_ttl, Event.expire, restart=False),
+        },
+        exclusive=Exclusive(ACCOUNT_JOURNEYS, live=LIVE, end_event=Event.supersede),
+        funnel=(
+            Step.requested,
+            Step.emailed,
+            Step.link_opened,
+            Step.password_set,
+            Step.logged_in,
+        ),
+        jobs=(Job(Step.requested, send_link),),
+        outbox=(OutboxHandler(PASSWORD_CHANGED, send_password_changed),),
+        # What support may fire (POST /api/support/attempts/{id}/events/{event}).
+        hooks={"signed_in": signed_in, "resend": resend, "support_events": (Event.cancel,)},
+    )
 
 
 # -- 4a. automatic work: the email with the link -------------------------------------
@@ -320,6 +426,11 @@ def _throttle(app: App, attempt: AttemptRecord) -> str | None:
     return None
 
 
+def _carries_a_code(app: App, attempt: AttemptRecord) -> bool:
+    """Whether the attempt's version emails a code beside the link."""
+    return Event.enter_code in app.engine.spec_of(attempt).events
+
+
 def _locale(value: object) -> str:
     return value if isinstance(value, str) and value in SUPPORTED else DEFAULT
 
@@ -331,6 +442,8 @@ async def _email_link(
     # The "this wasn't me" link carries a token of its own, which can only cancel:
     # the reset token in it would open the password form to whoever clicks it.
     cancel_token = new_token()
+    # From version 2 the email also carries a one-time code (only its digest is kept).
+    code = codes.new_code(app.settings.code_digits) if _carries_a_code(app, attempt) else None
     now = app.engine.clock.now()
     base = app.settings.public_base_url
     tries = int(delivery.get("tries") or 0) + 1
@@ -345,6 +458,8 @@ async def _email_link(
             reference=support_reference(attempt.id),
             name=account.name,
             sent_at=now,
+            code=code,
+            code_page=f"{base}/recovery/code" if code is not None else None,
         )
     except ValueError:
         # The stored address cannot be written into a message: no later try can,
@@ -361,8 +476,16 @@ async def _email_link(
     digest = token_hash(token)
     # The digest is stored before the mail leaves, so a link opened the instant it
     # arrives is found (opening it waits for `dispatch` to commit: `_settled`).
+    code_digest = codes.code_digest(code, digest) if code is not None else None
     await app.engine.db.run(
-        links.store, app.engine.db, attempt.id, account.id, digest, token_hash(cancel_token), now
+        links.store,
+        app.engine.db,
+        attempt.id,
+        account.id,
+        digest,
+        token_hash(cancel_token),
+        now,
+        code_digest,
     )
     error = await app.mail.send(message)
     now = app.engine.clock.now()
@@ -566,12 +689,16 @@ async def open_link(
         and sent_at is not None
         and app.engine.clock.now() - sent_at <= AUTOMATED_OPEN_WINDOW
     )
+    route = _route(token, link)
     detail = {
         "method": method.upper(),
         "repeat": attempt.state == Step.link_opened,
         "suspected_automated": automated,
+        "route": route,
     }
-    fired = await _fire_for_link(app, link, attempt, Event.open_link, {"link": link}, detail)
+    fired = await _fire_for_link(
+        app, link, attempt, Event.open_link, {"link": link}, detail, data={"route": route}
+    )
     return OpenedLink(fired.attempt, fired.attempt.deadline_at, support_reference(fired.attempt.id))
 
 
@@ -614,13 +741,15 @@ async def set_password(
         )
         raise PolicyFailed(violations, locale)
     new_hash = await app.hasher.hash(password)
+    route = _route(token, link)
     fired = await _fire_for_link(
         app,
         link,
         attempt,
         Event.set_password,
         {"link": link, "violations": [], "account": account, "new_hash": new_hash},
-        {},
+        {"route": route},
+        data={"route": route},
     )
     return fired.attempt
 
@@ -660,6 +789,7 @@ async def _fire_for_link(
     event: Event,
     params: dict[str, Any],
     detail: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> Any:
     """Fire on the link's attempt as the person; explain a refusal as a dead or used link
     (a policy refusal of a live link is the caller's to explain)."""
@@ -670,6 +800,7 @@ async def _fire_for_link(
             actor=PERSON,
             params=params,
             detail=detail,
+            data=data,
             expected_version=attempt.version,
         )
     except EventRefused as refused:
@@ -680,10 +811,136 @@ async def _fire_for_link(
         # Someone else moved the attempt first (a concurrent submission).
         current = await app.engine.get(attempt.id)
         if event == Event.open_link and current.state == Step.link_opened:
-            return await _fire_for_link(app, link, current, event, params, detail)
+            return await _fire_for_link(app, link, current, event, params, detail, data)
         if event == Event.set_password:
             raise LinkUsed(support_reference(attempt.id)) from None
         raise _dead_link(current.state, link) from None
+
+
+def _route(token: object, link: links.Link) -> str:
+    """Which credential opened the form: the link's own token, or the one a code gave."""
+    return (
+        CODE_ROUTE if isinstance(token, str) and links.opened_by_code(token, link) else LINK_ROUTE
+    )
+
+
+# -- 5b. the code, typed where the person asked --------------------------------------------
+
+# The attempts a code may belong to: every state reached once a link was emailed (or
+# nothing was sent because the address has no account), newest first. One still waiting
+# for its email, or throttled (nothing sent), is passed over for the one before it.
+CODE_CANDIDATES = tuple(step for step in Step if step not in (Step.requested, Step.throttled))
+# How many of an address's newest attempts a code is compared with: the newest one, and
+# a few older ones, so a code from an email a newer one superseded is told as such.
+CODE_ATTEMPTS_COMPARED = 5
+# A lost race to log a try on an attempt someone else is firing at: tried again this often.
+CODE_FIRE_RETRIES = 10
+
+
+@dataclass(frozen=True)
+class EnteredCode:
+    """A right code: the attempt it opened and the token that now opens its form."""
+
+    attempt: AttemptRecord
+    expires_at: datetime | None
+    token: str
+    reference: str
+
+
+async def enter_code(app: App, email: object, code: object) -> EnteredCode:
+    """The code from the email, typed with the address it went to: a fresh token for the
+    new-password form, bound to that attempt and dying with its link.
+
+    A try costs the same work whatever the address: the subject's newest attempts a code
+    may belong to (at most `CODE_ATTEMPTS_COMPARED`), their links' rows (none for an
+    address without an account), a keyed digest compared in constant time against each
+    row's code (as many comparisons, rows or not), one write transaction that judges and
+    counts the try (`api.accounts.codes.judge`), and, when there is an attempt, the try
+    recorded in its event log (refused ones with their outcome, never the code).
+
+    A code that matches none is judged wrong against the newest attempt. Every refusal
+    is the same `InvalidCode`, except a right code for an attempt that is over (one a
+    newer email superseded, say): the dead-link error that says why, which only someone
+    holding that code can learn.
+    """
+    try:
+        subject = normalise_email(email)
+    except InvalidEmail as exc:
+        raise InvalidInput("email", str(exc)) from None
+    digits = app.settings.code_digits
+    typed = codes.normalise_code(code, digits)
+    if typed is None:
+        raise InvalidInput("code", f"the code is the {digits} digits in the email")
+    db = app.engine.db
+    candidates = await _code_attempts(app, subject)
+    rows = await db.run(links.of_attempts, db, [a.id for a in candidates], write=False)
+    found = [rows.get(a.id) for a in candidates]
+    found += [None] * (CODE_ATTEMPTS_COMPARED - len(found))
+    hits = [
+        codes.matches(typed, row.token_hash if row else None, row.code_hash if row else None)
+        for row in found
+    ]
+    index = hits.index(True) if any(hits) else 0
+    attempt = candidates[index] if candidates else None
+    link = found[index]
+    judged = await db.run(
+        codes.judge,
+        db,
+        subject,
+        link.token_hash if link else None,
+        hits[index],
+        per_attempt=app.settings.code_max_wrong_per_attempt,
+        per_account=app.settings.code_max_wrong_per_account,
+        now=app.engine.clock.now(),
+    )
+    token = new_token()
+    if attempt is None:
+        raise InvalidCode()
+    verdict = judged.verdict
+    params = {"verdict": verdict, "link": link, "code_token_digest": token_hash(token)}
+    detail: dict[str, Any] = {"route": CODE_ROUTE, "outcome": verdict.value}
+    if judged.wrong_codes is not None:
+        detail["wrong_codes"] = judged.wrong_codes
+    for _ in range(CODE_FIRE_RETRIES):
+        try:
+            fired = await app.engine.fire(
+                attempt.id,
+                Event.enter_code,
+                actor=PERSON,
+                params=params,
+                detail=detail,
+                data={"route": CODE_ROUTE},
+            )
+        except EventRefused as refused:
+            if verdict == codes.Verdict.right and link is not None:
+                # The right code, but its attempt is over: say why, as a dead link does.
+                raise _dead_link(refused.state, link) from None
+            raise InvalidCode() from None
+        except ConflictError:
+            # Another try (or the worker) logged on the attempt at the same moment.
+            await asyncio.sleep(0)
+            continue
+        opened = fired.attempt
+        return EnteredCode(opened, opened.deadline_at, token, support_reference(opened.id))
+    raise ConflictError(attempt.id, Event.enter_code)
+
+
+async def _code_attempts(app: App, subject: str) -> list[AttemptRecord]:
+    """The subject's newest attempts a code may belong to, newest first, of versions
+    that email codes.
+
+    Only attempts recent enough to still be live are looked at: one waits at most
+    `REQUEST_TTL` for its email, whose link then lives `link_ttl_minutes`.
+    """
+    window = REQUEST_TTL + timedelta(minutes=app.settings.link_ttl_minutes)
+    page = await app.engine.queries.page(
+        flows=[NAME],
+        subject=subject,
+        states=list(CODE_CANDIDATES),
+        created_since=app.engine.clock.now() - window,
+        limit=CODE_ATTEMPTS_COMPARED,
+    )
+    return [attempt for attempt in page.items if _carries_a_code(app, attempt)]
 
 
 def _dead_link(state: str, link: links.Link) -> LinkDead:

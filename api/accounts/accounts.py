@@ -4,8 +4,8 @@
 link today, support-handled recovery next), inside that route's transaction:
 the new hash and history, a new credential version (so a sign-in that
 verified the old password opens nothing afterwards: `api.accounts.signin`),
-every session and every other link revoked, the sign-in failures lifted and
-the remembered browsers forgotten.
+every session and every other link revoked, the sign-in failures and the
+wrong recovery codes lifted, and the remembered browsers forgotten.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from api.accounts import links
+from api.accounts import codes, links
 from api.accounts.addresses import InvalidEmail, normalise_email
 from api.accounts.models import Account, LoginDevice, LoginFailure, LoginSession
 from api.accounts.passwords import PasswordHasher
@@ -72,6 +72,8 @@ def change_password(
     # built up are lifted, and no browser stays vouched for by the old password.
     conn.execute(delete(failure_t).where(failure_t.c.key == account.email_normalized))
     conn.execute(delete(device_t).where(device_t.c.account_id == account.id))
+    # A successful recovery also ends the run of wrong recovery codes typed for it.
+    codes.clear(conn, account.email_normalized)
     return version
 
 

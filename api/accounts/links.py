@@ -2,7 +2,10 @@
 
 A link's token (and the cancel-only token of its "this wasn't me" link) are
 256 random bits shown once, in the email; the row keeps their SHA-256
-digests, bound to one attempt and one account. Lookups go by digest (an
+digests, bound to one attempt and one account. The email's one-time code
+(`api.accounts.codes`) lives on the same row, and so does the digest of the
+token a right code was exchanged for: that token opens what the link opens,
+and both die with the row. Lookups go by digest (an
 index); the comparison that decides is constant-time. A link dies when its
 row is used (`used_at`, exactly once) or revoked (`revoked_at`), or when its
 attempt leaves the states where it is live.
@@ -14,7 +17,7 @@ transition's effect); the others open their own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +43,9 @@ class Link:
     created_at: datetime
     used_at: datetime | None
     revoked_at: datetime | None
+    code_hash: str | None = None
+    code_failures: int = 0
+    code_token_hash: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Link:
@@ -59,8 +65,10 @@ def store(
     digest: str,
     cancel_digest: str,
     now: datetime,
+    code_digest: str | None = None,
 ) -> None:
-    """The attempt's link tokens, replacing those of an earlier try that never went out."""
+    """The attempt's link tokens (and its code's digest, if the email carries one),
+    replacing those of an earlier try that never went out."""
     with db.transaction() as conn:
         conn.execute(delete(token_t).where(token_t.c.attempt_id == attempt_id))
         conn.execute(
@@ -70,29 +78,63 @@ def store(
                 attempt_id=attempt_id,
                 account_id=account_id,
                 created_at=now,
+                code_hash=code_digest,
+                code_failures=0,
             )
         )
 
 
 def find(db: Database, token: object, *, cancel: bool = False) -> Link:
-    """The link a token opens (with `cancel`, also the link whose cancel-only token it is);
-    `UnknownToken` for anything that is not one of ours."""
+    """The link a token opens: the link's own token, or the one a right code was exchanged
+    for (with `cancel`, also the link whose cancel-only token it is); `UnknownToken` for
+    anything that is not one of ours."""
     if not plausible_token(token):
         raise UnknownToken()
     assert isinstance(token, str)
     digest = token_hash(token)
     with db.transaction(write=False) as conn:
         row = conn.execute(select(token_t).where(token_t.c.token_hash == digest)).first()
+        if row is None:
+            row = conn.execute(select(token_t).where(token_t.c.code_token_hash == digest)).first()
         if row is None and cancel:
             row = conn.execute(select(token_t).where(token_t.c.cancel_hash == digest)).first()
     if row is None:
         raise UnknownToken()
     link = Link.from_row(row)
     # The index found the row by digest; the decision is a constant-time compare.
-    stored = link.cancel_hash if link.cancel_hash == digest else link.token_hash
+    stored = next(
+        (h for h in (link.cancel_hash, link.code_token_hash) if h == digest), link.token_hash
+    )
     if stored is None or not token_matches(token, stored):
         raise UnknownToken()
     return link
+
+
+def of_attempts(db: Database, attempt_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Link]:
+    """The links stored for these attempts, by attempt (one emailed nothing: none)."""
+    with db.transaction(write=False) as conn:
+        rows = conn.execute(select(token_t).where(token_t.c.attempt_id.in_(list(attempt_ids))))
+        return {row.attempt_id: Link.from_row(row) for row in rows}
+
+
+def opened_by_code(token: str, link: Link) -> bool:
+    """Whether `token` is the one a right code was exchanged for (not the link's own)."""
+    return link.code_token_hash is not None and token_matches(token, link.code_token_hash)
+
+
+def keep_code_token(conn: Connection, link: Link, digest: str) -> bool:
+    """Make `digest` the link's code token (the previous one stops working); False if
+    the link was used or revoked meanwhile."""
+    done = conn.execute(
+        update(token_t)
+        .where(
+            token_t.c.token_hash == link.token_hash,
+            token_t.c.used_at.is_(None),
+            token_t.c.revoked_at.is_(None),
+        )
+        .values(code_token_hash=digest)
+    )
+    return done.rowcount == 1
 
 
 def current_digest(conn: Connection, attempt_id: uuid.UUID) -> str | None:

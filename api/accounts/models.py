@@ -1,4 +1,5 @@
-"""Tables of accounts and sign-in: accounts, link tokens, sessions, failures, devices.
+"""Tables of accounts and sign-in: accounts, link tokens, sessions, failures, devices,
+and the wrong recovery codes typed per address.
 
 Secrets are never stored: tokens, session tokens and support keys are kept as
 SHA-256 hex digests, passwords as Argon2id hashes.
@@ -44,6 +45,12 @@ class RecoveryToken(SQLModel, table=True):
 
     `cancel_hash` is the hash of the "this wasn't me" link's own token: it can cancel
     the attempt and nothing else (it opens no form and sets no password).
+
+    The one-time code the same email carries (flow version 2) lives on the same row,
+    so it dies with the link: `code_hash` is its keyed digest (`api.accounts.codes`),
+    `code_failures` the wrong codes judged against it, and `code_token_hash` the digest
+    of the token a right code was exchanged for (only the newest one works), which
+    opens the same password form as the link.
     """
 
     __tablename__ = "recovery_token"
@@ -55,6 +62,9 @@ class RecoveryToken(SQLModel, table=True):
     created_at: datetime
     used_at: datetime | None = Field(default=None)
     revoked_at: datetime | None = Field(default=None)
+    code_hash: str | None = Field(default=None, max_length=64)
+    code_failures: int = Field(default=0)
+    code_token_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
 
 
 class LoginSession(SQLModel, table=True):
@@ -99,3 +109,18 @@ class LoginDevice(SQLModel, table=True):
     account_id: uuid.UUID = Field(index=True)
     created_at: datetime
     expires_at: datetime
+
+
+class RecoveryCodeFailures(SQLModel, table=True):
+    """Wrong recovery codes judged for one normalised address (account or not), across
+    its attempts, since its last successful recovery: past a cap no code is judged.
+
+    Kept per typed address whether or not an account has it, so the cap behaves the
+    same for every address and tells nobody which ones exist.
+    """
+
+    __tablename__ = "recovery_code_failures"
+
+    key: str = Field(primary_key=True, max_length=320)
+    failures: int = Field(default=0)
+    updated_at: datetime

@@ -1,7 +1,8 @@
 """The two emails of the recovery flow, rendered in the attempt's language.
 
-- `recovery_email`: the link to choose a new password, when it expires, and a
-  "this wasn't me" link;
+- `recovery_email`: the link to choose a new password (and, from version 2 of
+  the flow, a one-time code to type instead), when it expires, and a "this
+  wasn't me" link;
 - `password_changed_email`: "your password was changed", with a "not you?
   contact support" line carrying the support reference.
 
@@ -152,8 +153,12 @@ def recovery_email(
     reference: str,
     name: str,
     sent_at: datetime | None = None,
+    code: str | None = None,
+    code_page: str | None = None,
 ) -> EmailMessage:
-    """The email with the link to choose a new password, and a "this wasn't me" link."""
+    """The email with the link to choose a new password (and, when given, the code that
+    does the same typed where the person asked, or on `code_page` from another device),
+    and a "this wasn't me" link."""
     _check_locale(locale)
     recipient = _recipient(to, name)
     text, html = _render(
@@ -165,6 +170,8 @@ def recovery_email(
             "cancel_link": cancel_link,
             "expires": format_time(expires_at, locale),
             "reference": reference,
+            "code": code,
+            "code_page": code_page,
         },
     )
     return _message(

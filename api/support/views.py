@@ -83,6 +83,8 @@ def detail(
         **item(record),
         "flow_version": record.flow_version,
         "locale": _text(record.data.get("locale")) or DEFAULT,
+        # How the person opened it (`link`, or a `code` typed instead), when a flow says.
+        "route": _text(record.data.get("route")),
         "client_ip": _text(record.data.get("client_ip")),
         "user_agent": _text(record.data.get("user_agent")),
         "delivery": delivery(record.data.get("delivery")),

@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 
 from api.errors import (
     AccountExists,
+    InvalidCode,
     InvalidInput,
     LinkDead,
     LinkUsed,
@@ -120,6 +121,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     # the recovery domain
     InvalidInput: Answer(400),
     UnknownToken: Answer(400),
+    InvalidCode: Answer(400),
     LinkUsed: Answer(_used_link_status),
     LinkDead: Answer(410),
     PolicyFailed: Answer(422),
@@ -285,7 +287,8 @@ def exception_handlers() -> dict[type[Exception] | int, Any]:
 # -- OpenAPI: the error answers each route documents ---------------------------
 
 _DESCRIPTIONS = {
-    400: "Malformed input (wrong type, unknown field, bad JSON, unknown token, bad id)",
+    400: "Malformed input (wrong type, unknown field, bad JSON, unknown token, bad id, "
+    "a code that opens nothing)",
     401: "Missing or invalid credentials",
     403: "The key's role does not allow this",
     404: "No such resource",

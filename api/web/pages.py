@@ -9,6 +9,10 @@ The link's token never stays in the address bar: `GET /recovery/reset?token=…`
 validates it, keeps it in an HttpOnly SameSite=Strict cookie scoped to
 `/recovery`, and redirects to the token-free `/recovery/reset` (as Django does),
 so it cannot leak through the Referer header, the history or a screenshot. The
+code the email also carries (flow version 2), typed on "check your inbox" or on
+`/recovery/code` (any browser, no cookie of ours needed), ends the same way: the
+token a right code is exchanged for goes into the same cookie, then the same
+redirect to the same form. The
 "this wasn't me" link carries a cancel-only token of its own, kept the same way
 in a cookie of its own scoped to `/recovery/cancel` (it never reaches the
 password form), and cancels only on the POST of its confirmation form: mail
@@ -47,6 +51,7 @@ from litestar.template.config import TemplateConfig
 
 from api.accounts.tokens import plausible_token
 from api.errors import (
+    InvalidCode,
     InvalidInput,
     LinkDead,
     LinkUsed,
@@ -324,8 +329,12 @@ def error_page(
         if form == "reset":
             # A field missing or repeated: the form again, nothing typed shown back.
             return _reset_form(request, page, status=400, form_error="invalid_form")
+        if form == "code":
+            return _code_form(request, page, status=400, error=f"invalid_{exc.field}", values=shown)
         template = {"login": "login.html", "recovery": "recovery.html"}.get(form, "error.html")
         return render(page, template, status=400, error=f"invalid_{exc.field}", values=shown)
+    if isinstance(exc, InvalidCode):
+        return _code_form(request, page, status=400, error="code_refused", values=shown)
     if isinstance(exc, (LinkDead, UnknownToken)):
         if isinstance(exc, UnknownToken):
             reason = "unknown"
@@ -483,7 +492,59 @@ async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
         "inbox.html",
         reference=support_reference(attempt.id),
         link_minutes=_settings(request).link_ttl_minutes,
+        # What was typed, for the code form: the same page for every address.
+        email=fields["email"].strip()[:320],
+        code_digits=_settings(request).code_digits,
     )
+
+
+# -- the code from the email, typed instead of opening the link ----------------------------
+
+
+def _code_form(
+    request: Request[Any, Any, Any],
+    page: Page,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    values: Mapping[str, str] | None = None,
+) -> Template:
+    """The page that takes the address and the code (from any browser: no cookie needed)."""
+    settings = _settings(request)
+    return render(
+        page,
+        "code.html",
+        status=status,
+        error=error,
+        values=dict(values or {}),
+        code_digits=settings.code_digits,
+        max_wrong=settings.code_max_wrong_per_attempt,
+    )
+
+
+@get("/recovery/code", name="page_code")
+async def code_form(request: Request[Any, Any, Any]) -> Template:
+    """The address and the code, for a browser other than the one that asked."""
+    return _code_form(request, _page(request))
+
+
+@post("/recovery/code", name="page_code_submit")
+async def code_submit(request: Request[Any, Any, Any]) -> Response[Any]:
+    """A right code: its token into the link's cookie, then the token-free new-password
+    form, exactly as the link gets there; otherwise the code form again, saying so."""
+    page = _page(request)
+    settings = _settings(request)
+    fields = await _fields(request, ("email", "code"))
+    if isinstance(fields, InvalidInput):
+        return error_page(request, page, fields, form="code")
+    service = _service(request)
+    shown = {"email": fields["email"].strip()[:320]}
+    try:
+        entered = await password_recovery.enter_code(service, fields["email"], fields["code"])
+    except (RecoveryError, EngineError) as exc:
+        return error_page(request, page, exc, form="code", values=shown)
+    cookie = _token_cookie(settings, entered.token, _seconds_until(entered.expires_at, service))
+    return _redirect(page.url("/recovery/reset"), cookies=[cookie])
 
 
 # -- the emailed link and the new password -----------------------------------------------
@@ -638,6 +699,8 @@ pages_router = Router(
         logout_submit,
         recovery_form,
         recovery_submit,
+        code_form,
+        code_submit,
         reset_page,
         reset_submit,
         cancel_page,

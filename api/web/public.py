@@ -21,6 +21,8 @@ from api.web.errors import CONSUMES_TOKEN, documented
 from api.web.ratelimit import client_ip, parse_networks
 from api.web.schemas import (
     Accepted,
+    CodeBody,
+    CodeOpened,
     LoginBody,
     PasswordBody,
     RecoveryRequest,
@@ -93,6 +95,29 @@ async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Servi
         attempt_id=str(opened.attempt.id),
         state=opened.attempt.state,
         expires_at=opened.expires_at,
+    )
+
+
+@post(
+    "/recovery/code",
+    status_code=200,
+    summary="Type the code from the email instead of opening its link",
+    description=(
+        "A right code answers a fresh token for POST /api/recovery/password, bound to the "
+        "attempt and dying with its link. A wrong code, a code past its limit of wrong "
+        "tries, and an address without an account or without a code all get the same 400 "
+        "(invalid_code), after the same work; a right code for an attempt that is over "
+        "gets the 410 a dead link gets."
+    ),
+    responses=documented(400, 410, 413, 415, 429),
+)
+async def enter_code(data: JSONBody[CodeBody], services: NamedDependency[Services]) -> CodeOpened:
+    entered = await password_recovery.enter_code(services, data.email, data.code)
+    return CodeOpened(
+        attempt_id=str(entered.attempt.id),
+        state=entered.attempt.state,
+        expires_at=entered.expires_at,
+        token=entered.token,
     )
 
 
@@ -174,6 +199,7 @@ router = Router(
     route_handlers=[
         request_recovery,
         verify_link,
+        enter_code,
         set_password,
         cancel_attempt,
         login,

@@ -51,6 +51,16 @@ class TokenBody(_Strict):
     token: TokenField
 
 
+CodeField = Annotated[
+    str, Meta(max_length=64, description="the one-time code from the email (its digits)")
+]
+
+
+class CodeBody(_Strict):
+    email: EmailField
+    code: CodeField
+
+
 class PasswordBody(_Strict):
     token: TokenField
     password: PasswordField
@@ -70,6 +80,19 @@ class Verified(Struct, frozen=True):
     attempt_id: str
     state: Literal["link_opened"]
     expires_at: datetime | None
+
+
+class CodeOpened(Struct, frozen=True):
+    attempt_id: str
+    state: Literal["link_opened"]
+    expires_at: datetime | None
+    token: Annotated[
+        str,
+        Meta(
+            description="a fresh token for POST /api/recovery/password (and /verify, "
+            "/cancel), bound to this attempt; shown only here, it dies with the link"
+        ),
+    ]
 
 
 class StateAnswer(Struct, frozen=True):
@@ -142,6 +165,10 @@ class SupportAttempt(Struct, frozen=True):
     deadline_at: datetime | None
     email_masked: str
     locale: str
+    route: Annotated[
+        str | None,
+        Meta(description="how the person opened it: link or code (null until then)"),
+    ]
     client_ip: str | None
     user_agent: str | None
     delivery: Delivery

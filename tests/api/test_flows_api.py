@@ -33,7 +33,8 @@ def test_the_registered_flows_are_listed(client: TestClient) -> None:
     answer = client.get("/api/flows")
     assert answer.status_code == 200
     [flow] = answer.json()["items"]
-    assert (flow["name"], flow["version"]) == ("password_recovery", 1)
+    # The newest version: new attempts start on it (version 2 adds the code).
+    assert (flow["name"], flow["version"]) == ("password_recovery", 2)
     assert flow["description"]
 
 
@@ -67,6 +68,7 @@ def test_a_flow_is_described_with_states_events_transitions_and_configured_deadl
         "expire",
         "cancel",
         "supersede",
+        "enter_code",
     }
     assert {"from": "link_opened", "event": "set_password", "to": "password_set"}.items() <= next(
         t for t in flow["transitions"] if t["event"] == "set_password"

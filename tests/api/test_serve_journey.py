@@ -166,3 +166,47 @@ def test_recovery_demo_prints_the_five_states_in_order_against_a_served_instance
     assert printed == JOURNEY
     assert lines[-1] == "journey: " + " → ".join(JOURNEY)
     assert OPAQUE.search(demo.stdout) is None, "the demo printed something token-like"
+
+
+def test_recovery_demo_with_code_types_the_code_and_never_opens_the_link(
+    tmp_path: Path,
+) -> None:
+    """`recovery demo --code` walks the same five states with the email's code
+    (POST /api/recovery/code) instead of the link: no open_link in the attempt's log,
+    its route is the code, and no code or token is printed."""
+    env = {
+        "RECOVERY_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'recovery.db'}",
+        "RECOVERY_MAIL_URL": f"file://{tmp_path / 'var' / 'mail'}",
+    }
+    with running_service(env, cwd=tmp_path) as service:
+        demo = run_recovery("demo", "--code", env=service.env, cwd=tmp_path)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        _wait_for_files(tmp_path / "var" / "mail", 2)
+        assert service.stop(signal.SIGINT) == 0
+
+    lines = demo.stdout.splitlines()
+    printed = [line.split()[0] for line in lines if line.split() and line.split()[0] in JOURNEY]
+    assert printed == JOURNEY
+    assert lines[-1] == "journey: " + " → ".join(JOURNEY) + " (by the code)"
+    assert any("POST /api/recovery/code -> 200" in line for line in lines), lines
+    assert not any("/api/recovery/verify" in line for line in lines), lines
+    assert OPAQUE.search(demo.stdout) is None, "the demo printed something token-like"
+    codes = [
+        found
+        for mail in (tmp_path / "var" / "mail").glob("*.eml")
+        for found in re.findall(r"^(\d{6})\s*$", mail.read_text(), flags=re.MULTILINE)
+    ]
+    assert len(codes) == 1
+    assert codes[0] not in demo.stdout, "the demo printed the code"
+    database = Database(env["RECOVERY_DATABASE_URL"])
+    try:
+        with database.transaction(write=False) as conn:
+            [attempt_id] = conn.execute(select(attempt_t.c.id)).scalars().all()
+        from engine import Engine
+        from flows import registry
+
+        history = Engine(database, registry()).history_sync(attempt_id)
+    finally:
+        database.close()
+    events = [(e.event, e.accepted) for e in history]
+    assert ("enter_code", True) in events and ("open_link", True) not in events

@@ -29,6 +29,7 @@ DETAIL_KEYS = {
     "reference",
     "flow",
     "flow_version",
+    "route",
     "state",
     "created_at",
     "updated_at",
@@ -252,7 +253,14 @@ def test_the_attempt_detail_has_the_fixed_shape_and_the_whole_timeline(api: Api)
     ]
     for entry in body["timeline"]:
         assert set(entry) == {"seq", "event", "from", "to", "actor", "at", "accepted", "detail"}
-    assert body["allowed_events"] == ["open_link", "set_password", "expire", "cancel", "supersede"]
+    assert body["allowed_events"] == [
+        "open_link",
+        "set_password",
+        "expire",
+        "cancel",
+        "supersede",
+        "enter_code",
+    ]
 
 
 def test_reading_an_overdue_attempt_applies_its_deadline(api: Api) -> None:

@@ -137,3 +137,24 @@ def test_without_graphviz_svg_raises_and_text_diagrams_still_write(
         diagrams.png(spec)
     written = diagrams.write_diagrams(FlowRegistry([spec]), tmp_path / "out")
     assert sorted(p.name for p in written) == ["ticket.dot", "ticket.mmd"]
+
+
+def test_every_registered_version_is_written_the_newest_under_the_flows_own_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two versions registered: `<flow>.mmd` is the newest, `<flow>.v1.mmd` the older one,
+    each its own version's diagram."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    both = FlowRegistry([ticket.spec(1), ticket.spec(2)])
+    written = diagrams.write_diagrams(both, tmp_path / "out")
+    assert [p.name for p in written] == [
+        "ticket.v1.mmd",
+        "ticket.v1.dot",
+        "ticket.mmd",
+        "ticket.dot",
+    ]
+    assert (tmp_path / "out" / "ticket.mmd").read_text() == diagrams.mermaid(ticket.spec(2))
+    assert (tmp_path / "out" / "ticket.v1.dot").read_text() == diagrams.dot(ticket.spec(1))
+    assert "(version 2)" in (tmp_path / "out" / "ticket.dot").read_text()
+    assert diagrams.diagram_stem(both, ticket.spec(1)) == "ticket.v1"
+    assert diagrams.diagram_stem(both, ticket.spec(2)) == "ticket"

@@ -27,6 +27,7 @@ from statemachine.exceptions import TransitionNotAllowed
 
 import flows
 from api.accounts import links
+from api.accounts.codes import Verdict
 from api.accounts.models import Account
 from api.accounts.policy import Violation
 from api.settings import Settings
@@ -67,6 +68,13 @@ SPEC_TRANSITIONS = {
     ("link_opened", "supersede", "superseded"),
 }
 SPEC_EVENTS = {event for _, event, _ in SPEC_TRANSITIONS}
+# Version 2 (SPEC §9): the code beside the link opens the attempt as the link does.
+CODE_TRANSITIONS = {
+    ("emailed", "enter_code", "link_opened"),
+    ("link_opened", "enter_code", "link_opened"),
+}
+V2_TRANSITIONS = SPEC_TRANSITIONS | CODE_TRANSITIONS
+V2_EVENTS = SPEC_EVENTS | {"enter_code"}
 # The yes/no questions the guards decide on; `World.facts` turns them into real facts.
 GUARD_FACTS = (
     "throttled",
@@ -75,6 +83,7 @@ GUARD_FACTS = (
     "token_valid",
     "password_accepted",
     "signed_in",
+    "code_right",
 )
 
 
@@ -114,15 +123,22 @@ def test_the_machine_raises_on_an_event_its_state_does_not_allow() -> None:
     assert machine.current_state_value == "requested"
 
 
-def test_states_events_and_transitions_are_exactly_spec_section_3() -> None:
-    """The flow defines SPEC §3's states (and final ones), events and arrows: no more, no fewer."""
-    spec = flows.registry().get("password_recovery")
+@pytest.mark.parametrize(
+    ("version", "events", "transitions"),
+    [(1, SPEC_EVENTS, SPEC_TRANSITIONS), (2, V2_EVENTS, V2_TRANSITIONS)],
+)
+def test_states_events_and_transitions_are_exactly_spec_section_3(
+    version: int, events: set[str], transitions: set[tuple[str, str, str]]
+) -> None:
+    """Version 1 defines SPEC §3's states (and final ones), events and arrows: no more, no
+    fewer; version 2 the same states and arrows, and the code's two arrows besides."""
+    spec = flows.registry().get("password_recovery", version)
     assert spec.initial_state == "requested"
     assert {s: s in spec.final_states for s in spec.states} == SPEC_STATES
-    assert set(spec.events) == SPEC_EVENTS
+    assert set(spec.events) == events
     arrows = [(t.source, t.event, t.target) for t in spec.transitions]
     assert len(arrows) == len(set(arrows)), "an arrow is defined twice"
-    assert set(arrows) == SPEC_TRANSITIONS
+    assert set(arrows) == transitions
 
 
 def test_link_deadline_is_sixty_minutes_from_sending_and_opening_does_not_extend_it() -> None:
@@ -183,6 +199,7 @@ class World:
             used_at=None,
             revoked_at=None if answers["token_valid"] else self.now,
         )
+        code = Verdict.right if answers["code_right"] else Verdict.wrong
         return {
             "throttle": "hourly_limit" if answers["throttled"] else None,
             # `dispatch` asks whether there is an account; a reset is always for one.
@@ -196,12 +213,14 @@ class World:
             "new_hash": "$argon2id$new",
             # A reset raises the account's credential version from 0 to 1.
             "credential_version": 1 if answers["signed_in"] else None,
+            "verdict": code,
+            "code_token_digest": secrets.token_hex(32),
         }
 
 
 fire_step = st.tuples(
     st.just("fire"),
-    st.sampled_from(sorted(SPEC_EVENTS)),
+    st.sampled_from(sorted(V2_EVENTS)),
     st.fixed_dictionaries({fact: st.booleans() for fact in GUARD_FACTS}),
 )
 wait_step = st.tuples(st.just("wait"), st.sampled_from([0, 1, 59, 60, 61, 24 * 60 + 1]))
@@ -225,7 +244,7 @@ def _check_log(
     for entry in rest:
         assert entry.from_state == state, f"seq {entry.seq} does not start where the last ended"
         if entry.accepted:
-            assert (entry.from_state, entry.event, entry.to_state) in SPEC_TRANSITIONS
+            assert (entry.from_state, entry.event, entry.to_state) in V2_TRANSITIONS
             state = entry.to_state
             accepted += 1
         else:
@@ -306,7 +325,7 @@ def test_random_event_sequences_stay_inside_the_flow_and_are_logged_once_in_orde
             continue
         fired.append(outcome)
         assert outcome.attempt.state in spec.states
-        assert (outcome.previous_state, event, outcome.attempt.state) in SPEC_TRANSITIONS
+        assert (outcome.previous_state, event, outcome.attempt.state) in V2_TRANSITIONS
     final = engine.read_sync(attempt.id)
     assert final.state in SPEC_STATES
     _check_log(engine.history_sync(attempt.id), fired, final.state, final.version)
