@@ -32,9 +32,10 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 def test_the_registered_flows_are_listed(client: TestClient) -> None:
     answer = client.get("/api/flows")
     assert answer.status_code == 200
-    [flow] = answer.json()["items"]
+    flow, assisted = answer.json()["items"]
     assert (flow["name"], flow["version"]) == ("password_recovery", 1)
-    assert flow["description"]
+    assert (assisted["name"], assisted["version"]) == ("assisted_recovery", 1)
+    assert flow["description"] and assisted["description"]
 
 
 def test_a_flow_is_described_with_states_events_transitions_and_configured_deadlines(

@@ -25,6 +25,7 @@ from tests.support.tools import require
 
 T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
 DETAIL_KEYS = {
+    "flow_detail",
     "id",
     "reference",
     "flow",
