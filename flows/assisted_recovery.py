@@ -1001,8 +1001,13 @@ class CaseRequest:
 
 
 def _text(value: object, field: str, limit: int) -> tuple[str, InvalidInput | None]:
+    """A bounded free text; a name on one line, a statement or answer on several, and no
+    other control character in either (a NUL could reach no mail, log or database)."""
     if not isinstance(value, str):
         return "", InvalidInput(field, f"{field} must be a string")
+    allowed = "" if field == "name" else "\n\r\t"
+    if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+        return "", InvalidInput(field, f"{field} must not contain control characters")
     cleaned = " ".join(value.split()) if field == "name" else value.strip()
     if not cleaned:
         return "", InvalidInput(field, f"{field} must not be empty")
@@ -1207,13 +1212,9 @@ async def question(app: App, token: object) -> tuple[AttemptRecord, str]:
 
 async def answer(app: App, token: object, text: object) -> AttemptRecord:
     """The person's answer to support's question, once; the case goes back to the queue."""
-    if not isinstance(text, str):
-        raise InvalidInput("answer", "answer must be a string")
-    text = text.strip()
-    if not text:
-        raise InvalidInput("answer", "answer must not be empty")
-    if len(text) > MAX_ANSWER_CHARS:
-        raise InvalidInput("answer", f"answer must be at most {MAX_ANSWER_CHARS} characters")
+    text, problem = _text(text, "answer", MAX_ANSWER_CHARS)
+    if problem is not None:
+        raise problem
     attempt, _question = await question(app, token)
     assert isinstance(token, str)
     try:
