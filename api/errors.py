@@ -163,6 +163,25 @@ class AccountExists(RecoveryError):
         super().__init__("an account with this email address already exists")
 
 
+class ContactCodeInvalid(RecoveryError):
+    """A support-handled recovery's confirmation code that opens nothing: wrong, dead, or
+    for an address without a case waiting; one answer for all of them."""
+
+    code = "invalid_code"
+
+    def __init__(self) -> None:
+        super().__init__("this code is not valid for this address")
+
+
+class AddressTaken(RecoveryError):
+    """Support-handled recovery cannot give an account an address another account has."""
+
+    code = "address_taken"
+
+    def __init__(self) -> None:
+        super().__init__("the new address already belongs to another account; contact support")
+
+
 def describe(exc: BaseException) -> str:
     """A loggable description of an error that cannot carry a secret.
 

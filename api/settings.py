@@ -243,6 +243,21 @@ class PasswordRecoverySettings(BaseModel):
     code_max_wrong_per_account: int = Field(default=10, ge=1)
 
 
+class AssistedRecoverySettings(BaseModel):
+    """Support-handled recovery, "I can't access this email" (`flows/assisted_recovery.py`).
+
+    Its requests share the email route's throttles (`emails_per_hour`,
+    `resend_cooldown_seconds`), keyed on the account's address and on the contact
+    address alike.
+    """
+
+    # The waiting period between a support agent's approval and the grant link (72 h by
+    # default). Each case records it when approved: no agent can shorten a running one.
+    assisted_wait_minutes: int = Field(default=4320, ge=1)
+    # A confirmed case nobody has reviewed after this many days is flagged overdue.
+    assisted_review_days: int = Field(default=3, ge=1)
+
+
 # -- the whole ---------------------------------------------------------------------
 
 
@@ -253,6 +268,7 @@ class Settings(
     WorkerSettings,
     AccountSettings,
     PasswordRecoverySettings,
+    AssistedRecoverySettings,
     BaseSettings,
 ):
     """Every knob of the service, with production defaults (see each section)."""

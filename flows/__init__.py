@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from api.settings import Settings
 from engine import FlowRegistry
-from flows import password_recovery
+from flows import assisted_recovery, password_recovery
 
-FLOWS = (password_recovery,)
+FLOWS = (password_recovery, assisted_recovery)
 
 
 def registry(settings: Settings | None = None) -> FlowRegistry:

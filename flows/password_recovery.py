@@ -367,7 +367,13 @@ def _spec(settings: Settings, version: int, machine: type[_Recovery], descriptio
         jobs=(Job(Step.requested, send_link),),
         outbox=(OutboxHandler(PASSWORD_CHANGED, send_password_changed),),
         # What support may fire (POST /api/support/attempts/{id}/events/{event}).
-        hooks={"signed_in": signed_in, "resend": resend, "support_events": (Event.cancel,)},
+        hooks={
+            "signed_in": signed_in,
+            "resend": resend,
+            "support_events": (Event.cancel,),
+            # What its links do (the reset page and /api/recovery/* call these).
+            "links": links.LinkActions(open=open_link, set_password=set_password, cancel=cancel),
+        },
     )
 
 

@@ -6,6 +6,8 @@ the new hash and history, a new credential version (so a sign-in that
 verified the old password opens nothing afterwards: `api.accounts.signin`),
 every session and every other link revoked, the sign-in failures and the
 wrong recovery codes lifted, and the remembered browsers forgotten.
+`change_address` is how support-handled recovery gives the account its new
+address, in the same transaction.
 """
 
 from __future__ import annotations
@@ -75,6 +77,35 @@ def change_password(
     # A successful recovery also ends the run of wrong recovery codes typed for it.
     codes.clear(conn, account.email_normalized)
     return version
+
+
+def change_address(conn: Connection, account_id: uuid.UUID, email: str, normalised: str) -> None:
+    """Give the account a new address (support-handled recovery, once its password is set).
+
+    The normalised column is uniquely indexed: an address another account holds makes
+    the caller's transaction fail rather than share it.
+    """
+    conn.execute(
+        update(account_t)
+        .where(account_t.c.id == account_id)
+        .values(email=email.strip(), email_normalized=normalised)
+    )
+
+
+def credential_version(conn: Connection, account_id: uuid.UUID) -> int | None:
+    """The account's credential version now (bumped by every password change), or None."""
+    found = conn.execute(
+        select(account_t.c.credential_version).where(account_t.c.id == account_id)
+    ).scalar()
+    return int(found) if found is not None else None
+
+
+def address_taken(conn: Connection, normalised: str, *, besides: uuid.UUID | None = None) -> bool:
+    """Whether an account (other than `besides`) has this normalised address."""
+    query = select(account_t.c.id).where(account_t.c.email_normalized == normalised)
+    if besides is not None:
+        query = query.where(account_t.c.id != besides)
+    return conn.execute(query).first() is not None
 
 
 class Accounts:

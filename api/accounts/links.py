@@ -12,12 +12,16 @@ attempt leaves the states where it is live.
 
 The functions taking a `Connection` run inside the caller's transaction (a
 transition's effect); the others open their own.
+
+Several flows hand out links of this one form (`/recovery/reset?token=…`): each
+says what using one does through its `links` hook (`LinkActions`), and the pages
+and the JSON API call the actions of the flow the link's attempt runs.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +60,22 @@ class Link:
     def live(self) -> bool:
         """Neither used nor revoked (its attempt's state decides the rest)."""
         return self.used_at is None and self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class LinkActions:
+    """A flow's `links` hook: what opening one of its links does (never consuming it),
+    setting the password with it (exactly once), and cancelling with it.
+
+    Each takes the application and the token as `flows.password_recovery` does:
+    `open(app, token, *, method, has_cookies)` answers an object with `attempt` and
+    `expires_at`; `set_password(app, token, password, confirmation, *, locale)` and
+    `cancel(app, token)` answer the attempt.
+    """
+
+    open: Callable[..., Awaitable[Any]]
+    set_password: Callable[..., Awaitable[Any]]
+    cancel: Callable[..., Awaitable[Any]]
 
 
 def store(

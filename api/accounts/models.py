@@ -1,5 +1,6 @@
 """Tables of accounts and sign-in: accounts, link tokens, sessions, failures, devices,
-and the wrong recovery codes typed per address.
+the wrong recovery codes typed per address, and the contact codes and notice tokens of
+support-handled recovery.
 
 Secrets are never stored: tokens, session tokens and support keys are kept as
 SHA-256 hex digests, passwords as Argon2id hashes.
@@ -124,3 +125,34 @@ class RecoveryCodeFailures(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=320)
     failures: int = Field(default=0)
     updated_at: datetime
+
+
+class ContactCode(SQLModel, table=True):
+    """The confirmation code sent to the contact address of a support-handled recovery
+    case (one per case), stored as a digest bound to the case; `failures` counts wrong
+    codes typed against it (past the limit the code is dead)."""
+
+    __tablename__ = "contact_code"
+    __table_args__ = (Index("ix_contact_code_contact_sent", "contact_normalized", "sent_at"),)
+
+    attempt_id: uuid.UUID = Field(primary_key=True)
+    # NFKC + case-folded, like account addresses: the confirmation looks cases up by it.
+    contact_normalized: str = Field(max_length=320)
+    code_hash: str = Field(max_length=64)
+    failures: int = Field(default=0)
+    sent_at: datetime
+    confirmed_at: datetime | None = Field(default=None)
+
+
+class NoticeToken(SQLModel, table=True):
+    """The digest of a token carried by a link in a support-handled recovery email: a
+    notice's "this wasn't me" (`purpose` "cancel"), which cancels the case and nothing
+    else, or the "more information" form's (`purpose` "answer"), used once."""
+
+    __tablename__ = "notice_token"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    attempt_id: uuid.UUID = Field(index=True)
+    purpose: str = Field(max_length=16)
+    created_at: datetime
+    used_at: datetime | None = Field(default=None)

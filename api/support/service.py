@@ -5,7 +5,8 @@ Every query and action is recorded in the audit log under the agent's key
 name (`api.support.audit`), refusals too, and every action is fired on the
 attempt as the actor `support:<key name>`. Nothing here names a flow: lists
 and counts come from the engine's read API, what an attempt's flow allows
-from its spec, a resend from the flow's `resend` hook. Support sees
+from its spec, a resend from the flow's `resend` hook, the fields a flow adds
+to an attempt's detail from its `support_detail` hook. Support sees
 attempts through `api.support.views` only: masked, never a secret.
 
 All database work is sync code; the async methods run it on the database's
@@ -230,7 +231,17 @@ class SupportService:
         record = self.engine.get_sync(attempt_id)
         history = self.engine.history_sync(record.id)
         view = views.detail(record, history, self.engine.allowed_events(record))
-        return {**view, "support_events": self.support_events(record)}
+        return {
+            **view,
+            "support_events": self.support_events(record),
+            "flow_detail": self.flow_detail(record),
+        }
+
+    def flow_detail(self, record: AttemptRecord) -> dict[str, Any]:
+        """What the attempt's flow adds to its detail (its `support_detail` hook, called
+        with the application and the attempt), or nothing."""
+        hook = self.engine.spec_of(record).hooks.get("support_detail")
+        return dict(hook(self.context, record)) if hook is not None else {}
 
     async def attempt(self, key_name: str, attempt_id: str) -> dict[str, Any]:
         return await self._run(self.attempt_sync, key_name, attempt_id)

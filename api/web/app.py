@@ -42,8 +42,8 @@ from api.accounts.passwords import PasswordHasher
 from api.logs import AccessLogMiddleware
 from api.services import Services, build_services
 from api.settings import Settings
+from api.web import assisted, assisted_pages, ops, pages, public, support
 from api.web import flows as flow_routes
-from api.web import ops, pages, public, support
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
 from api.web.ops import SKIP_HOST_CHECK
@@ -71,8 +71,15 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 # Answers that can hold a token, a session or a person's data: never cached.
-NO_STORE_PREFIXES = ("/api/recovery", "/api/login", "/api/logout", "/api/session", "/api/support")
-NO_STORE_PAGES = ("/recovery", "/login")
+NO_STORE_PREFIXES = (
+    "/api/recovery",
+    "/api/assisted-recovery",
+    "/api/login",
+    "/api/logout",
+    "/api/session",
+    "/api/support",
+)
+NO_STORE_PAGES = ("/recovery", "/assisted-recovery", "/login")
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -249,12 +256,14 @@ def create_app(
 
     route_handlers: list[Any] = [
         *public.route_handlers,
+        *assisted.route_handlers,
         *support.route_handlers,
         *flow_routes.route_handlers,
         *ops.route_handlers,
     ]
     # The HTML pages (api/pages.py) bring their templates and the CSRF cookie of their forms.
     route_handlers.extend(pages.route_handlers)
+    route_handlers.extend(assisted_pages.route_handlers)
     template_config = pages.template_config()
     csrf_config = pages.csrf_config(settings)
 

@@ -35,6 +35,8 @@ from sqlalchemy.exc import OperationalError
 
 from api.errors import (
     AccountExists,
+    AddressTaken,
+    ContactCodeInvalid,
     InvalidCode,
     InvalidInput,
     LinkDead,
@@ -129,6 +131,8 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     LoginSlowedDown: Answer(429),
     SessionInvalid: Answer(401),
     AccountExists: Answer(409),
+    ContactCodeInvalid: Answer(400),
+    AddressTaken: Answer(409),
     KeyNameTaken: Answer(409),
     KeyNotFound: Answer(404),
     RecoveryError: Answer(400),

@@ -65,6 +65,7 @@ from api.i18n import SUPPORTED, pick_locale, translations
 from api.services import Services
 from api.settings import Settings
 from api.support.reference import support_reference
+from api.web.link_flows import actions_for
 from api.web.ratelimit import client_ip, parse_networks
 from engine import ConflictError, EngineError
 from flows import password_recovery
@@ -580,7 +581,8 @@ async def reset_page(
     service = _service(request)
     if token is not None:
         try:
-            opened = await password_recovery.open_link(
+            actions = await actions_for(service, token)
+            opened = await actions.open(
                 service, token, method=request.method, has_cookies=bool(request.cookies)
             )
         except (RecoveryError, EngineError) as exc:
@@ -608,7 +610,8 @@ async def reset_submit(request: Request[Any, Any, Any]) -> Template:
     if isinstance(fields, InvalidInput):
         return error_page(request, page, fields, form="reset")
     try:
-        attempt = await password_recovery.set_password(
+        actions = await actions_for(_service(request), token)
+        attempt = await actions.set_password(
             _service(request),
             token,
             fields["password"],
@@ -656,7 +659,8 @@ async def cancel_submit(request: Request[Any, Any, Any]) -> Template:
     if not token:
         return _missing_link(request, page, "/recovery/cancel")
     try:
-        attempt = await password_recovery.cancel(_service(request), token)
+        actions = await actions_for(_service(request), token, cancel=True)
+        attempt = await actions.cancel(_service(request), token)
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="cancel")
     return render(

@@ -18,6 +18,7 @@ from api.errors import SessionInvalid
 from api.i18n import pick_locale
 from api.services import Services
 from api.web.errors import CONSUMES_TOKEN, documented
+from api.web.link_flows import actions_for
 from api.web.ratelimit import client_ip, parse_networks
 from api.web.schemas import (
     Accepted,
@@ -28,6 +29,7 @@ from api.web.schemas import (
     RecoveryRequest,
     SessionAnswer,
     SessionCreated,
+    SessionNotice,
     StateAnswer,
     TokenBody,
     Verified,
@@ -88,9 +90,8 @@ async def request_recovery(
 )
 async def verify_link(data: JSONBody[TokenBody], services: NamedDependency[Services]) -> Verified:
     # A JSON POST is a client app acting for the person, not a mail scanner's prefetch.
-    opened = await password_recovery.open_link(
-        services, data.token, method="POST", has_cookies=True
-    )
+    actions = await actions_for(services, data.token)
+    opened = await actions.open(services, data.token, method="POST", has_cookies=True)
     return Verified(
         attempt_id=str(opened.attempt.id),
         state=opened.attempt.state,
@@ -135,7 +136,8 @@ async def set_password(
     services: NamedDependency[Services],
     lang: Lang = None,
 ) -> StateAnswer:
-    attempt = await password_recovery.set_password(
+    actions = await actions_for(services, data.token)
+    attempt = await actions.set_password(
         services,
         data.token,
         data.password,
@@ -154,7 +156,8 @@ async def set_password(
 async def cancel_attempt(
     data: JSONBody[TokenBody], services: NamedDependency[Services]
 ) -> StateAnswer:
-    attempt = await password_recovery.cancel(services, data.token)
+    actions = await actions_for(services, data.token, cancel=True)
+    attempt = await actions.cancel(services, data.token)
     return StateAnswer(state=attempt.state)
 
 
@@ -183,7 +186,13 @@ async def logout(request: Request[Any, Any, Any], services: NamedDependency[Serv
 
 @get(
     "/session",
-    summary="Who the bearer session belongs to (401 once revoked or expired)",
+    summary="Who the bearer session belongs to (401 once revoked or expired), and its notices",
+    description=(
+        "`notices` lists what the account's owner must know, in the account's language: "
+        "each open support-handled recovery asking to move the account to another address "
+        "(its reference, state, when it was asked, when the change happens once approved), "
+        "which the \"This wasn't me\" link of the email to the account's address cancels."
+    ),
     security=[{"session": []}],
     responses=documented(401, 429),
 )
@@ -191,7 +200,14 @@ async def session(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> SessionAnswer:
     info = await services.signin.session(bearer(request))
-    return SessionAnswer(email_masked=info.email_masked, expires_at=info.expires_at)
+    # What the flows have to tell the account's owner (a support-handled recovery asking
+    # to move the account to another address, say), from each flow's `session_notices`.
+    notices = []
+    for _spec, hook in services.engine.flows.hooked("session_notices"):
+        notices += [SessionNotice(**notice) for notice in await hook(services, info.account_id)]
+    return SessionAnswer(
+        email_masked=info.email_masked, expires_at=info.expires_at, notices=notices
+    )
 
 
 router = Router(

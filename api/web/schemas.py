@@ -104,9 +104,26 @@ class SessionCreated(Struct, frozen=True):
     expires_at: datetime
 
 
+class SessionNotice(Struct, frozen=True):
+    """Something a flow tells every signed-in session of the account."""
+
+    flow: Annotated[str, Meta(examples=["assisted_recovery"])]
+    reference: Annotated[str, Meta(description="the case's support reference")]
+    state: str
+    requested_at: datetime
+    effective_at: Annotated[
+        datetime | None, Meta(description="when the change happens (null until approved)")
+    ]
+    message: Annotated[str, Meta(description="the notice, in the account's language")]
+
+
 class SessionAnswer(Struct, frozen=True):
     email_masked: str
     expires_at: datetime
+    notices: Annotated[
+        list[SessionNotice],
+        Meta(description="what the account's owner must know now (empty when nothing)"),
+    ] = msgspec.field(default_factory=list)
 
 
 # -- support API ----------------------------------------------------------
@@ -176,6 +193,17 @@ class SupportAttempt(Struct, frozen=True):
     allowed_events: Annotated[list[str], Meta(description="every event its state allows now")]
     support_events: Annotated[
         list[str], Meta(description="the events support may fire now (POST .../events/{event})")
+    ]
+    flow_detail: Annotated[
+        dict[str, Any],
+        Meta(
+            description=(
+                "fields the attempt's flow adds to its detail ({} when none). "
+                "assisted_recovery: the case (account found or not, the statement and "
+                "details whole, a match signal per detail given: match | no_match | "
+                "not_on_file, the contact address masked, the exchanges, the wait)"
+            )
+        ),
     ]
 
 

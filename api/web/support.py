@@ -18,7 +18,8 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.types import Scope
 
 from api.errors import RecoveryError
@@ -131,6 +132,16 @@ def key_name(request: Request[Any, Any, Any]) -> str:
     return str(request.state["support_key_name"])
 
 
+# The reason is audited and kept in the event log; request_info sends it to the person.
+EVENT_EXAMPLES = [
+    Example(summary="approve (assisted_recovery)", value={"reason": "details match the account"}),
+    Example(
+        summary="request_info (assisted_recovery): the question the person is sent",
+        value={"reason": "Which city did you last sign in from?"},
+    ),
+    Example(summary="deny (assisted_recovery)", value={"reason": "the details do not match"}),
+    Example(summary="cancel", value={"reason": "the person asked us to stop"}),
+]
 READ = {ROLE_OPT: "read"}
 WRITE = {ROLE_OPT: "write"}
 AttemptId = Annotated[str, PathParameter(description="the attempt's id (a UUID)")]
@@ -250,7 +261,7 @@ async def fire_event(
     services: NamedDependency[Services],
     attempt_id: AttemptId,
     event: Annotated[str, PathParameter(description="the event to fire, e.g. cancel")],
-    data: JSONBody[CancelBody],
+    data: Annotated[CancelBody, Body(examples=EVENT_EXAMPLES)],
 ) -> StateAnswer:
     record = await services.support.fire_event(key_name(request), attempt_id, event, data.reason)
     return StateAnswer(state=record.state)

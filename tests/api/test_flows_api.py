@@ -32,10 +32,11 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 def test_the_registered_flows_are_listed(client: TestClient) -> None:
     answer = client.get("/api/flows")
     assert answer.status_code == 200
-    [flow] = answer.json()["items"]
+    flow, assisted = answer.json()["items"]
     # The newest version: new attempts start on it (version 2 adds the code).
     assert (flow["name"], flow["version"]) == ("password_recovery", 2)
-    assert flow["description"]
+    assert (assisted["name"], assisted["version"]) == ("assisted_recovery", 1)
+    assert flow["description"] and assisted["description"]
 
 
 def test_a_flow_is_described_with_states_events_transitions_and_configured_deadlines(

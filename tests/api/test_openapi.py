@@ -164,6 +164,9 @@ def test_state_fields_list_the_states_of_the_flows(document: dict[str, Any]) -> 
     states = {
         "requested", "emailed", "link_opened", "password_set", "logged_in", "expired",
         "cancelled", "superseded", "unknown_account", "throttled", "undeliverable",
+        # assisted_recovery's own
+        "submitted", "confirming", "in_review", "review_overdue", "info_requested",
+        "waiting", "granted", "denied",
     }  # fmt: skip
     schemas = document["components"]["schemas"]
     for component, prop in (
