@@ -66,6 +66,10 @@ log = logging.getLogger("api.errors")
 GENERIC_500 = "something went wrong on our side; the request was not completed"
 UNAVAILABLE = "the service is briefly unavailable; nothing was recorded, try again shortly"
 RETRY_AFTER_OUTAGE_SECONDS = 5
+# The one code of every kind of malformed input (a wrong type, an unknown field, bad JSON,
+# JSON nested too deeply, a bad query parameter), whoever found it: the domain
+# (`InvalidInput`) or Litestar's own validation.
+INVALID_INPUT = InvalidInput.code
 # A route whose handler consumes a link token sets this opt: a dead-because-used
 # link there is a conflict (someone else submitted first), elsewhere it is gone.
 CONSUMES_TOKEN = "consumes_token"
@@ -143,7 +147,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     OperationalError: Answer(503, "unavailable", UNAVAILABLE),
     EngineError: Answer(500, "internal_error", GENERIC_500),
     # Litestar's own
-    ValidationException: Answer(400, "invalid_request", "the request is not valid"),
+    ValidationException: Answer(400, INVALID_INPUT, "the request is not valid"),
     RequestEntityTooLarge: Answer(413, "body_too_large", "the request body is too large"),
     TooManyRequestsException: Answer(
         429, "rate_limited", "too many requests; try again after the time in Retry-After"
@@ -156,14 +160,14 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     NotAuthorizedException: Answer(401, "unauthorized", "a valid bearer key is required"),
     PermissionDeniedException: Answer(403, "forbidden", "this key may not do that"),
     InvalidHost: Answer(400, "invalid_host", "this service does not answer to that host name"),
-    JsonTooDeep: Answer(400, "invalid_request", "the JSON body is nested too deeply"),
+    JsonTooDeep: Answer(400, INVALID_INPUT, "the JSON body is nested too deeply"),
     ClientDisconnected: Answer(
         400, "client_disconnected", "the request ended before its body was complete"
     ),
     NotJson: Answer(
         415, "unsupported_media_type", "the body must be JSON, sent as application/json"
     ),
-    ClientException: Answer(400, "bad_request", "the request is not valid"),
+    ClientException: Answer(400, INVALID_INPUT, "the request is not valid"),
     HTTPException: Answer(500, "internal_error", GENERIC_500),
     Exception: Answer(500, "internal_error", GENERIC_500),
 }
