@@ -122,7 +122,9 @@ class Accounts:
         if not name.strip():
             raise InvalidInput("name", "name must not be empty")
         if locale not in SUPPORTED:
-            raise InvalidInput("locale", f"locale must be one of {', '.join(SUPPORTED)}")
+            raise InvalidInput(
+                "locale", "locale must be one of: {choices}", choices=", ".join(SUPPORTED)
+            )
         violations = self.policy.check(password, password, PersonalData(name, email, birth_date))
         if violations:
             raise PolicyFailed(violations, locale)

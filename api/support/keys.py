@@ -33,7 +33,7 @@ class KeyNameTaken(RecoveryError):
     code = "key_name_taken"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"a live support key named {name!r} already exists")
+        super().__init__("a live support key named {name!r} already exists", params={"name": name})
 
 
 class KeyNotFound(RecoveryError):
@@ -42,7 +42,7 @@ class KeyNotFound(RecoveryError):
     code = "key_not_found"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"no live support key is named {name!r}")
+        super().__init__("no live support key is named {name!r}", params={"name": name})
 
 
 def key_digest(key: str) -> str:
@@ -70,7 +70,7 @@ class Keys:
         if name.startswith("("):
             raise InvalidInput("name", "name must not start with '('")
         if role not in ROLES:
-            raise InvalidInput("role", f"role must be one of {', '.join(ROLES)}")
+            raise InvalidInput("role", "role must be one of: {choices}", choices=", ".join(ROLES))
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         try:
             with self.db.transaction() as conn:
