@@ -142,7 +142,11 @@ async def cancel_attempt(
 )
 async def login(data: JSONBody[LoginBody], services: NamedDependency[Services]) -> SessionCreated:
     signed_in = await services.signin.login(data.email, data.password)
-    return SessionCreated(session_token=signed_in.session_token, expires_at=signed_in.expires_at)
+    return SessionCreated(
+        session_token=signed_in.session_token,
+        expires_at=signed_in.expires_at,
+        account_id=str(signed_in.account_id),
+    )
 
 
 @post(
@@ -166,7 +170,12 @@ async def session(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> SessionAnswer:
     info = await services.signin.session(bearer(request))
-    return SessionAnswer(email_masked=info.email_masked, expires_at=info.expires_at)
+    return SessionAnswer(
+        email_masked=info.email_masked,
+        expires_at=info.expires_at,
+        account_id=str(info.account_id),
+        locale=info.locale,
+    )
 
 
 router = Router(

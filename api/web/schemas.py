@@ -79,11 +79,14 @@ class StateAnswer(Struct, frozen=True):
 class SessionCreated(Struct, frozen=True):
     session_token: Annotated[str, Meta(description="bearer token for /api/session, /api/logout")]
     expires_at: datetime
+    account_id: Annotated[str, Meta(description="the id of the account that signed in")]
 
 
 class SessionAnswer(Struct, frozen=True):
     email_masked: str
     expires_at: datetime
+    account_id: Annotated[str, Meta(description="who signed in: the account's id")]
+    locale: Annotated[str, Meta(description="the account's language (en or fr)")]
 
 
 # -- support API ----------------------------------------------------------

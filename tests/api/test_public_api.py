@@ -432,17 +432,24 @@ async def test_twenty_concurrent_password_submissions_with_one_token_one_200_the
 
 
 def test_login_returns_a_session_that_session_and_logout_use(api: Api) -> None:
-    api.account()
+    """Sign-in answers who signed in; the session answers who and in which language."""
+    account = api.account(locale="fr")
     answer = api.client.post(
         "/api/login", json={"email": "JANE.doe@example.com", "password": OLD_PASSWORD}
     )
     assert answer.status_code == 200
     body = answer.json()
-    assert set(body) == {"session_token", "expires_at"}
+    assert set(body) == {"session_token", "expires_at", "account_id"}
+    assert body["account_id"] == str(account.id)
     bearer = {"Authorization": f"Bearer {body['session_token']}"}
     me = api.client.get("/api/session", headers=bearer)
     assert me.status_code == 200
-    assert me.json()["email_masked"] == "j***e@e***e.com"
+    assert me.json() == {
+        "email_masked": "j***e@e***e.com",
+        "expires_at": body["expires_at"],
+        "account_id": str(account.id),
+        "locale": "fr",
+    }
     logout = api.client.post("/api/logout", headers=bearer)
     assert (logout.status_code, logout.content) == (204, b"")
     assert_error(api.client.get("/api/session", headers=bearer), 401, "invalid_session")
