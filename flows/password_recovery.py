@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from statemachine import StateMachine
 from statemachine.states import States
 
+from api import events
 from api.accounts import links
 from api.accounts.accounts import Accounts, change_password
 from api.accounts.addresses import InvalidEmail, normalise_email
@@ -139,7 +140,9 @@ class PasswordRecovery(StateMachine):
     set_password = s.link_opened.to(
         s.password_set, cond=["link_live", "password_acceptable"], on="change_the_password"
     )
-    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
+    log_in = s.password_set.to(
+        s.logged_in, cond="signed_in_with_the_new_password", on="tell_the_applications"
+    )
     expire = s.requested.to(s.expired) | s.emailed.to(s.expired) | s.link_opened.to(s.expired)
     cancel = (
         s.requested.to(s.cancelled, on="revoke_the_link")
@@ -200,12 +203,35 @@ class PasswordRecovery(StateMachine):
             tx.conn, account, new_hash, tx.now, keep_link=link.token_hash
         )
         tx.end_journeys(account.email_normalized, detail={"reason": "password_changed"})
+        events.emit(
+            tx,
+            events.PASSWORD_CHANGED,
+            {
+                "account_id": str(account.id),
+                "attempt_id": str(tx.attempt.id),
+                "flow": NAME,
+                "changed_at": events.at(tx.now),
+            },
+        )
         tx.enqueue(
             PASSWORD_CHANGED,
             {
                 "account_id": str(account.id),
                 "attempt_id": str(tx.attempt.id),
                 "locale": tx.attempt.data.get("locale", DEFAULT),
+            },
+        )
+
+    def tell_the_applications(self, tx: Any) -> None:
+        """The person is back in: the applications hear that the recovery completed."""
+        events.emit(
+            tx,
+            events.RECOVERY_COMPLETED,
+            {
+                "account_id": tx.attempt.data.get("account_id"),
+                "attempt_id": str(tx.attempt.id),
+                "flow": NAME,
+                "completed_at": events.at(tx.now),
             },
         )
 
@@ -229,6 +255,7 @@ class App(Protocol):
 
 
 REQUEST_TTL = timedelta(hours=24)
+PERSONAL_DATA = {"data": ("email_submitted", "client_ip", "user_agent"), "detail": ("client_ip",)}
 # Attempts that count against the hourly limit: something was dispatched for the address.
 COUNTED = (Step.emailed, Step.unknown_account)
 THROTTLE_WINDOW = timedelta(hours=1)
@@ -260,7 +287,14 @@ def specs(settings: Settings) -> list[FlowSpec]:
             jobs=(Job(Step.requested, send_link),),
             outbox=(OutboxHandler(PASSWORD_CHANGED, send_password_changed),),
             # What support may fire (POST /api/support/attempts/{id}/events/{event}).
-            hooks={"signed_in": signed_in, "resend": resend, "support_events": (Event.cancel,)},
+            hooks={
+                "signed_in": signed_in,
+                "resend": resend,
+                "support_events": (Event.cancel,),
+                # What identifies the person in an attempt: blanked when the account is
+                # deleted (the attempt keeps its shape for the statistics).
+                "personal_data": PERSONAL_DATA,
+            },
         )
     ]
 

@@ -42,8 +42,8 @@ from api.accounts.passwords import PasswordHasher
 from api.logs import AccessLogMiddleware
 from api.services import Services, build_services
 from api.settings import Settings
+from api.web import admin, ops, pages, public, support
 from api.web import flows as flow_routes
-from api.web import ops, pages, public, support
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
 from api.web.ops import SKIP_HOST_CHECK
@@ -71,7 +71,14 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 # Answers that can hold a token, a session or a person's data: never cached.
-NO_STORE_PREFIXES = ("/api/recovery", "/api/login", "/api/logout", "/api/session", "/api/support")
+NO_STORE_PREFIXES = (
+    "/api/recovery",
+    "/api/login",
+    "/api/logout",
+    "/api/session",
+    "/api/support",
+    "/api/admin",
+)
 NO_STORE_PAGES = ("/recovery", "/login")
 
 
@@ -250,6 +257,7 @@ def create_app(
     route_handlers: list[Any] = [
         *public.route_handlers,
         *support.route_handlers,
+        *admin.route_handlers(settings),
         *flow_routes.route_handlers,
         *ops.route_handlers,
     ]

@@ -35,6 +35,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from sqlalchemy.exc import OperationalError
 
+from api.admin.accounts import AccountNotFound
+from api.admin.importing import ImportRefused
 from api.errors import (
     AccountExists,
     InvalidInput,
@@ -52,6 +54,7 @@ from api.i18n import gettext, ngettext, pick_locale
 from api.logs import escape
 from api.support.service import KeyNameTaken, KeyNotFound
 from api.web.schemas import ErrorBody
+from api.webhooks.endpoints import DeliveryNotFound, DeliveryQueued, WebhookNotFound
 from engine.errors import (
     ConflictError,
     EngineError,
@@ -136,6 +139,11 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     SessionInvalid: Answer(401),
     AccountExists: Answer(409),
     KeyNameTaken: Answer(409),
+    AccountNotFound: Answer(404),
+    ImportRefused: Answer(422),
+    WebhookNotFound: Answer(404),
+    DeliveryNotFound: Answer(404),
+    DeliveryQueued: Answer(409),
     KeyNotFound: Answer(404),
     RecoveryError: Answer(400),
     # the engine
@@ -396,7 +404,8 @@ _DESCRIPTIONS = {
     410: "The link can no longer be used (expired, used, superseded, cancelled)",
     413: "The request body is larger than the configured cap",
     415: "The body was not sent as application/json",
-    422: "The new password breaks the policy; details list every violation",
+    422: "The new password breaks the policy (details list every violation), or rows of an "
+    "import are not valid (details list every bad row)",
     429: "Too many requests; see Retry-After",
     501: "Graphviz is not installed on the server (ask for dot or mermaid)",
     503: "The database cannot be reached right now; nothing was recorded, retry (Retry-After)",

@@ -58,6 +58,11 @@ def openapi_config(render: JsonRenderPlugin) -> OpenAPIConfig:
                     scheme="bearer",
                     description="A support key (recovery support-key create); role read or write",
                 ),
+                "admin_key": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A key of role admin (recovery support-key create --role admin)",
+                ),
                 "session": SecurityScheme(
                     type="http",
                     scheme="bearer",

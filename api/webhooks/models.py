@@ -53,7 +53,7 @@ class WebhookDelivery(SQLModel, table=True):
     status: str = Field(max_length=16)
     tries: int = Field(default=0)
     created_at: datetime
-    give_up_at: datetime
+    give_up_at: datetime | None = Field(default=None)
     next_try_at: datetime | None = Field(default=None)
     last_tried_at: datetime | None = Field(default=None)
     delivered_at: datetime | None = Field(default=None)
