@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
+from api.admin import importing
 from api.errors import LoginSlowedDown
 from api.i18n import LOCALE_DIR, ngettext
 from api.web import errors as web_errors
@@ -27,7 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [p for folder in ("api", "flows", "engine") for p in (ROOT / folder).rglob("*.py")]
 ERROR_BASES = {"RecoveryError", "EngineError"}
 # Calls whose (positional index of the) text is an error message.
-MESSAGE_ARGUMENTS = {"InvalidInput": (1,), "InvalidEmail": (0,), "Answer": (2,), "gettext": (1,)}
+MESSAGE_ARGUMENTS = {
+    "InvalidInput": (1,),
+    "InvalidEmail": (0,),
+    "Answer": (2,),
+    "gettext": (1,),
+    "RowError": (2,),
+    "UrlRefused": (0,),
+}
 PLURAL_ARGUMENTS = {"ngettext": (1, 2)}
 
 
@@ -125,6 +133,7 @@ def test_every_error_text_is_a_plain_message_id_with_a_french_translation() -> N
                 texts.add(expr.value)
     assert formatted == [], "use a template with params, never an f-string"
     texts |= set(web_errors.JSON_KINDS.values()) | set(web_errors.NUMBER_BOUNDS.values())
+    texts |= set(importing.HASH_MESSAGES.values())
     assert len(texts) > 60
     missing = sorted(texts - french)
     assert missing == [], "no French translation"
