@@ -139,7 +139,8 @@ async def deliver(app: App, item: dict[str, Any]) -> None:
         await finish()
         log.info("webhook delivery %s delivered (try %d)", delivery_id, tries)
         return
-    retry_at = now + backoff(settings, int(item["tries"]))
+    # The outbox item's own count (the claim counted this try): a replay starts afresh.
+    retry_at = now + backoff(settings, int(item["tries"]) + 1)
     if retry_at > give_up_at:
         values.update(status=DEAD, next_try_at=None)
         await engine.db.run(_update, engine, delivery_id, values)
