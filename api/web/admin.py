@@ -127,7 +127,7 @@ class LastAnswer(Struct, frozen=True):
     body: Annotated[str | None, Meta(description="its first 500 characters, or what failed")]
 
 
-class Delivery(Struct, frozen=True):
+class WebhookDelivery(Struct, frozen=True):
     id: str
     endpoint_id: str
     event_id: str
@@ -143,14 +143,14 @@ class Delivery(Struct, frozen=True):
     body: Annotated[dict[str, Any], Meta(description="what is sent: type, timestamp, data")]
 
 
-class DeliveryPage(Struct, frozen=True):
-    items: list[Delivery]
+class WebhookDeliveryPage(Struct, frozen=True):
+    items: list[WebhookDelivery]
     next_cursor: str | None
 
 
-def _delivery(view: dict[str, Any]) -> Delivery:
+def _delivery(view: dict[str, Any]) -> WebhookDelivery:
     last = view.pop("last_answer")
-    return Delivery(**view, last_answer=LastAnswer(**last) if last else None)
+    return WebhookDelivery(**view, last_answer=LastAnswer(**last) if last else None)
 
 
 def _row(body: AccountCreate) -> dict[str, Any]:
@@ -419,7 +419,7 @@ async def list_deliveries(
     ] = None,
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
-) -> DeliveryPage:
+) -> WebhookDeliveryPage:
     run = _webhooks_audited(services, key_name(request), "webhooks.deliveries", webhook_id[:64])
     page = await services.engine.db.run(
         run,
@@ -429,7 +429,9 @@ async def list_deliveries(
         limit=limit,
         cursor=cursor,
     )
-    return DeliveryPage(items=[_delivery(d) for d in page.items], next_cursor=page.next_cursor)
+    return WebhookDeliveryPage(
+        items=[_delivery(d) for d in page.items], next_cursor=page.next_cursor
+    )
 
 
 @get(
@@ -443,7 +445,7 @@ async def delivery_detail(
     services: NamedDependency[Services],
     webhook_id: WebhookId,
     delivery_id: DeliveryId,
-) -> Delivery:
+) -> WebhookDelivery:
     run = _webhooks_audited(services, key_name(request), "webhooks.delivery", delivery_id[:64])
     found = await services.engine.db.run(
         run, services.webhooks.delivery_sync, webhook_id, delivery_id
@@ -463,7 +465,7 @@ async def replay_delivery(
     services: NamedDependency[Services],
     webhook_id: WebhookId,
     delivery_id: DeliveryId,
-) -> Delivery:
+) -> WebhookDelivery:
     run = _webhooks_audited(services, key_name(request), "webhooks.replay", delivery_id[:64])
     found = await services.engine.db.run(
         run, services.webhooks.replay_sync, webhook_id, delivery_id
