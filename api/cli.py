@@ -132,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input (one line)",
     )
     create_account.set_defaults(handler=_create_account)
+    import_accounts = account_commands.add_parser(
+        "import",
+        help="import many accounts from a JSON or NDJSON file, all or nothing",
+        description=(
+            'FILE holds {"accounts": [...]}, a JSON list of rows, or one row per line '
+            '(NDJSON); each row {"email", "name", "locale"?, "birth_date"?, "password"? , '
+            '"password_hash"?} with exactly one of password and password_hash. One bad row '
+            "refuses the whole file: every bad row is listed and nothing is created."
+        ),
+    )
+    import_accounts.add_argument("file", metavar="FILE", type=Path)
+    import_accounts.set_defaults(handler=_import_accounts)
 
     keys = commands.add_parser("support-key", help="manage support API keys")
     key_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -139,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create", help="create a key; it is printed once, as the last line"
     )
     create_key.add_argument("--name", required=True)
-    create_key.add_argument("--role", required=True, choices=("read", "write"))
+    create_key.add_argument("--role", required=True, choices=("read", "write", "admin"))
     create_key.set_defaults(handler=_create_key)
     list_keys = key_commands.add_parser(
         "list", help="every key's name, role, and when it was created or revoked"
@@ -150,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke_key.add_argument("name", metavar="NAME")
     revoke_key.set_defaults(handler=_revoke_key)
+
+    webhooks = commands.add_parser("webhooks", help="manage webhook endpoints")
+    webhook_commands = webhooks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add_webhook = webhook_commands.add_parser(
+        "add", help="register an endpoint; its signing secret is printed once, as the last line"
+    )
+    add_webhook.add_argument("url", metavar="URL")
+    add_webhook.add_argument(
+        "--events",
+        required=True,
+        nargs="+",
+        metavar="TYPE",
+        help="event types, space- or comma-separated (password.changed sessions.revoked ...)",
+    )
+    add_webhook.set_defaults(handler=_add_webhook)
 
     attempts = commands.add_parser("attempts", help="inspect recovery attempts")
     attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -452,6 +479,83 @@ def _create_account(args: argparse.Namespace) -> int:
             locale=args.locale,
         )
     print(f"created account {account.id} for {_printable(account.email)}")
+    return 0
+
+
+def _import_accounts(args: argparse.Namespace) -> int:
+    from api.admin import importing
+
+    settings = _settings()
+    rows = _rows_of_file(args.file)
+    with open_services(settings) as services, _progress() as progress:
+        try:
+            summary = services.admin.importer.import_sync(rows, progress)
+        except importing.ImportRefused as refused:
+            for error in refused.errors:
+                print(
+                    f"row {error.row}: {error.code}: {_printable(error.as_dict('en')['message'])}"
+                )
+            raise CommandError(f"{refused.message}; nothing was imported") from None
+    print(f"imported {args.file}: {summary.describe()}")
+    return 0
+
+
+def _rows_of_file(path: Path) -> list[object]:
+    """The rows of a JSON file ({"accounts": [...]} or a list) or of an NDJSON file."""
+    from api.admin import importing
+
+    data = path.read_bytes()
+    if data.lstrip()[:1] in (b"[", b"{") and not _looks_like_ndjson(data):
+        return importing.rows_of_json(data)
+    return list(importing.rows_of_ndjson_lines(data.splitlines()))
+
+
+def _looks_like_ndjson(data: bytes) -> bool:
+    """Whether the file is one JSON object per line rather than one JSON document."""
+    lines = [line for line in data.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return bool(lines) and b'"accounts"' not in lines[0] and lines[0].lstrip()[:1] == b"{"
+    return lines[0].rstrip().endswith(b"}") and lines[1].lstrip()[:1] == b"{"
+
+
+STAGES = {"check": "checking rows", "hash": "hashing passwords", "insert": "inserting"}
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on standard error (rich), one task per stage of the import; only on a
+    terminal, so a script's standard error holds nothing but a failure's one line."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def _add_webhook(args: argparse.Namespace) -> int:
+    settings = _settings()
+    events = [e.strip() for value in args.events for e in value.split(",") if e.strip()]
+    with open_services(settings) as services:
+        endpoint_id, secret = services.webhooks.register_sync(args.url, events, "(command line)")
+    print(f"registered webhook {endpoint_id} for {', '.join(events)} at {_printable(args.url)}.")
+    print("Its signing secret is shown only this once; keep it secret. The secret:")
+    print(secret)
     return 0
 
 

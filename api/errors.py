@@ -6,31 +6,71 @@ token, password, hash or session token.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.i18n import DEFAULT, gettext, ngettext
 from engine.errors import EngineError
 
 
 class RecoveryError(Exception):
-    """Base of the domain's errors; never raised directly."""
+    """Base of the domain's errors; never raised directly.
+
+    `message` is an English text whose `{placeholders}` are filled from `params`: the
+    text is also the message id of its translations (`api/locale/*/errors.po`), so the
+    HTTP layer answers in the request's language (`in_language`). With `plural`, the
+    text is the singular and `plural` the plural form, picked by `params["count"]`.
+    """
 
     code = "recovery_error"
 
-    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        params: Mapping[str, Any] | None = None,
+        plural: str | None = None,
+    ) -> None:
+        self.template = message
+        self.plural = plural
+        self.params = dict(params or {})
+        self.message = self.in_language(DEFAULT)
+        super().__init__(self.message)
         self.details = details or []
+
+    def in_language(self, locale: str) -> str:
+        """The message in `locale` (English where no translation exists)."""
+        if self.plural is not None:
+            params = dict(self.params)
+            count = int(params.pop("count", 0))
+            return ngettext(locale, self.template, self.plural, count, **params)
+        return gettext(locale, self.template, **self.params)
+
+    def details_in(self, locale: str) -> list[dict[str, Any]]:
+        """The details, each `message` in `locale` (the texts are message ids too)."""
+        return [
+            {**d, "message": gettext(locale, d["message"], **self.params)}
+            if isinstance(d.get("message"), str)
+            else dict(d)
+            for d in self.details
+        ]
 
 
 class InvalidInput(RecoveryError):
-    """A field is not what it must be (wrong type, malformed, too long)."""
+    """A field is not what it must be (wrong type, malformed, too long).
+
+    `message` may hold `{placeholders}` filled from `params` (write
+    `InvalidInput("limit", "limit must be between 1 and {most}", most=200)`, never an
+    f-string, so the text can be translated).
+    """
 
     code = "invalid_input"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message, details=[{"field": field, "message": message}])
+    def __init__(self, field: str, message: str, **params: Any) -> None:
+        super().__init__(message, details=[{"field": field, "message": message}], params=params)
         self.field = field
 
 
@@ -66,9 +106,10 @@ class LinkDead(RecoveryError):
 
     code = "link_dead"
     reason = "dead"
+    text = "this link can no longer be used"
 
     def __init__(self, reference: str | None = None) -> None:
-        super().__init__(f"this link can no longer be used ({self.reason})")
+        super().__init__(self.text)
         # The attempt's support reference, so the page can show it.
         self.reference = reference
 
@@ -78,6 +119,7 @@ class LinkExpired(LinkDead):
 
     code = "link_expired"
     reason = "expired"
+    text = "this link can no longer be used: it has expired"
 
 
 class LinkSuperseded(LinkDead):
@@ -85,6 +127,7 @@ class LinkSuperseded(LinkDead):
 
     code = "link_superseded"
     reason = "superseded"
+    text = "this link can no longer be used: a newer one was sent"
 
 
 class LinkCancelled(LinkDead):
@@ -92,6 +135,7 @@ class LinkCancelled(LinkDead):
 
     code = "link_cancelled"
     reason = "cancelled"
+    text = "this link can no longer be used: the request was cancelled"
 
 
 class LinkUsed(LinkDead):
@@ -99,6 +143,7 @@ class LinkUsed(LinkDead):
 
     code = "link_used"
     reason = "used"
+    text = "this link can no longer be used: it was already used"
 
 
 class LinkRevoked(LinkDead):
@@ -106,6 +151,7 @@ class LinkRevoked(LinkDead):
 
     code = "link_revoked"
     reason = "revoked"
+    text = "this link can no longer be used: it was withdrawn"
 
 
 DEAD_LINKS: dict[str, type[LinkDead]] = {
@@ -141,7 +187,11 @@ class LoginSlowedDown(RecoveryError):
     code = "login_slowed_down"
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed attempts; try again in {retry_after} seconds")
+        super().__init__(
+            "too many failed attempts; try again in {count} second",
+            plural="too many failed attempts; try again in {count} seconds",
+            params={"count": retry_after},
+        )
         self.retry_after = retry_after
 
 

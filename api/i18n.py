@@ -25,6 +25,7 @@ __all__ = [
     "SUPPORTED",
     "gettext",
     "load_translations",
+    "ngettext",
     "pick_locale",
     "render",
     "translations",
@@ -126,6 +127,14 @@ def gettext(locale: str, message: str, **params: object) -> str:
     English text is used rather than failing the request.
     """
     return render(translations(locale).gettext(message), message, params)
+
+
+def ngettext(locale: str, singular: str, plural: str, count: int, **params: object) -> str:
+    """The singular or plural text (English ids) for `count` in `locale`, with `params` (and
+    `count` itself) filled in by `str.format`: "1 second", "2 seconds"."""
+    text = translations(locale).ngettext(singular, plural, count)
+    english = singular if count == 1 else plural
+    return render(text, english, {"count": count, **params})
 
 
 def render(text: str, message: str, params: dict[str, object]) -> str:

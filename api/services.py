@@ -19,12 +19,17 @@ from api.accounts.accounts import Accounts
 from api.accounts.passwords import Argon2Hasher, PasswordHasher
 from api.accounts.policy import PasswordPolicy
 from api.accounts.signin import SignIn
+from api.admin.accounts import EMAIL_CHANGED_NOTICE, AdminAccounts, send_email_changed_notice
+from api.admin.importing import Importer
+from api.events import event_types
 from api.mail.delivery import Mail, OnSend
 from api.mail.transports import MailTransport, transport_from_url
 from api.settings import Settings
 from api.support.service import SupportService
 from api.web.diagram_cache import DiagramCache
-from engine import Database, Engine
+from api.webhooks.deliveries import deliver
+from api.webhooks.endpoints import DELIVERY, Webhooks
+from engine import Database, Engine, OutboxHandler
 from engine.clock import Clock
 from engine.worker import Worker
 
@@ -45,6 +50,8 @@ class Services:
     mail: Mail
     support: SupportService
     worker: Worker
+    admin: AdminAccounts
+    webhooks: Webhooks
     diagrams: DiagramCache = field(default_factory=DiagramCache)
 
     def close(self) -> None:
@@ -61,6 +68,7 @@ class Services:
             lease=self.worker.lease,
             poll_seconds=float(options.get("poll_seconds", self.worker.poll_seconds)),
             max_concurrent=int(options.get("max_concurrent", self.worker.max_concurrent)),
+            outbox=self.worker.outbox,
         )
 
 
@@ -99,16 +107,27 @@ def services_for(
     hasher = hasher or Argon2Hasher(settings.max_concurrent_hashes)
     policy = PasswordPolicy(settings.password_policy)
     transport = transport or transport_from_url(settings.mail_url, settings.mail_timeout_seconds)
+    accounts = Accounts(db, engine.clock, hasher, policy)
     services = Services(
         settings=settings,
         engine=engine,
         hasher=hasher,
         policy=policy,
-        accounts=Accounts(db, engine.clock, hasher, policy),
+        accounts=accounts,
         signin=SignIn(db, engine.clock, hasher, settings),
         mail=Mail(settings, transport, on_send),
         support=SupportService(engine),
         worker=None,  # type: ignore[arg-type]  (it needs the services: set just below)
+        admin=AdminAccounts(
+            engine, accounts, Importer(accounts, max_rows=settings.admin_import_max_rows)
+        ),
+        webhooks=Webhooks(
+            db,
+            engine.clock,
+            known_events=event_types(engine.flows),
+            allow_private=settings.webhooks_allow_private,
+            give_up_after=timedelta(hours=settings.webhooks_give_up_hours),
+        ),
     )
     # The flows' hooks (a resend, say) run with the whole application as their context.
     services.support.context = services
@@ -119,6 +138,11 @@ def services_for(
         poll_seconds=settings.dispatch_poll_seconds,
         max_concurrent=max_concurrent_sends,
         batch=batch,
+        # The application's own after-commit work: webhooks, the old address's notice.
+        outbox=(
+            OutboxHandler(DELIVERY, deliver),
+            OutboxHandler(EMAIL_CHANGED_NOTICE, send_email_changed_notice),
+        ),
     )
     # Every flow that ends at a sign-in hears of each one.
     services.signin.hooks = [

@@ -224,6 +224,28 @@ class AccountSettings(BaseModel):
     login_device_days: int = Field(default=180, ge=1)
 
 
+class AdminSettings(BaseModel):
+    """The admin API (`api/admin`, `api/web/admin.py`): bringing accounts in."""
+
+    # One import request (or `recovery accounts import` file) is one all-or-nothing batch.
+    admin_import_max_rows: int = Field(default=50_000, ge=1)
+    admin_import_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+
+class WebhookSettings(BaseModel):
+    """Signed webhooks (`api/webhooks`): where they may go, how long a try may take, how
+    long a delivery is retried before it is dead-lettered."""
+
+    # A URL that resolves to a loopback, private or link-local address is refused unless
+    # this is true (a test receiver on 127.0.0.1, an internal service on purpose).
+    webhooks_allow_private: bool = False
+    webhooks_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Retries wait this long, doubled at each try, at most `webhooks_retry_max_seconds`.
+    webhooks_retry_base_seconds: float = Field(default=10.0, gt=0)
+    webhooks_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhooks_give_up_hours: float = Field(default=24.0, gt=0)
+
+
 # -- flows -------------------------------------------------------------------------
 
 
@@ -267,6 +289,8 @@ class Settings(
     MailSettings,
     WorkerSettings,
     AccountSettings,
+    AdminSettings,
+    WebhookSettings,
     PasswordRecoverySettings,
     AssistedRecoverySettings,
     BaseSettings,

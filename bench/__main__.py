@@ -101,6 +101,12 @@ def _inbox(env: BenchEnv) -> list[Figure]:
     return time_to_inbox.measure(env)
 
 
+def _importing(env: BenchEnv) -> list[Figure]:
+    from bench import importing
+
+    return importing.measure(env)
+
+
 def _reset_all(env: BenchEnv) -> list[Figure]:
     from bench import reset_all
 
@@ -131,6 +137,7 @@ SECTIONS: dict[str, Section] = {
     "dispatch": _dispatch,
     "inbox": _inbox,
     "reset_all": _reset_all,
+    "import": _importing,
 }
 
 

@@ -172,6 +172,8 @@ class Sizes:
     inbox_drain_timeout_s: float = 180.0
     # Accounts `recovery reset-all` resets (the figure's name says 100k).
     reset_all_accounts: int = 100_000
+    # Accounts one import brings in (issue 15).
+    import_accounts: int = 10_000
 
     @classmethod
     def full(cls) -> Sizes:
@@ -208,6 +210,7 @@ class Sizes:
             inbox_floor_seconds=1.0,
             inbox_drain_timeout_s=60.0,
             reset_all_accounts=200,
+            import_accounts=300,
         )
 
 

@@ -190,15 +190,13 @@ class Transaction:
         self, kind: str, payload: Mapping[str, Any], available_at: datetime | None = None
     ) -> None:
         """Queue work to run after this transaction commits."""
-        self.conn.execute(
-            insert(outbox_t).values(
-                attempt_id=self.attempt.id,
-                kind=kind,
-                payload=dict(payload),
-                created_at=self.now,
-                available_at=available_at or self.now,
-                tries=0,
-            )
+        enqueue(
+            self.conn,
+            kind,
+            payload,
+            now=self.now,
+            attempt_id=self.attempt.id,
+            available_at=available_at,
         )
 
     def end_journeys(
@@ -216,6 +214,30 @@ class Transaction:
 
 
 InTx = Callable[[Transaction], None]
+
+
+def enqueue(
+    conn: Connection,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    now: datetime,
+    attempt_id: uuid.UUID | None = None,
+    available_at: datetime | None = None,
+) -> None:
+    """Queue work for an `OutboxHandler` of `kind`, run once the transaction on `conn`
+    commits (and never if it rolls back). A transition's effects use `tx.enqueue`; code
+    outside a transition that writes in its own transaction calls this."""
+    conn.execute(
+        insert(outbox_t).values(
+            attempt_id=attempt_id,
+            kind=kind,
+            payload=dict(payload),
+            created_at=now,
+            available_at=available_at or now,
+            tries=0,
+        )
+    )
 
 
 @dataclass
@@ -659,6 +681,47 @@ class Engine:
                 select(event_t).where(event_t.c.attempt_id == attempt_id).order_by(event_t.c.seq)
             )
             return [EventRecord.from_row(r) for r in rows]
+
+    def rewrite_subject_sync(
+        self,
+        subject: str,
+        new_subject: str,
+        *,
+        data_keys: Mapping[str, Iterable[str]],
+        detail_keys: Mapping[str, Iterable[str]],
+    ) -> int:
+        """Give every attempt of `subject` the subject `new_subject`, and blank (set to None)
+        the given keys of their data and of their events' details, per flow; how many
+        attempts were rewritten.
+
+        States, times and the event log's shape stay, so counts and funnels are as they
+        were; what identified the subject is gone. Each rewritten attempt's version moves
+        on, so a transition that read it before loses its race.
+        """
+        with self.db.transaction() as conn:
+            rows = conn.execute(select(attempt_t).where(attempt_t.c.subject == subject)).all()
+            for row in rows:
+                record = AttemptRecord.from_row(row)
+                blank_data = set(data_keys.get(record.flow, ()))
+                data = {k: (None if k in blank_data else v) for k, v in record.data.items()}
+                conn.execute(
+                    update(attempt_t)
+                    .where(attempt_t.c.id == record.id)
+                    .values(subject=new_subject, data=data, version=attempt_t.c.version + 1)
+                )
+                blank_detail = set(detail_keys.get(record.flow, ()))
+                if not blank_detail:
+                    continue
+                events = conn.execute(
+                    select(event_t.c.id, event_t.c.detail).where(event_t.c.attempt_id == record.id)
+                ).all()
+                for event_id, detail in events:
+                    if blank_detail & set(detail or {}):
+                        blanked = {k: (None if k in blank_detail else v) for k, v in detail.items()}
+                        conn.execute(
+                            update(event_t).where(event_t.c.id == event_id).values(detail=blanked)
+                        )
+        return len(rows)
 
     def totals_sync(self) -> dict[tuple[str, str, str], int]:
         """The flows' running totals, (flow, kind, name) -> value (see `engine.tally`).

@@ -18,9 +18,12 @@ class EngineError(Exception):
     code = "engine_error"
 
     def __init__(self, message: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.message = message
+        # `message` is a text whose {placeholders} name fields: kept as given (`template`),
+        # so whoever shows the error can put it in another language.
+        self.template = message
         self.fields = fields
+        self.message = message.format(**fields) if fields else message
+        super().__init__(self.message)
 
 
 class UnknownFlow(EngineError):
@@ -29,7 +32,7 @@ class UnknownFlow(EngineError):
     code = "unknown_flow"
 
     def __init__(self, flow: str) -> None:
-        super().__init__(f"unknown flow {flow!r}", flow=flow)
+        super().__init__("unknown flow {flow!r}", flow=flow)
         self.flow = flow
 
 
@@ -39,7 +42,7 @@ class UnknownEvent(EngineError):
     code = "unknown_event"
 
     def __init__(self, flow: str, event: str) -> None:
-        super().__init__(f"flow {flow!r} has no event {event!r}", flow=flow, event=event)
+        super().__init__("flow {flow!r} has no event {event!r}", flow=flow, event=event)
         self.flow = flow
         self.event = event
 
@@ -59,7 +62,7 @@ class NotFound(EngineError):
     code = "not_found"
 
     def __init__(self, attempt_id: uuid.UUID) -> None:
-        super().__init__(f"attempt {attempt_id} not found", attempt_id=str(attempt_id))
+        super().__init__("attempt {attempt_id} not found", attempt_id=str(attempt_id))
         self.attempt_id = attempt_id
 
 
@@ -70,7 +73,7 @@ class StoredStateInvalid(EngineError):
 
     def __init__(self, attempt_id: uuid.UUID, flow: str, state: str) -> None:
         super().__init__(
-            f"attempt {attempt_id} is in state {state!r}, which flow {flow!r} does not define",
+            "attempt {attempt_id} is in state {state!r}, which flow {flow!r} does not define",
             attempt_id=str(attempt_id),
             flow=flow,
             state=state,
@@ -93,7 +96,7 @@ class EventRefused(EngineError):
         expired_at: datetime | None = None,
     ) -> None:
         super().__init__(
-            f"event {event!r} refused in state {state!r}: {reason}",
+            "event {event!r} refused in state {state!r}: {reason}",
             attempt_id=str(attempt_id),
             event=event,
             state=state,
@@ -113,7 +116,7 @@ class ConflictError(EngineError):
 
     def __init__(self, attempt_id: uuid.UUID, event: str) -> None:
         super().__init__(
-            f"attempt {attempt_id} was changed concurrently; {event!r} not applied",
+            "attempt {attempt_id} was changed concurrently; {event!r} not applied",
             attempt_id=str(attempt_id),
             event=event,
         )
@@ -128,7 +131,7 @@ class GraphvizMissing(EngineError):
 
     def __init__(self, program: str = "dot") -> None:
         super().__init__(
-            f"Graphviz's {program!r} program was not found on PATH; install Graphviz "
+            "Graphviz's {program!r} program was not found on PATH; install Graphviz "
             "(Debian package 'graphviz') to render SVG or PNG, or ask for DOT or Mermaid",
             program=program,
         )

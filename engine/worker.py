@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from engine.core import AttemptRecord, Engine, InTx
 from engine.errors import ConflictError, EngineError, EventRefused
-from engine.flow import Handler, Job
+from engine.flow import Handler, Job, OutboxHandler
 from engine.tally import ATTEMPTS
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class Worker:
         max_concurrent: int = MAX_CONCURRENT,
         outbox_batch: int = 16,
         batch: int | None = None,
+        outbox: Sequence[OutboxHandler] = (),
     ) -> None:
         if max_concurrent < 1 or outbox_batch < 1 or (batch is not None and batch < 1):
             raise ValueError("max_concurrent, outbox_batch and batch must be at least 1")
@@ -145,6 +146,9 @@ class Worker:
         self.outbox_batch = outbox_batch
         # Claims per pass of each job, when not the batch each job asks for.
         self.batch = batch
+        # The application's own side effects (queued with `engine.core.enqueue`), run
+        # beside the flows' outbox handlers.
+        self.outbox = tuple(outbox)
 
     def _jobs(self) -> dict[tuple[str, str], int]:
         """(flow, state) to claim in, with the largest batch any version asks for."""
@@ -160,8 +164,11 @@ class Worker:
         return next((job for job in spec.jobs if job.state == record.state), None)
 
     def _outbox_handlers(self) -> dict[str, Handler]:
-        """Each outbox kind's handler (the newest version's, where versions differ)."""
-        return {h.kind: h.run for spec in self.engine.flows.all_versions() for h in spec.outbox}
+        """Each outbox kind's handler (the newest version's, where versions differ), and the
+        application's own."""
+        found = {h.kind: h.run for spec in self.engine.flows.all_versions() for h in spec.outbox}
+        found.update({h.kind: h.run for h in self.outbox})
+        return found
 
     # -- the loop ------------------------------------------------------------
 

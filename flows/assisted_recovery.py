@@ -50,7 +50,7 @@ from typing import Any, Protocol
 from statemachine import StateMachine
 from statemachine.states import States
 
-from api import i18n
+from api import events, i18n
 from api.accounts import cases, links
 from api.accounts.accounts import (
     Accounts,
@@ -227,7 +227,9 @@ class AssistedRecovery(StateMachine):
         cond=["link_live", "password_acceptable"],
         on="change_the_password_and_address",
     )
-    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
+    log_in = s.password_set.to(
+        s.logged_in, cond="signed_in_with_the_new_password", on="tell_the_applications"
+    )
     expire = (
         s.submitted.to(s.expired)
         | s.confirming.to(s.expired)
@@ -366,9 +368,27 @@ class AssistedRecovery(StateMachine):
         data = self.model.data
         change_address(tx.conn, account.id, str(data["contact_email"]), data["contact_normalized"])
         tx.end_journeys(tx.attempt.subject, detail={"reason": "password_changed"})
+        # The applications hear of both changes, in this transaction.
+        about = {"account_id": str(account.id), "attempt_id": str(tx.attempt.id), "flow": NAME}
+        events.emit(tx, events.PASSWORD_CHANGED, {**about, "changed_at": events.at(tx.now)})
+        events.emit(tx, events.EMAIL_CHANGED, {**about, "changed_at": events.at(tx.now)})
         tx.enqueue(
             MOVED,
             {"old_email": account.email, "name": account.name, "locale": account.locale},
+        )
+
+    def tell_the_applications(self, tx: Any) -> None:
+        """The person is back in, at the new address: the applications hear that the
+        recovery completed."""
+        events.emit(
+            tx,
+            events.RECOVERY_COMPLETED,
+            {
+                "account_id": tx.attempt.data.get("account_id"),
+                "attempt_id": str(tx.attempt.id),
+                "flow": NAME,
+                "completed_at": events.at(tx.now),
+            },
         )
 
     def revoke_the_link(self, tx: Any) -> None:
@@ -419,6 +439,22 @@ THROTTLE_WINDOW = timedelta(hours=1)
 # A wake-up that came a little early (clocks) looks again just after the deadline.
 WAKE_MARGIN = timedelta(milliseconds=1)
 
+
+PERSONAL_DATA = {
+    "data": (
+        "email_submitted",
+        "contact_email",
+        "contact_normalized",
+        "name",
+        "statement",
+        "birth_date",
+        "account_created",
+        "exchanges",
+        "client_ip",
+        "user_agent",
+    ),
+    "detail": ("client_ip",),
+}
 
 def specs(settings: Settings) -> list[FlowSpec]:
     """The flow's versions, configured by the assisted-recovery settings."""
@@ -473,6 +509,9 @@ def specs(settings: Settings) -> list[FlowSpec]:
                     open=open_link, set_password=set_password, cancel=cancel
                 ),
                 "session_notices": session_notices,
+                # What identifies the person in a case: blanked when the account is
+                # deleted (the case keeps its shape for the statistics).
+                "personal_data": PERSONAL_DATA,
             },
         )
     ]
@@ -1004,15 +1043,15 @@ def _text(value: object, field: str, limit: int) -> tuple[str, InvalidInput | No
     """A bounded free text; a name on one line, a statement or answer on several, and no
     other control character in either (a NUL could reach no mail, log or database)."""
     if not isinstance(value, str):
-        return "", InvalidInput(field, f"{field} must be a string")
+        return "", InvalidInput(field, "field {name} must be a string", name=field)
     allowed = "" if field == "name" else "\n\r\t"
     if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
-        return "", InvalidInput(field, f"{field} must not contain control characters")
+        return "", InvalidInput(field, "field {name} must not contain control characters", name=field)
     cleaned = " ".join(value.split()) if field == "name" else value.strip()
     if not cleaned:
-        return "", InvalidInput(field, f"{field} must not be empty")
+        return "", InvalidInput(field, "field {name} must not be empty", name=field)
     if len(cleaned) > limit:
-        return "", InvalidInput(field, f"{field} must be at most {limit} characters")
+        return "", InvalidInput(field, "field {name} must be at most {limit} characters", name=field, limit=limit)
     return cleaned, None
 
 

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from statemachine import StateMachine
 from statemachine.states import States
 
+from api import events
 from api.accounts import codes, links
 from api.accounts.accounts import Accounts, change_password
 from api.accounts.addresses import InvalidEmail, normalise_email
@@ -203,12 +204,35 @@ class _Recovery(StateMachine):
             tx.conn, account, new_hash, tx.now, keep_link=link.token_hash
         )
         tx.end_journeys(account.email_normalized, detail={"reason": "password_changed"})
+        events.emit(
+            tx,
+            events.PASSWORD_CHANGED,
+            {
+                "account_id": str(account.id),
+                "attempt_id": str(tx.attempt.id),
+                "flow": NAME,
+                "changed_at": events.at(tx.now),
+            },
+        )
         tx.enqueue(
             PASSWORD_CHANGED,
             {
                 "account_id": str(account.id),
                 "attempt_id": str(tx.attempt.id),
                 "locale": tx.attempt.data.get("locale", DEFAULT),
+            },
+        )
+
+    def tell_the_applications(self, tx: Any) -> None:
+        """The person is back in: the applications hear that the recovery completed."""
+        events.emit(
+            tx,
+            events.RECOVERY_COMPLETED,
+            {
+                "account_id": tx.attempt.data.get("account_id"),
+                "attempt_id": str(tx.attempt.id),
+                "flow": NAME,
+                "completed_at": events.at(tx.now),
             },
         )
 
@@ -247,7 +271,9 @@ class PasswordRecovery(_Recovery):
     set_password = s.link_opened.to(
         s.password_set, cond=["link_live", "password_acceptable"], on="change_the_password"
     )
-    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
+    log_in = s.password_set.to(
+        s.logged_in, cond="signed_in_with_the_new_password", on="tell_the_applications"
+    )
     expire = s.requested.to(s.expired) | s.emailed.to(s.expired) | s.link_opened.to(s.expired)
     cancel = (
         s.requested.to(s.cancelled, on="revoke_the_link")
@@ -281,7 +307,9 @@ class PasswordRecoveryWithCode(_Recovery):
     set_password = s.link_opened.to(
         s.password_set, cond=["link_live", "password_acceptable"], on="change_the_password"
     )
-    log_in = s.password_set.to(s.logged_in, cond="signed_in_with_the_new_password")
+    log_in = s.password_set.to(
+        s.logged_in, cond="signed_in_with_the_new_password", on="tell_the_applications"
+    )
     expire = s.requested.to(s.expired) | s.emailed.to(s.expired) | s.link_opened.to(s.expired)
     cancel = (
         s.requested.to(s.cancelled, on="revoke_the_link")
@@ -317,6 +345,7 @@ class App(Protocol):
 
 
 REQUEST_TTL = timedelta(hours=24)
+PERSONAL_DATA = {"data": ("email_submitted", "client_ip", "user_agent"), "detail": ("client_ip",)}
 # Attempts that count against the hourly limit: something was dispatched for the address.
 COUNTED = (Step.emailed, Step.unknown_account)
 THROTTLE_WINDOW = timedelta(hours=1)
@@ -373,6 +402,9 @@ def _spec(settings: Settings, version: int, machine: type[_Recovery], descriptio
             "support_events": (Event.cancel,),
             # What its links do (the reset page and /api/recovery/* call these).
             "links": links.LinkActions(open=open_link, set_password=set_password, cancel=cancel),
+            # What identifies the person in an attempt: blanked when the account is
+            # deleted (the attempt keeps its shape for the statistics).
+            "personal_data": PERSONAL_DATA,
         },
     )
 
@@ -876,7 +908,7 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
     digits = app.settings.code_digits
     typed = codes.normalise_code(code, digits)
     if typed is None:
-        raise InvalidInput("code", f"the code is the {digits} digits in the email")
+        raise InvalidInput("code", "the code is the {digits} digits in the email", digits=digits)
     db = app.engine.db
     candidates = await _code_attempts(app, subject)
     rows = await db.run(links.of_attempts, db, [a.id for a in candidates], write=False)

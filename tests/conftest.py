@@ -23,6 +23,7 @@ from sqlmodel import SQLModel
 import api.accounts.models
 import api.support.models  # noqa: F401  (registers the tables of support)
 import engine.models  # noqa: F401  (registers the engine's tables)
+from api.webhooks import models as webhook_models  # noqa: F401  (registers its tables)
 from engine import Database
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.tools import require

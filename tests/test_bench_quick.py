@@ -52,6 +52,7 @@ SQLITE_FIGURES = {
     "loop_p99_ms_while_hashing",
     "dummy_verify_vs_real_ratio",
     "serve_peak_rss_mb",
+    "import_accounts_per_s_sqlite",
 } | ISSUE_17_SQLITE_FIGURES
 POSTGRESQL_FIGURES = {
     "engine_overhead_ratio_postgresql",
@@ -60,6 +61,7 @@ POSTGRESQL_FIGURES = {
     "http_request_ratio_postgresql",
     "dispatch_emails_per_s_1w",
     "dispatch_emails_per_s_2w",
+    "import_accounts_per_s_postgresql",
 } | ISSUE_17_POSTGRESQL_FIGURES
 # Measured once `recovery reset-all` exists (SPEC §9); until then the section says why not.
 RESET_ALL_FIGURE = "reset_all_100k_s"

@@ -4,10 +4,10 @@
 link today, support-handled recovery next), inside that route's transaction:
 the new hash and history, a new credential version (so a sign-in that
 verified the old password opens nothing afterwards: `api.accounts.signin`),
-every session and every other link revoked, the sign-in failures and the
-wrong recovery codes lifted, and the remembered browsers forgotten.
-`change_address` is how support-handled recovery gives the account its new
-address, in the same transaction.
+every session and every other link revoked (the applications are told:
+`sessions.revoked`), the sign-in failures and the wrong recovery codes lifted,
+and the remembered browsers forgotten. `change_address` is how support-handled
+recovery gives the account its new address, in the same transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from api.accounts.models import Account, LoginDevice, LoginFailure, LoginSession
 from api.accounts.passwords import PasswordHasher
 from api.accounts.policy import HISTORY_SIZE, PasswordPolicy, PersonalData
 from api.errors import AccountExists, InvalidInput, PolicyFailed
+from api.events import SESSIONS_REVOKED, at, emit_in
 from api.i18n import SUPPORTED
 from engine import Database
 from engine.clock import Clock
@@ -33,13 +34,29 @@ failure_t = LoginFailure.__table__
 device_t = LoginDevice.__table__
 
 
-def revoke_sessions(conn: Connection, account_id: uuid.UUID, now: datetime) -> None:
-    """End every open session of an account."""
-    conn.execute(
+def revoke_sessions(
+    conn: Connection, account_id: uuid.UUID, now: datetime, *, reason: str = "password_changed"
+) -> int:
+    """End every open session of an account; how many. The applications hear of it
+    (`sessions.revoked`, when there was any), so their own sessions can end too."""
+    ended = conn.execute(
         update(session_t)
         .where(session_t.c.account_id == account_id, session_t.c.revoked_at.is_(None))
         .values(revoked_at=now)
-    )
+    ).rowcount
+    if ended:
+        emit_in(
+            conn,
+            now,
+            SESSIONS_REVOKED,
+            {
+                "account_id": str(account_id),
+                "sessions": ended,
+                "reason": reason,
+                "revoked_at": at(now),
+            },
+        )
+    return int(ended)
 
 
 def change_password(
@@ -155,7 +172,9 @@ class Accounts:
         if not name.strip():
             raise InvalidInput("name", "name must not be empty")
         if locale not in SUPPORTED:
-            raise InvalidInput("locale", f"locale must be one of {', '.join(SUPPORTED)}")
+            raise InvalidInput(
+                "locale", "locale must be one of: {choices}", choices=", ".join(SUPPORTED)
+            )
         violations = self.policy.check(password, password, PersonalData(name, email, birth_date))
         if violations:
             raise PolicyFailed(violations, locale)

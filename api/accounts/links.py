@@ -206,3 +206,17 @@ def revoke_account(conn: Connection, account_id: uuid.UUID, now: datetime, keep:
 def drop(conn: Connection, attempt_id: uuid.UUID) -> None:
     """Forget an attempt's link altogether (its email never left)."""
     conn.execute(delete(token_t).where(token_t.c.attempt_id == attempt_id))
+
+
+def attempts_of(conn: Connection, account_id: uuid.UUID) -> list[uuid.UUID]:
+    """The attempts that ever emailed a link for an account."""
+    return list(
+        conn.execute(select(token_t.c.attempt_id).where(token_t.c.account_id == account_id))
+        .scalars()
+        .all()
+    )
+
+
+def forget_account(conn: Connection, account_id: uuid.UUID) -> None:
+    """Delete every link row of an account (the account is being deleted)."""
+    conn.execute(delete(token_t).where(token_t.c.account_id == account_id))

@@ -15,13 +15,26 @@ Passwords are NFKC-normalised before hashing and verifying, so the same
 password typed as NFC or NFD (or with full-width characters) gives the same
 bytes. They are encoded as UTF-8 with `surrogatepass`, so no string (not even
 one with a lone surrogate from a JSON body) makes hashing or verification raise.
+
+Accounts brought in from another system keep the hash they had until their first
+sign-in (`imported_scheme` says which forms are taken): an Argon2 PHC string
+(any variant and parameters), bcrypt (`$2b$`, and the identical `$2a$`/`$2y$`)
+or Django's `pbkdf2_sha256$`. Each is verified as its own system did (bcrypt and
+PBKDF2 on the password as typed, bcrypt on its first 72 bytes), and
+`needs_rehash` is True for them, so a sign-in replaces them with our Argon2.
+Their costs are bounded on import, so a hostile file cannot make a sign-in hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
 import os
+import re
 import secrets
 import threading
 import unicodedata
@@ -31,9 +44,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
 
 import argon2
+import bcrypt
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["Argon2Hasher", "PasswordHasher", "normalise_password"]
+__all__ = ["Argon2Hasher", "PasswordHasher", "imported_scheme", "normalise_password"]
 
 T = TypeVar("T")
 
@@ -50,6 +64,95 @@ def _secret_bytes(password: str) -> bytes:
     # surrogatepass: a lone surrogate (valid in JSON, invalid in UTF-8) must not
     # turn a login into a 500; it simply hashes to bytes no real password gives.
     return normalise_password(password).encode("utf-8", "surrogatepass")
+
+
+ARGON2 = "argon2"
+BCRYPT = "bcrypt"
+DJANGO_PBKDF2 = "pbkdf2_sha256"
+_BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+_DJANGO = re.compile(r"pbkdf2_sha256\$(\d{1,9})\$([^$]{1,128})\$([A-Za-z0-9+/=]{43,44})")
+# The most an imported hash may cost at each sign-in (a file is input like any other):
+# bcrypt cost 15 is ~2 s here, 1.2 M PBKDF2 rounds (Django 6's default) ~1 s, and
+# Argon2 at 256 MiB, 10 passes is ~30 times our defaults.
+MAX_BCRYPT_COST = 15
+MAX_PBKDF2_ITERATIONS = 2_000_000
+MAX_ARGON2_MEMORY_KIB = 256 * 1024
+MAX_ARGON2_TIME_COST = 10
+MAX_ARGON2_PARALLELISM = 16
+BCRYPT_MAX_BYTES = 72
+
+
+class UnsupportedHash(ValueError):
+    """A hash given on import that is not one of the accepted forms (`code` says why)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def scheme_of(stored_hash: str) -> str | None:
+    """Which form a stored hash has (`argon2`, `bcrypt`, `pbkdf2_sha256`), or None."""
+    if stored_hash.startswith("$argon2"):
+        return ARGON2
+    if _BCRYPT.fullmatch(stored_hash):
+        return BCRYPT
+    if stored_hash.startswith("pbkdf2_sha256$"):
+        return DJANGO_PBKDF2
+    return None
+
+
+def imported_scheme(stored_hash: object) -> str:
+    """The form of a hash brought in from another system, checked well-formed and within
+    the cost bounds; `UnsupportedHash` (with a code) otherwise."""
+    if not isinstance(stored_hash, str) or not stored_hash.isascii() or len(stored_hash) > 255:
+        raise UnsupportedHash("unsupported_hash")
+    scheme = scheme_of(stored_hash)
+    if scheme == ARGON2:
+        try:
+            params = argon2.extract_parameters(stored_hash)
+        except InvalidHashError:
+            raise UnsupportedHash("unsupported_hash") from None
+        if (
+            params.memory_cost > MAX_ARGON2_MEMORY_KIB
+            or params.time_cost > MAX_ARGON2_TIME_COST
+            or params.parallelism > MAX_ARGON2_PARALLELISM
+        ):
+            raise UnsupportedHash("hash_too_costly")
+        return scheme
+    if scheme == BCRYPT:
+        found = _BCRYPT.fullmatch(stored_hash)
+        assert found is not None
+        if not 4 <= int(found.group(1)) <= MAX_BCRYPT_COST:
+            raise UnsupportedHash("hash_too_costly")
+        return scheme
+    found = _DJANGO.fullmatch(stored_hash)
+    if found is None:
+        raise UnsupportedHash("unsupported_hash")
+    if not 1 <= int(found.group(1)) <= MAX_PBKDF2_ITERATIONS:
+        raise UnsupportedHash("hash_too_costly")
+    return DJANGO_PBKDF2
+
+
+def _verify_bcrypt(stored_hash: str, password: str) -> bool:
+    secret = password.encode("utf-8", "surrogatepass")[:BCRYPT_MAX_BYTES]
+    try:
+        return bcrypt.checkpw(secret, stored_hash.encode("ascii"))
+    except ValueError:
+        return False
+
+
+def _verify_django(stored_hash: str, password: str) -> bool:
+    found = _DJANGO.fullmatch(stored_hash)
+    if found is None:
+        return False
+    iterations, salt, expected = int(found.group(1)), found.group(2), found.group(3)
+    derived = hashlib.pbkdf2_hmac(
+        "sha256", password.encode("utf-8", "surrogatepass"), salt.encode(), iterations
+    )
+    try:
+        return hmac.compare_digest(base64.b64decode(expected), derived)
+    except (binascii.Error, ValueError):
+        return False
 
 
 # Hashing threads yield the CPU to the event loop (Linux nice value, per thread).
@@ -139,6 +242,15 @@ class Argon2Hasher:
             # Mismatch, a corrupt hash or another algorithm's hash: all simply "no".
             return False
 
+    def _verify_any_blocking(self, stored_hash: str, password: str) -> bool:
+        """Our Argon2 (on the NFKC form), or an imported hash as its system made it."""
+        scheme = scheme_of(stored_hash)
+        if scheme == BCRYPT:
+            return _verify_bcrypt(stored_hash, password)
+        if scheme == DJANGO_PBKDF2:
+            return _verify_django(stored_hash, password)
+        return self._verify_blocking(stored_hash, _secret_bytes(password))
+
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
@@ -149,12 +261,14 @@ class Argon2Hasher:
         return await self._run(self._hash_blocking, _secret_bytes(password))
 
     async def verify(self, stored_hash: str, password: str) -> bool:
-        return await self._run(self._verify_blocking, stored_hash, _secret_bytes(password))
+        return await self._run(self._verify_any_blocking, stored_hash, password)
 
     async def verify_dummy(self, password: str) -> None:
         await self._run(self._verify_blocking, self._dummy_hash, _secret_bytes(password))
 
     def needs_rehash(self, stored_hash: str) -> bool:
+        if scheme_of(stored_hash) != ARGON2:
+            return True  # an imported bcrypt or PBKDF2 hash: replaced at the first sign-in
         try:
             return self._ph.check_needs_rehash(stored_hash)
         except InvalidHashError:
@@ -165,4 +279,4 @@ class Argon2Hasher:
         return self._hash_blocking(_secret_bytes(password))
 
     def verify_sync(self, stored_hash: str, password: str) -> bool:
-        return self._verify_blocking(stored_hash, _secret_bytes(password))
+        return self._verify_any_blocking(stored_hash, password)

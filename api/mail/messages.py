@@ -4,7 +4,9 @@
   the flow, a one-time code to type instead), when it expires, and a "this
   wasn't me" link;
 - `password_changed_email`: "your password was changed", with a "not you?
-  contact support" line carrying the support reference.
+  contact support" line carrying the support reference;
+- `email_changed_email`: to the old address, when the admin API gave the account
+  a new one.
 
 Each is a multipart/alternative message (plain text first, then HTML)
 rendered from Jinja2 templates in `templates/email/`. HTML templates are
@@ -39,7 +41,8 @@ MAX_NAME_CHARS = 200
 # Subjects are translated in Python (the templates translate the bodies).
 RECOVERY_SUBJECT = "Reset your password"
 PASSWORD_CHANGED_SUBJECT = "Your password was changed"
-SUBJECTS = (RECOVERY_SUBJECT, PASSWORD_CHANGED_SUBJECT)
+EMAIL_CHANGED_SUBJECT = "The email address of your account was changed"
+SUBJECTS = (RECOVERY_SUBJECT, PASSWORD_CHANGED_SUBJECT, EMAIL_CHANGED_SUBJECT)
 
 # Times are always shown in UTC and say so; only the date order follows the language.
 TIME_FORMATS = {"en": "%Y-%m-%d %H:%M UTC", "fr": "%d/%m/%Y %H:%M UTC"}
@@ -212,6 +215,40 @@ def password_changed_email(
     return _message(
         locale=locale,
         subject=i18n.gettext(locale, PASSWORD_CHANGED_SUBJECT),
+        to=recipient,
+        mail_from=mail_from,
+        text=text,
+        html=html,
+        sent_at=sent_at,
+    )
+
+
+def email_changed_email(
+    *,
+    locale: str,
+    to: str,
+    mail_from: str,
+    changed_at: datetime,
+    name: str,
+    recovery_page: str,
+    sent_at: datetime | None = None,
+) -> EmailMessage:
+    """To the old address of an account whose address was changed (the admin API): when,
+    and what to do if it was not expected. The new address is not in it."""
+    _check_locale(locale)
+    recipient = _recipient(to, name)
+    text, html = _render(
+        "email_changed",
+        locale,
+        {
+            "name": recipient.display_name,
+            "changed": format_time(changed_at, locale),
+            "recovery_page": recovery_page,
+        },
+    )
+    return _message(
+        locale=locale,
+        subject=i18n.gettext(locale, EMAIL_CHANGED_SUBJECT),
         to=recipient,
         mail_from=mail_from,
         text=text,

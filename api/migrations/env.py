@@ -23,6 +23,7 @@ import api.accounts.models
 import api.support.models  # noqa: F401  (registers the tables of support)
 import engine.models  # noqa: F401  (registers the engine's tables)
 from api.settings import DEFAULT_DATABASE_URL
+from api.webhooks import models as webhook_models  # noqa: F401  (registers its tables)
 from engine.db import normalise_url
 
 config = context.config

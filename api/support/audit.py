@@ -73,7 +73,7 @@ class Audit:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Entries newest first, one keyset page, and the cursor of the next one."""
         if not 1 <= limit <= MAX_AUDIT_PAGE:
-            raise InvalidInput("limit", f"limit must be between 1 and {MAX_AUDIT_PAGE}")
+            raise InvalidInput("limit", "limit must be between 1 and {most}", most=MAX_AUDIT_PAGE)
         after = decode_row_cursor(cursor) if cursor is not None else None
         query = select(audit_t).order_by(audit_t.c.at.desc(), audit_t.c.id.desc()).limit(limit + 1)
         if after is not None:

@@ -1,8 +1,9 @@
 """Support API keys: random 256-bit strings shown once, stored as SHA-256 digests.
 
 Each key has a name (unique among live keys: a revoked key's name can be
-reused) and a role, `read` or `write`; `rank` orders them for the routes'
-role checks.
+reused) and a role, `read`, `write` or `admin` (the accounts admin API and the
+webhooks, for the applications that use the service; it may do what `write`
+may); `rank` orders them for the routes' role checks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from engine.clock import Clock, as_utc
 
 key_t = SupportKey.__table__
 
-ROLES = ("read", "write")
+ROLES = ("read", "write", "admin")
 KEY_PREFIX = "rsk_"
 MAX_KEY_CHARS = 200
 
@@ -33,7 +34,7 @@ class KeyNameTaken(RecoveryError):
     code = "key_name_taken"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"a live support key named {name!r} already exists")
+        super().__init__("a live support key named {name!r} already exists", params={"name": name})
 
 
 class KeyNotFound(RecoveryError):
@@ -42,7 +43,7 @@ class KeyNotFound(RecoveryError):
     code = "key_not_found"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"no live support key is named {name!r}")
+        super().__init__("no live support key is named {name!r}", params={"name": name})
 
 
 def key_digest(key: str) -> str:
@@ -51,7 +52,7 @@ def key_digest(key: str) -> str:
 
 
 def rank(role: str) -> int:
-    """How much a role may do: `read` < `write`; -1 for no role of ours."""
+    """How much a role may do: `read` < `write` < `admin`; -1 for no role of ours."""
     return ROLES.index(role) if role in ROLES else -1
 
 
@@ -70,7 +71,7 @@ class Keys:
         if name.startswith("("):
             raise InvalidInput("name", "name must not start with '('")
         if role not in ROLES:
-            raise InvalidInput("role", f"role must be one of {', '.join(ROLES)}")
+            raise InvalidInput("role", "role must be one of: {choices}", choices=", ".join(ROLES))
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         try:
             with self.db.transaction() as conn:

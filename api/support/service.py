@@ -179,14 +179,16 @@ class SupportService:
         cursor: str | None,
     ) -> Page:
         if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput("limit", f"limit must be between 1 and {MAX_PAGE}")
+            raise InvalidInput("limit", "limit must be between 1 and {most}", most=MAX_PAGE)
         names = self.engine.flows.names()
         if flow is not None and flow not in names:
-            raise InvalidInput("flow", f"flow must be one of: {', '.join(names)}")
+            raise InvalidInput("flow", "flow must be one of: {choices}", choices=", ".join(names))
         if state is not None:
             known = {s for spec in self.engine.flows.all_versions() for s in spec.states}
             if state not in known:
-                raise InvalidInput("state", f"state must be one of: {', '.join(sorted(known))}")
+                raise InvalidInput(
+                    "state", "state must be one of: {choices}", choices=", ".join(sorted(known))
+                )
         subject = None
         if email is not None:
             try:
@@ -253,7 +255,9 @@ class SupportService:
 
         def work() -> tuple[AttemptRecord, list[tuple[str | None, str, str]]]:
             if fmt not in DIAGRAM_FORMATS:
-                raise InvalidInput("format", f"format must be one of: {', '.join(DIAGRAM_FORMATS)}")
+                raise InvalidInput(
+                    "format", "format must be one of: {choices}", choices=", ".join(DIAGRAM_FORMATS)
+                )
             record = self.engine.get_sync(attempt_id)
             return record, path_of(self.engine.history_sync(record.id))
 
@@ -290,7 +294,10 @@ class SupportService:
             if event not in permitted:
                 names = ", ".join(permitted) or "none"
                 raise InvalidInput(
-                    "event", f"support may fire these events of {spec.name}: {names}"
+                    "event",
+                    "support may fire these events of {flow}: {choices}",
+                    flow=spec.name,
+                    choices=names,
                 )
             fired = self.engine.fire_sync(
                 record.id,
@@ -330,7 +337,7 @@ class SupportService:
             original = self.engine.read_sync(attempt_id)
             hook = self.engine.spec_of(original).hooks.get("resend")
             if hook is None:
-                raise InvalidInput("id", f"attempts of {original.flow} cannot be resent")
+                raise InvalidInput("id", "attempts of {flow} cannot be resent", flow=original.flow)
             return hook(self.context, original, actor_of(key_name))  # type: ignore[no-any-return]
 
         return self._audited(key_name, "resend", str(attempt_id)[:64], {}, work)
@@ -363,7 +370,7 @@ class SupportService:
     def _stats(self, flow: str, since: datetime, until: datetime) -> dict[str, Any]:
         names = self.engine.flows.names()
         if flow not in names:
-            raise InvalidInput("flow", f"flow must be one of: {', '.join(names)}")
+            raise InvalidInput("flow", "flow must be one of: {choices}", choices=", ".join(names))
         if since >= until:
             raise InvalidInput("since", "since must be before until")
         self.engine.sweep_sync()
@@ -404,7 +411,7 @@ class SupportService:
     ) -> Page:
         """Support queries and actions, newest first (this query included), a keyset page."""
         if not 1 <= limit <= MAX_AUDIT_PAGE:
-            raise InvalidInput("limit", f"limit must be between 1 and {MAX_AUDIT_PAGE}")
+            raise InvalidInput("limit", "limit must be between 1 and {most}", most=MAX_AUDIT_PAGE)
         if cursor is not None:
             decode_row_cursor(cursor)  # a bad cursor is refused before anything is recorded
         paged = {"limit": limit, "paged": True} if cursor else {"limit": limit}

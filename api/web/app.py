@@ -42,7 +42,7 @@ from api.accounts.passwords import PasswordHasher
 from api.logs import AccessLogMiddleware
 from api.services import Services, build_services
 from api.settings import Settings
-from api.web import assisted, assisted_pages, ops, pages, public, support
+from api.web import admin, assisted, assisted_pages, ops, pages, public, reference, support
 from api.web import flows as flow_routes
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
@@ -61,6 +61,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # Sent when the public base URL is https: browsers then refuse plain http for a year.
 HSTS = "max-age=31536000"
 METRICS_PATH = "/metrics"
+CSP = "content-security-policy"
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -70,6 +71,10 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
 }
+# The API reference page (Swagger UI) draws its icons as data: images; no other page may.
+PAGE_CSP = {
+    "/schema/reference": SECURITY_HEADERS["content-security-policy"] + "; img-src 'self' data:"
+}
 # Answers that can hold a token, a session or a person's data: never cached.
 NO_STORE_PREFIXES = (
     "/api/recovery",
@@ -78,6 +83,7 @@ NO_STORE_PREFIXES = (
     "/api/logout",
     "/api/session",
     "/api/support",
+    "/api/admin",
 )
 NO_STORE_PAGES = ("/recovery", "/assisted-recovery", "/login")
 
@@ -202,9 +208,10 @@ def security_headers(settings: Settings) -> Callable[[Message, Scope], Awaitable
         if message["type"] != "http.response.start":
             return
         headers = MutableScopeHeaders.from_message(message)
+        path = scope.get("path", "")
         for name, value in always.items():
             if name not in headers:
-                headers[name] = value
+                headers[name] = PAGE_CSP.get(path, value) if name == CSP else value
         if _needs_no_store(scope.get("path", "")):
             headers["cache-control"] = "no-store"
 
@@ -258,12 +265,14 @@ def create_app(
         *public.route_handlers,
         *assisted.route_handlers,
         *support.route_handlers,
+        *admin.route_handlers(settings),
         *flow_routes.route_handlers,
         *ops.route_handlers,
     ]
     # The HTML pages (api/pages.py) bring their templates and the CSRF cookie of their forms.
     route_handlers.extend(pages.route_handlers)
     route_handlers.extend(assisted_pages.route_handlers)
+    route_handlers.extend(reference.route_handlers)
     template_config = pages.template_config()
     csrf_config = pages.csrf_config(settings)
 
@@ -294,7 +303,9 @@ def create_app(
         on_startup=[start_worker],
         on_shutdown=[stop_worker, close_database],
         after_exception=[support.audit_refusal],
-        openapi_config=openapi_config(RefinedJsonRenderPlugin(svc.policy, svc.engine.flows)),
+        openapi_config=openapi_config(
+            RefinedJsonRenderPlugin(svc.policy, svc.engine.flows), reference.ReferencePlugin()
+        ),
         stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config,

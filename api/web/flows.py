@@ -32,8 +32,9 @@ from engine.flow import FlowSpec
 MEDIA_TYPES = {
     "svg": "image/svg+xml",
     "png": "image/png",
-    "dot": "text/vnd.graphviz; charset=utf-8",
-    "mermaid": "text/plain; charset=utf-8",
+    # Litestar adds "; charset=utf-8" to every text/* type itself.
+    "dot": "text/vnd.graphviz",
+    "mermaid": "text/plain",
 }
 ALL_FORMATS = tuple(MEDIA_TYPES)
 # An attempt's diagram is for reading on screen: no PNG.
@@ -70,7 +71,7 @@ def format_parameter(formats: Sequence[str]) -> Any:
 def check_format(value: str, allowed: Sequence[str] = ALL_FORMATS) -> str:
     """`value` if it is exactly one of `allowed`, else `InvalidInput` (400)."""
     if value not in allowed:
-        raise InvalidInput("format", f"format must be one of: {', '.join(allowed)}")
+        raise InvalidInput("format", "format must be one of: {choices}", choices=", ".join(allowed))
     return value
 
 

@@ -7,7 +7,11 @@ types, so `refine` fills them in once, when the document is first served:
 - the new password's length follows the configured policy profile;
 - each `state` field, and the `state` filter of the support list, lists the
   states of the registered flows;
-- every 429 and 503 answer declares the `Retry-After` header it carries.
+- every 429 and 503 answer declares the `Retry-After` header it carries;
+- every operation's request and answers carry an example (`api.web.examples`).
+
+The reference page at /schema/reference (`api.web.reference`) renders the same
+document with Swagger UI, from files the service serves itself.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 
 from litestar import Request
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.accounts.policy import PasswordPolicy
+from api.web.examples import add_examples
 from engine import FlowRegistry
 
 RETRY_AFTER = {
@@ -39,8 +44,8 @@ STATE_PROPERTIES = (
 )
 
 
-def openapi_config(render: JsonRenderPlugin) -> OpenAPIConfig:
-    """OpenAPI at /schema/openapi.json (JSON only: the browsable UIs load third-party assets)."""
+def openapi_config(render: JsonRenderPlugin, *pages: OpenAPIRenderPlugin) -> OpenAPIConfig:
+    """OpenAPI at /schema/openapi.json, and the reference page(s) that render it."""
     return OpenAPIConfig(
         title="Account recovery",
         version="1.0.0",
@@ -50,13 +55,18 @@ def openapi_config(render: JsonRenderPlugin) -> OpenAPIConfig:
             'error answers {"error": {"code", "message", "details"}}.'
         ),
         path="/schema",
-        render_plugins=[render],
+        render_plugins=[render, *pages],
         components=Components(
             security_schemes={
                 "support_key": SecurityScheme(
                     type="http",
                     scheme="bearer",
                     description="A support key (recovery support-key create); role read or write",
+                ),
+                "admin_key": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A key of role admin (recovery support-key create --role admin)",
                 ),
                 "session": SecurityScheme(
                     type="http",
@@ -120,6 +130,8 @@ def refine(document: dict[str, Any], policy: PasswordPolicy, flows: FlowRegistry
         for status, answer in operation["responses"].items():
             if status in ("429", "503"):
                 answer.setdefault("headers", {})["Retry-After"] = dict(RETRY_AFTER)
+    # A request and an answer for every operation, for the reference page.
+    add_examples(document)
 
 
 class RefinedJsonRenderPlugin(JsonRenderPlugin):

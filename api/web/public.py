@@ -170,7 +170,11 @@ async def cancel_attempt(
 )
 async def login(data: JSONBody[LoginBody], services: NamedDependency[Services]) -> SessionCreated:
     signed_in = await services.signin.login(data.email, data.password)
-    return SessionCreated(session_token=signed_in.session_token, expires_at=signed_in.expires_at)
+    return SessionCreated(
+        session_token=signed_in.session_token,
+        expires_at=signed_in.expires_at,
+        account_id=str(signed_in.account_id),
+    )
 
 
 @post(
@@ -206,7 +210,11 @@ async def session(
     for _spec, hook in services.engine.flows.hooked("session_notices"):
         notices += [SessionNotice(**notice) for notice in await hook(services, info.account_id)]
     return SessionAnswer(
-        email_masked=info.email_masked, expires_at=info.expires_at, notices=notices
+        email_masked=info.email_masked,
+        expires_at=info.expires_at,
+        account_id=str(info.account_id),
+        locale=info.locale,
+        notices=notices,
     )
 
 

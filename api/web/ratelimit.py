@@ -45,6 +45,8 @@ STORE_NAME = "rate_limit"
 WINDOW_SECONDS = 60
 PROBES = ("/health", "/ready")
 SUPPORT_PREFIX = "/api/support"
+# The APIs that need a key: agents and applications click and call a lot.
+KEYED_PREFIXES = (SUPPORT_PREFIX, "/api/admin")
 MAX_FORWARDED_HOPS = 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -144,7 +146,7 @@ def rate_limit_config(budgets: Budgets, trusted_proxies: Iterable[str]) -> RateL
         endpoint = request.scope.get("path_template") or request.scope.get("path", "")
         if endpoint in PROBES:
             return None
-        if endpoint.startswith(SUPPORT_PREFIX):
+        if endpoint.startswith(KEYED_PREFIXES):
             return budgets.support
         return budgets.post if request.method == "POST" else budgets.read
 

@@ -102,6 +102,7 @@ class StateAnswer(Struct, frozen=True):
 class SessionCreated(Struct, frozen=True):
     session_token: Annotated[str, Meta(description="bearer token for /api/session, /api/logout")]
     expires_at: datetime
+    account_id: Annotated[str, Meta(description="the id of the account that signed in")]
 
 
 class SessionNotice(Struct, frozen=True):
@@ -120,6 +121,8 @@ class SessionNotice(Struct, frozen=True):
 class SessionAnswer(Struct, frozen=True):
     email_masked: str
     expires_at: datetime
+    account_id: Annotated[str, Meta(description="who signed in: the account's id")]
+    locale: Annotated[str, Meta(description="the account's language (en or fr)")]
     notices: Annotated[
         list[SessionNotice],
         Meta(description="what the account's owner must know now (empty when nothing)"),

@@ -55,7 +55,9 @@ from engine import EngineError
 
 SUPPORT_PATH = "/api/support"
 ROLE_OPT = "support_role"
-ROLE_RANK = {"read": 0, "write": 1}
+ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
+# Paths whose refusals are audited under the key that made them (the admin API too).
+AUDITED_PATHS = (SUPPORT_PATH, "/api/admin")
 
 
 async def require_support_key(
@@ -86,7 +88,7 @@ async def audit_refusal(exc: Exception, scope: Scope) -> None:
     elsewhere, and without any key, there is nothing to attribute and nothing recorded.
     Refusals raised by the support service itself are audited there (and marked)."""
     path = str(scope.get("path", ""))
-    if not (path == SUPPORT_PATH or path.startswith(SUPPORT_PATH + "/")):
+    if not any(path == p or path.startswith(p + "/") for p in AUDITED_PATHS):
         return
     if getattr(exc, "audited", False):
         return

@@ -642,7 +642,7 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     (case_body(email="a@example.com, b@example.com"), "email"),
     (case_body(email="a@example.com\r\nBcc: x@example.com"), "email"),
     (case_body(contact_email="Jane.Doe@Example.COM"), "contact_email"),
-    (case_body(contact_email=None), "body"),
+    (case_body(contact_email=None), "contact_email"),
     (case_body(name="   "), "name"),
     (case_body(name="x" * 201), "name"),
     (case_body(statement=""), "statement"),
@@ -653,7 +653,7 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     (case_body(birth_date="2999-01-01"), "birth_date"),
     (case_body(account_created="2019-13"), "account_created"),
     (case_body(account_created="19"), "account_created"),
-    ({**case_body(), "phone": "+33 6"}, "body"),
+    ({**case_body(), "phone": "+33 6"}, "phone"),
 ]
 
 

@@ -388,7 +388,7 @@ def test_diagrams_write_an_svg_of_each_flow_with_graphviz(tmp_path: Path) -> Non
          "--birthdate", "14/03/1985"],
         ["accounts", "create", "--email", "a@example.com", "--name", "A", "--password-stdin",
          "--locale", "de"],
-        ["support-key", "create", "--name", "bob", "--role", "admin"],
+        ["support-key", "create", "--name", "bob", "--role", "owner"],
         ["attempts", "show"],
     ],
 )  # fmt: skip

@@ -190,13 +190,13 @@ def test_the_code_is_live_at_the_link_deadline_and_410_expired_one_second_later(
     [
         ({"email": ADDRESS, "code": "12345"}, 400, "invalid_input"),
         ({"email": ADDRESS, "code": "12345a"}, 400, "invalid_input"),
-        ({"email": ADDRESS, "code": 123456}, 400, "invalid_request"),
-        ({"email": ADDRESS, "code": ["123456"]}, 400, "invalid_request"),
-        ({"email": [ADDRESS], "code": "123456"}, 400, "invalid_request"),
+        ({"email": ADDRESS, "code": 123456}, 400, "invalid_input"),
+        ({"email": ADDRESS, "code": ["123456"]}, 400, "invalid_input"),
+        ({"email": [ADDRESS], "code": "123456"}, 400, "invalid_input"),
         ({"email": "not an address", "code": "123456"}, 400, "invalid_input"),
-        ({"email": ADDRESS}, 400, "invalid_request"),
-        ({"email": ADDRESS, "code": "123456", "extra": 1}, 400, "invalid_request"),
-        ({"email": ADDRESS, "code": "1" * 65}, 400, "invalid_request"),
+        ({"email": ADDRESS}, 400, "invalid_input"),
+        ({"email": ADDRESS, "code": "123456", "extra": 1}, 400, "invalid_input"),
+        ({"email": ADDRESS, "code": "1" * 65}, 400, "invalid_input"),
     ],
 )
 def test_a_malformed_body_is_a_400_and_records_nothing(

@@ -174,7 +174,7 @@ def test_the_served_process_answers_deep_json_bad_hosts_and_odd_static_names_wit
         ]
         page = http.get("/login", headers={"Host": "127.0.0.1:evil"})
         static = http.get("/static/%00")
-    assert (deep.status_code, deep.json()["error"]["code"]) == (400, "invalid_request")
+    assert (deep.status_code, deep.json()["error"]["code"]) == (400, "invalid_input")
     assert [(h.status_code, h.json()["error"]["code"]) for h in hosts] == [
         (400, "invalid_host"),
         (400, "invalid_host"),

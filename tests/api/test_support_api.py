@@ -398,7 +398,7 @@ def test_support_requests_refused_before_their_handler_are_audited_with_the_keys
         if i["action"] == "refused"
     ]
     assert refused == [
-        ("writer-di", "refused", cancel, "POST", "invalid_request"),
+        ("writer-di", "refused", cancel, "POST", "invalid_input"),
         ("reader-cy", "refused", cancel, "POST", "forbidden"),
     ]
     assert api.attempts()[0].state == "requested"
@@ -758,7 +758,7 @@ def test_cancel_and_resend_refuse_a_password_token_link_or_address_and_change_no
         )
         resend = api.client.post(f"{base}/resend", json={field: value}, headers=writer)
         for answer in (cancel, resend):
-            assert_error(answer, 400, "invalid_request")
+            assert_error(answer, 400, "invalid_input")
             assert value not in answer.text
     api.dispatch()
     states, events, account, audited = snapshot()

@@ -1,0 +1,1 @@
+"""Signed webhooks: endpoints the applications register, and the deliveries of events to them."""
