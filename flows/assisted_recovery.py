@@ -456,6 +456,7 @@ PERSONAL_DATA = {
     "detail": ("client_ip",),
 }
 
+
 def specs(settings: Settings) -> list[FlowSpec]:
     """The flow's versions, configured by the assisted-recovery settings."""
     review = timedelta(days=settings.assisted_review_days)
@@ -1039,6 +1040,10 @@ class CaseRequest:
     account_created: str | None
 
 
+NO_CONTROL_CHARACTERS = "field {name} must not contain control characters"
+TOO_LONG = "field {name} must be at most {limit} characters"
+
+
 def _text(value: object, field: str, limit: int) -> tuple[str, InvalidInput | None]:
     """A bounded free text; a name on one line, a statement or answer on several, and no
     other control character in either (a NUL could reach no mail, log or database)."""
@@ -1046,12 +1051,12 @@ def _text(value: object, field: str, limit: int) -> tuple[str, InvalidInput | No
         return "", InvalidInput(field, "field {name} must be a string", name=field)
     allowed = "" if field == "name" else "\n\r\t"
     if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
-        return "", InvalidInput(field, "field {name} must not contain control characters", name=field)
+        return "", InvalidInput(field, NO_CONTROL_CHARACTERS, name=field)
     cleaned = " ".join(value.split()) if field == "name" else value.strip()
     if not cleaned:
         return "", InvalidInput(field, "field {name} must not be empty", name=field)
     if len(cleaned) > limit:
-        return "", InvalidInput(field, "field {name} must be at most {limit} characters", name=field, limit=limit)
+        return "", InvalidInput(field, TOO_LONG, name=field, limit=limit)
     return cleaned, None
 
 

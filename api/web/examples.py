@@ -244,7 +244,8 @@ OPERATIONS: dict[str, tuple[Any, dict[str, Any]]] = {
             "email": "jane.doe@oldcompany.example",
             "contact_email": "jane.doe@mail.example",
             "name": "Jane Doe",
-            "statement": "I left the company and its mailbox was closed. I still sign in on my phone.",
+            "statement": "I left the company and its mailbox was closed. "
+            "I still sign in on my phone.",
             "birth_date": "1985-03-14",
             "account_created": "2019-06",
         },
