@@ -44,6 +44,7 @@ def device_options(playwright: Playwright, device: str, lang: str) -> dict[str, 
         options = dict(playwright.devices["iPhone 13"])
         options.pop("default_browser_type", None)
     options["locale"] = "fr-FR" if lang == "fr" else "en-US"
+    options["timezone_id"] = "Europe/Paris" if lang == "fr" else "America/New_York"
     return options
 
 
@@ -70,6 +71,8 @@ def submit(page: Page) -> None:
 def show_email(page: Page, shots: Screenshots, message: Any, name: str) -> None:
     """The email's HTML part as a page, then its text part as plain text, screenshotted."""
     part = message.get_body(("html",))
+    # On a blank page: the service's CSP would block the email's inline styles.
+    page.goto("about:blank")
     page.set_content(part.get_content())
     shots.take(page, f"email-{name}-html")
     text = html.escape(message_text(message))
