@@ -97,10 +97,13 @@ class Sender:
 
     @classmethod
     def plain(cls, mail_from: str) -> Sender:
-        """A sender from a bare `From` value (its display name, else its domain, as brand)."""
+        """A sender from a bare `From` value: its domain as the brand, its display name
+        (else the domain) as the sender's name."""
         written, address = parseaddr(mail_from)
-        name = written or address.rpartition("@")[2] or address
-        return cls(address=address or mail_from, brand=Brand(name=name), default_name=name)
+        domain = address.rpartition("@")[2] or address or mail_from
+        return cls(
+            address=address or mail_from, brand=Brand(name=domain), default_name=written or domain
+        )
 
     def name(self, locale: str) -> str:
         """The display name for an email in `locale`."""
