@@ -381,7 +381,11 @@ def error_page(
                 },
             )
         if form == "recovery":
+            typed = shown.get("email", "")
+            several = typed.count("@") > 1 or any(c in typed for c in ",;\r\n")
             kind = {"repeated": "repeated", "missing": "missing"}.get(str(exc), "invalid")
+            if several:
+                kind = "repeated"  # a list, not one address: say "only one"
             return render(page, "recovery.html", status=400, error=kind, values=shown)
         return render(page, "error.html", status=400, error="invalid_form")
     if isinstance(exc, (LinkDead, UnknownToken)):
@@ -617,6 +621,15 @@ async def recovery_form(request: Request[Any, Any, Any]) -> Template:
     return render(_page(request), "recovery.html", error=None, values={})
 
 
+def _duration(minutes: int, locale: str) -> str:
+    """ "1 hour", "90 minutes", "2 days": in whole days or hours when it is some, in words."""
+    unit = "day" if minutes % 1440 == 0 else "hour" if minutes % 60 == 0 else "minute"
+    # A threshold this high keeps babel from rounding 90 minutes up to "2 hours".
+    return format_timedelta(
+        timedelta(minutes=minutes), granularity=unit, threshold=1000, locale=locale
+    )
+
+
 async def _time_zone(request: Request[Any, Any, Any]) -> str | None:
     """The browser's IANA time zone the form's hidden `tz` field carries, if it names one."""
     form = await request.form()
@@ -655,9 +668,7 @@ async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
         reference=support_reference(attempt.id),
         # What was typed, as typed (bounded): it says nothing of whether an account has it.
         email=typed[:320],
-        link_duration=format_timedelta(
-            timedelta(minutes=settings.link_ttl_minutes), locale=page.locale, threshold=2
-        ),
+        link_duration=_duration(settings.link_ttl_minutes, page.locale),
         cooldown_seconds=settings.resend_cooldown_seconds,
     )
 

@@ -921,7 +921,9 @@ async def test_password_changed_notice_survives_a_mail_outage(
     smtp_sink.start()
     frozen.tick(timedelta(seconds=2))
     await dispatcher.run_once()
-    assert [m["Subject"] for m in smtp_sink.wait_for(2)][1] == "accounts.example.test: your password was changed"
+    assert [m["Subject"] for m in smtp_sink.wait_for(2)][
+        1
+    ] == "accounts.example.test: your password was changed"
 
 
 # -- metrics and the loop --------------------------------------------------------------
