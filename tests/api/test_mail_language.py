@@ -13,7 +13,6 @@ import re
 from datetime import UTC, datetime
 
 from freezegun import freeze_time
-
 from litestar.testing import TestClient
 
 from tests.api.conftest import PUBLIC_BASE_URL, Api
