@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures `site` and `make_site` are imported from test_pages)
 """Pages a person trusts (issue 16), through their forms like a browser would.
 
 The brand and the support contact on every page, the sign-in that ends in a
@@ -69,7 +70,7 @@ def test_without_settings_the_pages_name_the_host_never_account_recovery(site: S
 
 @sqlite_only
 def test_the_brand_name_logo_and_support_contact_appear_on_the_pages(
-    make_site: SiteFactory,  # noqa: F811
+    make_site: SiteFactory,
     tmp_path: Path,
 ) -> None:
     """With the settings, every page carries the brand (its logo, served by the service at
@@ -226,7 +227,7 @@ def test_the_form_offers_the_suggestion_and_toggle_only_to_the_script(site: Site
 
 @sqlite_only
 def test_the_inbox_page_echoes_the_address_and_offers_send_again(
-    make_site: SiteFactory,  # noqa: F811
+    make_site: SiteFactory,
 ) -> None:
     """The page repeats the address as typed, says how long the link works in words, and
     its "send again" form re-posts that address once the cooldown has passed."""
