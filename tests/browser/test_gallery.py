@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect
 
 from tests.browser.conftest import ACTION_TIMEOUT_MS, Account, Screenshots
@@ -48,6 +49,24 @@ def device_options(playwright: Playwright, device: str, lang: str) -> dict[str, 
     return options
 
 
+AXE = Axe()
+
+
+class CheckedShots:
+    """Screenshots of the service's pages, each checked by axe-core first (0 violations)."""
+
+    def __init__(self, shots: Screenshots) -> None:
+        self.shots = shots
+        self.checked = 0
+
+    def take(self, page: Page, step: str) -> None:
+        if not step.startswith("email-"):
+            results = AXE.run(page)
+            assert results.violations_count == 0, f"{step}: {results.generate_report()}"
+            self.checked += 1
+        self.shots.take(page, step)
+
+
 @pytest.fixture
 def contexts(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
     made: list[BrowserContext] = []
@@ -68,7 +87,7 @@ def submit(page: Page) -> None:
     page.wait_for_load_state()
 
 
-def show_email(page: Page, shots: Screenshots, message: Any, name: str) -> None:
+def show_email(page: Page, shots: Any, message: Any, name: str) -> None:
     """The email's HTML part as a page, then its text part as plain text, screenshotted."""
     part = message.get_body(("html",))
     # On a blank page: the service's CSP would block the email's inline styles.
@@ -103,7 +122,9 @@ def test_gallery_of_every_page_and_email(
     lang: str,
     device: str,
 ) -> None:
-    """Every page state and both emails, pictured in one language on one device."""
+    """Every page state and both emails, pictured in one language on one device; axe-core
+    finds no violation on any page."""
+    shots = CheckedShots(shots)  # type: ignore[assignment]
     account = make_account(locale=lang)
     options = device_options(playwright, device, lang)
     q = f"?lang={lang}"
@@ -231,7 +252,9 @@ def test_gallery_of_states_that_need_time(
     contexts: Callable[..., BrowserContext],
     shots: Screenshots,
 ) -> None:
-    """An expired link and a slowed-down sign-in, in both languages on both devices."""
+    """An expired link and a slowed-down sign-in, in both languages on both devices; axe-core
+    finds no violation on either."""
+    shots = CheckedShots(shots)  # type: ignore[assignment]
     combos = [(lang, device) for lang in LANGS for device in DEVICES]
     pending = []
     for n, (lang, device) in enumerate(combos):
