@@ -172,7 +172,9 @@ class MailSettings(BaseModel):
     """How mail leaves (`api/mail`): the transport, the sender, the retries."""
 
     mail_url: str = "file://./var/mail"
-    mail_from: str = "Account recovery <no-reply@localhost>"
+    # The address emails come from. A display name written here ("Acme <no-reply@...>")
+    # is used in every language; without one the brand's name is (see BrandSettings).
+    mail_from: str = "no-reply@localhost"
     mail_max_tries: int = Field(default=5, ge=1)
     mail_retry_base_seconds: float = Field(default=2.0, gt=0)
     mail_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -202,6 +204,86 @@ class MailSettings(BaseModel):
         if parts.scheme != "file":
             return None
         return Path(parts.netloc + parts.path)
+
+
+MAX_BRAND_NAME_CHARS = 60
+MAX_LOGO_BYTES = 256 * 1024
+LOGO_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".webp", ".gif")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class BrandSettings(BaseModel):
+    """Who the pages and emails speak for, and how a person reaches support (`api/brand.py`).
+
+    Without a name the pages and emails use the public host name; without a
+    support address or page they point to the self-service way and never
+    promise a support they cannot reach.
+    """
+
+    brand_name: str | None = None
+    # An image file (PNG, SVG, JPEG, WebP or GIF, at most 256 KiB) the service serves itself.
+    brand_logo: Path | None = None
+    support_email: str | None = None
+    support_url: str | None = None
+    # The product's own site: where the signed-in page's "Continue" leads (none: no button).
+    brand_url: str | None = None
+    # The emails' sender display name per language (else MAIL_FROM's own, else the brand).
+    mail_sender_name_en: str | None = None
+    mail_sender_name_fr: str | None = None
+
+    @field_validator("brand_name", "mail_sender_name_en", "mail_sender_name_fr")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if _CONTROL_CHARS.search(value):
+            raise ValueError("must be one line of text")
+        if len(value.strip()) > MAX_BRAND_NAME_CHARS:
+            raise ValueError(f"must be at most {MAX_BRAND_NAME_CHARS} characters")
+        return value.strip()
+
+    @field_validator("brand_logo")
+    @classmethod
+    def _brand_logo(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        if value.suffix.lower() not in LOGO_SUFFIXES:
+            raise ValueError(f"must be an image file ({', '.join(LOGO_SUFFIXES)})")
+        if not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        if value.stat().st_size > MAX_LOGO_BYTES:
+            raise ValueError(f"must be at most {MAX_LOGO_BYTES // 1024} KiB")
+        return value.resolve()
+
+    @field_validator("support_email")
+    @classmethod
+    def _support_email(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        local, at, domain = value.rpartition("@")
+        if (
+            not at
+            or not local
+            or "." not in domain
+            or _CONTROL_CHARS.search(value)
+            or any(c in value for c in ' ,;<>"()[]')
+        ):
+            raise ValueError("must be one email address, e.g. help@example.com")
+        return value
+
+    @field_validator("support_url", "brand_url")
+    @classmethod
+    def _support_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://example.com/help")
+        if _CONTROL_CHARS.search(value) or " " in value:
+            raise ValueError("must be one URL without spaces")
+        return value
 
 
 class WorkerSettings(BaseModel):
@@ -287,6 +369,7 @@ class Settings(
     DatabaseSettings,
     HttpSettings,
     MailSettings,
+    BrandSettings,
     WorkerSettings,
     AccountSettings,
     AdminSettings,

@@ -60,7 +60,7 @@ from api.errors import (
 )
 from api.i18n import DEFAULT, SUPPORTED
 from api.mail.delivery import UNUSABLE_ADDRESS, Mail
-from api.mail.messages import password_changed_email, recovery_email
+from api.mail.messages import password_changed_email, recovery_email, zone_named
 from api.mail.transports import PermanentMailError
 from api.settings import Settings
 from api.support.reference import support_reference
@@ -219,7 +219,8 @@ class _Recovery(StateMachine):
             {
                 "account_id": str(account.id),
                 "attempt_id": str(tx.attempt.id),
-                "locale": tx.attempt.data.get("locale", DEFAULT),
+                "locale": tx.attempt.data.get("locale") or DEFAULT,
+                "time_zone": tx.attempt.data.get("time_zone"),
             },
         )
 
@@ -485,9 +486,11 @@ async def _email_link(
     now = app.engine.clock.now()
     base = app.settings.public_base_url
     tries = int(delivery.get("tries") or 0) + 1
+    # The request's language, else the account's (a JSON request may name none).
+    locale = _locale(attempt.data.get("locale") or account.locale)
     try:
         message = recovery_email(
-            locale=_locale(attempt.data.get("locale")),
+            locale=locale,
             to=account.email,
             mail_from=app.mail.sender,
             link=f"{base}/recovery/reset?token={token}",
@@ -498,6 +501,7 @@ async def _email_link(
             sent_at=now,
             code=code,
             code_page=f"{base}/recovery/code" if code is not None else None,
+            time_zone=attempt.data.get("time_zone"),
         )
     except ValueError:
         # The stored address cannot be written into a message: no later try can,
@@ -536,6 +540,7 @@ async def _email_link(
             detail={"tries": tries},
             data={
                 "account_id": str(account.id),
+                "locale": locale,
                 "delivery": {
                     **delivery,
                     "status": "sent",
@@ -603,6 +608,7 @@ async def send_password_changed(app: App, item: dict[str, Any]) -> None:
             name=account.name,
             recovery_page=f"{app.settings.public_base_url}/recovery",
             sent_at=engine.clock.now(),
+            time_zone=payload.get("time_zone"),
         )
     except ValueError:
         await finish(UNUSABLE_ADDRESS)
@@ -690,11 +696,16 @@ async def request(
     app: App,
     email: object,
     *,
-    locale: str,
+    locale: str | None,
     client_ip: str | None = None,
     user_agent: str | None = None,
+    time_zone: str | None = None,
 ) -> AttemptRecord:
-    """ "Forgot password?": record a `requested` attempt, the same work whatever the address."""
+    """ "Forgot password?": record a `requested` attempt, the same work whatever the address.
+
+    `locale` None: the request named no language, and the email speaks the account's.
+    `time_zone`: the browser's IANA zone, the emails' times are shown in (else UTC).
+    """
     try:
         subject = normalise_email(email)
     except InvalidEmail as exc:
@@ -706,10 +717,11 @@ async def request(
         actor=PERSON,
         data={
             "email_submitted": email.strip()[:320],
-            "locale": _locale(locale),
+            "locale": _locale(locale) if locale else None,
             "client_ip": client_ip,
             "user_agent": (user_agent or "")[:MAX_USER_AGENT_CHARS],
             "delivery": _queued(),
+            **({"time_zone": time_zone} if zone_named(time_zone) else {}),
         },
         detail={"client_ip": client_ip},
     )

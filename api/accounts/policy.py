@@ -12,6 +12,17 @@ or that the confirmation does not repeat. Every violation is reported at once,
 each with a stable code. The last-5 history needs the hasher, so the caller
 checks it with `check_history` and adds `reused_violation()`.
 
+Strength is reported once: a password found in the common or leaked lists is
+`common_password` (a list of guesses holds it, whatever zxcvbn thinks), and
+only a password in no list is scored, `too_weak` when zxcvbn finds it easy to
+guess. Nearly every listed password also scores low, so reporting both told a
+person the same thing twice; each code now keeps one meaning.
+
+`checklist(locale)` lists the rules as a page shows them: one line each, with
+the violation codes that break it and, for the rules a browser can check as
+the person types (length, letter, digit, special character, confirmation),
+what to check (`Rule.live`); the others are the server's to judge on submit.
+
 Length is counted in Unicode code points after NFKC, as NIST SP 800-63B asks,
 not in grapheme clusters: "é" counts 1 whether typed composed or decomposed
 (NFKC composes it), while an emoji family or a flag counts several. Code
@@ -46,6 +57,7 @@ __all__ = [
     "Field",
     "PasswordPolicy",
     "PersonalData",
+    "Rule",
     "Violation",
     "check_history",
 ]
@@ -90,9 +102,9 @@ MESSAGES: dict[str, str] = {
 }
 
 RULE_LENGTH = "Between {min_length} and {max_length} characters."
-RULE_COMPOSITION = (
-    "At least one letter, one digit and one special character, such as ! ? # or a space."
-)
+RULE_LETTER = "At least one letter."
+RULE_DIGIT = "At least one digit."
+RULE_SPECIAL = "At least one special character, such as ! ? # or a space."
 RULE_ANY_CHARACTERS = (
     "Any characters are allowed, spaces included: "
     "a phrase of several words is easy to remember and hard to guess."
@@ -119,6 +131,18 @@ class Violation:
     def as_dict(self, locale: str) -> dict[str, str]:
         """The shape of one entry of a 422's `error.details`."""
         return {"code": self.code, "field": self.field, "message": self.message(locale)}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One line of the rules a page lists: its text, the violation codes that break it,
+    and what a browser checks live (`length`, `letter`, `digit`, `special`, `match`),
+    or None when only the server can judge it (personal data, lists, history)."""
+
+    key: str
+    text: str
+    codes: tuple[str, ...]
+    live: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,25 +284,44 @@ class PasswordPolicy:
         fragments = personal_fragments(personal)
         if any(fragment in folded for fragment in fragments):
             violations.append(Violation("contains_personal_data"))
+        # One strength verdict: a listed password is `common_password` and is not scored.
         if self._is_common(folded):
             violations.append(Violation("common_password"))
-        if zxcvbn_score(normal, self._user_inputs(personal, fragments)) < MIN_ZXCVBN_SCORE:
+        elif zxcvbn_score(normal, self._user_inputs(personal, fragments)) < MIN_ZXCVBN_SCORE:
             violations.append(Violation("too_weak"))
         if not self._confirmed(password, normal, confirmation):
             violations.append(Violation("confirmation_mismatch", "password_confirm"))
         return violations
 
+    def checklist(self, locale: str) -> list[Rule]:
+        """The rules, one line each in `locale`, as the new-password form lists them."""
+        length = gettext(
+            locale, RULE_LENGTH, min_length=self.min_length, max_length=self.max_length
+        )
+        rules = [Rule("length", length, ("too_short", "too_long"), "length")]
+        if self.composition:
+            rules += [
+                Rule("letter", gettext(locale, RULE_LETTER), ("missing_letter",), "letter"),
+                Rule("digit", gettext(locale, RULE_DIGIT), ("missing_digit",), "digit"),
+                Rule("special", gettext(locale, RULE_SPECIAL), ("missing_special",), "special"),
+            ]
+        else:
+            rules.append(Rule("any", gettext(locale, RULE_ANY_CHARACTERS), ()))
+        rules += [
+            Rule("personal", gettext(locale, RULE_PERSONAL), ("contains_personal_data",)),
+            Rule("common", gettext(locale, RULE_COMMON), ("common_password", "too_weak")),
+            Rule(
+                "history",
+                gettext(locale, RULE_HISTORY, count=HISTORY_SIZE),
+                ("reused_password",),
+            ),
+            Rule("match", gettext(locale, RULE_CONFIRM), ("confirmation_mismatch",), "match"),
+        ]
+        return rules
+
     def rules(self, locale: str) -> list[str]:
         """The rules in words, in `locale`, for the page to show before the person types."""
-        texts = [
-            gettext(locale, RULE_LENGTH, min_length=self.min_length, max_length=self.max_length),
-            gettext(locale, RULE_COMPOSITION if self.composition else RULE_ANY_CHARACTERS),
-            gettext(locale, RULE_PERSONAL),
-            gettext(locale, RULE_COMMON),
-            gettext(locale, RULE_HISTORY, count=HISTORY_SIZE),
-            gettext(locale, RULE_CONFIRM),
-        ]
-        return texts
+        return [rule.text for rule in self.checklist(locale)]
 
     def reused_violation(self) -> Violation:
         """The violation to add when `check_history` finds the password among the last ones."""

@@ -24,7 +24,17 @@ from email.message import EmailMessage
 from typing import Any
 
 from api import i18n
-from api.mail.messages import _check_locale, _message, _recipient, _render, format_time
+from api.brand import Sender
+from api.mail.messages import (
+    _check_locale,
+    _context,
+    _inline_logo,
+    _message,
+    _recipient,
+    _render,
+    _sender,
+    format_time,
+)
 
 CODE_SUBJECT = "Your confirmation code"
 NOTICE_SUBJECT = "Someone asked to move your account to a new address"
@@ -54,21 +64,28 @@ def _email(
     locale: str,
     to: str,
     name: str,
-    mail_from: str,
+    mail_from: str | Sender,
     sent_at: datetime | None,
     context: dict[str, Any],
 ) -> EmailMessage:
     _check_locale(locale)
+    sender = _sender(mail_from)
     recipient = _recipient(to, name)
-    text, html = _render(kind, locale, {"name": recipient.display_name, **context})
+    logo = _inline_logo(sender)
+    text, html = _render(
+        kind,
+        locale,
+        {**_context(sender, locale, logo is not None), "name": recipient.display_name, **context},
+    )
     return _message(
         locale=locale,
         subject=i18n.gettext(locale, subject),
         to=recipient,
-        mail_from=mail_from,
+        sender=sender,
         text=text,
         html=html,
         sent_at=sent_at,
+        logo=logo,
     )
 
 
@@ -76,7 +93,7 @@ def code_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     code: str,
     expires_at: datetime,
     confirm_page: str,
@@ -105,7 +122,7 @@ def notice_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     name: str,
     stage: str,
     new_address: str,
@@ -143,7 +160,7 @@ def info_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     question: str,
     answer_link: str,
     reference: str,
@@ -166,7 +183,7 @@ def grant_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     link: str,
     expires_at: datetime,
     reference: str,
@@ -193,7 +210,7 @@ def closed_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     reference: str,
     recovery_page: str,
     sent_at: datetime | None = None,
@@ -215,7 +232,7 @@ def moved_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     name: str,
     new_address: str,
     changed_at: datetime,

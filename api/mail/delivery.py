@@ -4,7 +4,8 @@
 decide: a permanent refusal (5xx, an address the server cannot take) ends the
 attempt, a temporary one is tried again after `backoff(tries)` until
 `mail_max_tries`. Every send is reported to `on_send` (its duration and
-outcome), which the metrics observe.
+outcome), which the metrics observe. `sender` is who the messages are from:
+the brand and its display names (`api.brand.Sender`), built once.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from email.message import EmailMessage
 
+from api.brand import Sender
 from api.mail.transports import MailError, MailTransport, PermanentMailError, TemporaryMailError
-from api.settings import MailSettings
+from api.settings import MailSettings, Settings
 from engine.worker import describe, log_failure
 
 OnSend = Callable[[float, str], None]
@@ -32,10 +34,11 @@ class Mail:
         self.settings = settings
         self.transport = transport
         self.on_send = on_send
-
-    @property
-    def sender(self) -> str:
-        return self.settings.mail_from
+        self.sender: Sender = (
+            Sender.from_settings(settings)
+            if isinstance(settings, Settings)
+            else Sender.plain(settings.mail_from)
+        )
 
     def backoff(self, tries: int) -> timedelta:
         """How long to wait after the `tries`-th failed try: doubling from the base."""

@@ -1,20 +1,28 @@
-"""The two emails of the recovery flow, rendered in the attempt's language.
+"""The two emails of the recovery flow, rendered in the attempt's language and the person's time.
 
 - `recovery_email`: the link to choose a new password (and, from version 2 of
-  the flow, a one-time code to type instead), when it expires, and a "this
-  wasn't me" link;
-- `password_changed_email`: "your password was changed", with a "not you?
-  contact support" line carrying the support reference;
+  the flow, a one-time code to type instead), until when it works (in the
+  person's time zone), and the "this wasn't me" link;
+- `password_changed_email`: "your password was changed", when, and the way
+  back for a person who did not do it (a new password, then support);
 - `email_changed_email`: to the old address, when the admin API gave the account
   a new one.
 
+They speak for the brand (`api.brand.Sender`): the sender's display name in
+the email's language, a subject that names the product, the brand at the top,
+and one "if this wasn't you" path that ends at support when a support address
+or page is configured (the same words and order in the HTML and text parts).
+Times are shown in the browser's time zone recorded with the request, else in
+UTC, and say which.
+
 Each is a multipart/alternative message (plain text first, then HTML)
-rendered from Jinja2 templates in `templates/email/`. HTML templates are
+rendered from Jinja2 templates in `templates/`. HTML templates are
 autoescaped; texts go through gettext with English message ids, French in
 `locale/fr/LC_MESSAGES/mail.po`. No password ever appears in either (none is
 passed in). Headers are built with `email.headerregistry`, so a name holding
 line breaks, quotes or commas stays a display name and cannot add headers or
-recipients.
+recipients. A configured logo in a format mail clients show (PNG, JPEG, GIF)
+travels inside the message (`cid:`), never fetched from anywhere.
 """
 
 from __future__ import annotations
@@ -29,23 +37,35 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel.dates import format_date, get_timezone_location
+from babel.dates import format_time as babel_time
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from api import i18n
+from api.brand import Sender
 from engine.clock import SystemClock
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 MAX_NAME_CHARS = 200
 
-# Subjects are translated in Python (the templates translate the bodies).
-RECOVERY_SUBJECT = "Reset your password"
-PASSWORD_CHANGED_SUBJECT = "Your password was changed"
+# Subjects are translated in Python (the templates translate the bodies); each names the
+# product first, so a person sees who writes before opening it.
+RECOVERY_SUBJECT = "{brand}: reset your password"
+PASSWORD_CHANGED_SUBJECT = "{brand}: your password was changed"
 EMAIL_CHANGED_SUBJECT = "The email address of your account was changed"
 SUBJECTS = (RECOVERY_SUBJECT, PASSWORD_CHANGED_SUBJECT, EMAIL_CHANGED_SUBJECT)
 
-# Times are always shown in UTC and say so; only the date order follows the language.
-TIME_FORMATS = {"en": "%Y-%m-%d %H:%M UTC", "fr": "%d/%m/%Y %H:%M UTC"}
+# A moment as the emails say it: the date and time in the person's language and zone.
+MOMENT = "{date} at {time} ({zone})"
+ZONE_OF_CITY = "{city} time"
+UTC_LABEL = "UTC"
+TIME_TEXTS = (MOMENT, ZONE_OF_CITY)
+MAX_ZONE_CHARS = 64
+# Logo formats mail clients show inline (SVG and WebP are not, widely).
+INLINE_LOGO_TYPES = ("image/png", "image/jpeg", "image/gif")
+LOGO_CID = "brand-logo"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
@@ -97,18 +117,54 @@ def _recipient(to: str, name: str) -> Address:
         raise ValueError("recipient must be exactly one email address") from None
 
 
-def _sender_domain(mail_from: str) -> str:
-    address = parseaddr(mail_from)[1]
-    if "@" not in address or _CONTROL.search(mail_from):
+def _sender(mail_from: str | Sender) -> Sender:
+    sender = mail_from if isinstance(mail_from, Sender) else Sender.plain(mail_from)
+    address = parseaddr(sender.address)[1]
+    if "@" not in address or _CONTROL.search(sender.address):
         raise ValueError("mail_from must be one address, e.g. 'Support <no-reply@example.com>'")
-    return address.rpartition("@")[2]
+    return sender
 
 
-def format_time(when: datetime, locale: str) -> str:
-    """`when` in UTC, labelled as such, in the language's date order."""
+def zone_named(time_zone: object) -> ZoneInfo | None:
+    """The IANA zone a browser reported (`Europe/Paris`), or None when it names none."""
+    if not isinstance(time_zone, str) or not 0 < len(time_zone) <= MAX_ZONE_CHARS:
+        return None
+    if time_zone.startswith("/") or ".." in time_zone or _CONTROL.search(time_zone):
+        return None
+    try:
+        return ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _zone_label(local: datetime, zone: ZoneInfo | None, locale: str) -> str:
+    """ "Paris time" for a city's zone; the UTC offset for the others; "UTC" for UTC."""
+    if zone is None or zone.key in ("UTC", "Etc/UTC", "Etc/GMT", "GMT"):
+        return UTC_LABEL
+    if "/" in zone.key and not zone.key.startswith("Etc/"):
+        city = get_timezone_location(zone, locale=locale, return_city=True)
+        return i18n.gettext(locale, ZONE_OF_CITY, city=city)
+    offset = local.utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+    sign = "+" if minutes >= 0 else "\u2212"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def format_time(when: datetime, locale: str, time_zone: str | None = None) -> str:
+    """`when` as a person reads it: date and time in their language and zone, the zone
+    named ("Tuesday, December 1, 2026 at 8:32 AM (Paris time)"); UTC, said as such,
+    when no usable zone is known."""
     if when.tzinfo is None:
         raise ValueError("times must be timezone-aware")
-    return when.astimezone(UTC).strftime(TIME_FORMATS.get(locale, TIME_FORMATS["en"]))
+    zone = zone_named(time_zone)
+    local = when.astimezone(zone or UTC)
+    return i18n.gettext(
+        locale,
+        MOMENT,
+        date=format_date(local, "full", locale=locale),
+        time=babel_time(local, "short", locale=locale),
+        zone=_zone_label(local, zone, locale),
+    )
 
 
 def _render(kind: str, locale: str, context: dict[str, Any]) -> tuple[str, str]:
@@ -118,20 +174,47 @@ def _render(kind: str, locale: str, context: dict[str, Any]) -> tuple[str, str]:
     return text, html
 
 
+def _inline_logo(sender: Sender) -> tuple[bytes, str] | None:
+    """The logo's bytes and media type when it can travel inside the message."""
+    brand = sender.brand
+    if brand.logo_file is None or brand.logo_type not in INLINE_LOGO_TYPES:
+        return None
+    try:
+        return brand.logo_file.read_bytes(), brand.logo_type
+    except OSError:
+        return None
+
+
+def _context(sender: Sender, locale: str, logo: bool) -> dict[str, Any]:
+    """What every email's layout and support paragraph need."""
+    brand = sender.brand
+    return {
+        "brand": brand.name,
+        "logo_cid": LOGO_CID if logo else None,
+        "support_email": brand.support_email,
+        "support_url": brand.support_url,
+    }
+
+
 def _message(
     *,
     locale: str,
     subject: str,
     to: Address,
-    mail_from: str,
+    sender: Sender,
     text: str,
     html: str,
     sent_at: datetime | None,
+    logo: tuple[bytes, str] | None = None,
 ) -> EmailMessage:
-    domain = _sender_domain(mail_from)
+    address = parseaddr(sender.address)[1]
+    domain = address.rpartition("@")[2]
+    local_part = address.rpartition("@")[0]
     message = EmailMessage()
     message["Subject"] = subject
-    message["From"] = mail_from
+    message["From"] = Address(
+        display_name=safe_name(sender.name(locale)), username=local_part, domain=domain
+    )
     message["To"] = to
     message["Date"] = format_datetime((sent_at or SystemClock().now()).astimezone(UTC))
     # An explicit domain: make_msgid would otherwise ask DNS for this host's name.
@@ -140,6 +223,11 @@ def _message(
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(text)
     message.add_alternative(html, subtype="html")
+    if logo is not None:
+        # multipart/alternative[text, multipart/related[html, logo]]: the HTML shows it by cid.
+        html_part = message.get_payload()[1]  # type: ignore[index]
+        maintype, _, subtype = logo[1].partition("/")
+        html_part.add_related(logo[0], maintype, subtype, cid=f"<{LOGO_CID}>")
     # After the body: setting content clears every Content-* header.
     message["Content-Language"] = locale
     return message
@@ -149,7 +237,7 @@ def recovery_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     link: str,
     cancel_link: str,
     expires_at: datetime,
@@ -158,20 +246,24 @@ def recovery_email(
     sent_at: datetime | None = None,
     code: str | None = None,
     code_page: str | None = None,
+    time_zone: str | None = None,
 ) -> EmailMessage:
     """The email with the link to choose a new password (and, when given, the code that
     does the same typed where the person asked, or on `code_page` from another device),
     and a "this wasn't me" link."""
     _check_locale(locale)
+    sender = _sender(mail_from)
     recipient = _recipient(to, name)
+    logo = _inline_logo(sender)
     text, html = _render(
         "recovery",
         locale,
         {
+            **_context(sender, locale, logo is not None),
             "name": recipient.display_name,
             "link": link,
             "cancel_link": cancel_link,
-            "expires": format_time(expires_at, locale),
+            "expires": format_time(expires_at, locale, time_zone),
             "reference": reference,
             "code": code,
             "code_page": code_page,
@@ -179,12 +271,13 @@ def recovery_email(
     )
     return _message(
         locale=locale,
-        subject=i18n.gettext(locale, RECOVERY_SUBJECT),
+        subject=i18n.gettext(locale, RECOVERY_SUBJECT, brand=sender.brand.name),
         to=recipient,
-        mail_from=mail_from,
+        sender=sender,
         text=text,
         html=html,
         sent_at=sent_at,
+        logo=logo,
     )
 
 
@@ -192,34 +285,39 @@ def password_changed_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     changed_at: datetime,
     reference: str,
     name: str,
     recovery_page: str,
     sent_at: datetime | None = None,
+    time_zone: str | None = None,
 ) -> EmailMessage:
-    """ "Your password was changed": when, and whom to contact if it was not you."""
+    """ "Your password was changed": when, and the way back if it was not you."""
     _check_locale(locale)
+    sender = _sender(mail_from)
     recipient = _recipient(to, name)
+    logo = _inline_logo(sender)
     text, html = _render(
         "password_changed",
         locale,
         {
+            **_context(sender, locale, logo is not None),
             "name": recipient.display_name,
-            "changed": format_time(changed_at, locale),
+            "changed": format_time(changed_at, locale, time_zone),
             "reference": reference,
             "recovery_page": recovery_page,
         },
     )
     return _message(
         locale=locale,
-        subject=i18n.gettext(locale, PASSWORD_CHANGED_SUBJECT),
+        subject=i18n.gettext(locale, PASSWORD_CHANGED_SUBJECT, brand=sender.brand.name),
         to=recipient,
-        mail_from=mail_from,
+        sender=sender,
         text=text,
         html=html,
         sent_at=sent_at,
+        logo=logo,
     )
 
 
@@ -227,7 +325,7 @@ def email_changed_email(
     *,
     locale: str,
     to: str,
-    mail_from: str,
+    mail_from: str | Sender,
     changed_at: datetime,
     name: str,
     recovery_page: str,
@@ -236,11 +334,14 @@ def email_changed_email(
     """To the old address of an account whose address was changed (the admin API): when,
     and what to do if it was not expected. The new address is not in it."""
     _check_locale(locale)
+    sender = _sender(mail_from)
     recipient = _recipient(to, name)
+    logo = _inline_logo(sender)
     text, html = _render(
         "email_changed",
         locale,
         {
+            **_context(sender, locale, logo is not None),
             "name": recipient.display_name,
             "changed": format_time(changed_at, locale),
             "recovery_page": recovery_page,
@@ -250,8 +351,9 @@ def email_changed_email(
         locale=locale,
         subject=i18n.gettext(locale, EMAIL_CHANGED_SUBJECT),
         to=recipient,
-        mail_from=mail_from,
+        sender=sender,
         text=text,
         html=html,
         sent_at=sent_at,
+        logo=logo,
     )

@@ -1,9 +1,19 @@
 """The server-rendered HTML pages: sign-in, "Forgot password?", the reset form, "this wasn't me".
 
 The pages drive the same flow and sign-in as the JSON API, render with Jinja
-(templates in `api/templates/`, our own CSS in `api/static/`, no script, no
-third-party asset) in English or French, and post their forms under Litestar's
-double-submit CSRF cookie.
+(templates in `api/web/templates/`, our own CSS and one small script in
+`api/web/static/`, no third-party asset) in English or French, speak for the
+brand (`api.brand.Brand`: its name, logo and support contact), and post their
+forms under Litestar's double-submit CSRF cookie. Every page works without the
+script; with it, the forms send the browser's time zone (the emails' times are
+given in it), the new-password form checks the rules a browser can check as the
+person types, shows or hides the password, and suggests a passphrase made in
+the browser (`crypto.getRandomValues` over the word list of the page's
+language in `static/words/`): the server never sends a password, and its
+verdict on submit stays the truth.
+
+A sign-in answers with a redirect to `/signed-in` (post, redirect, get): a
+reload never submits the password again.
 
 The link's token never stays in the address bar: `GET /recovery/reset?token=…`
 validates it, keeps it in an HttpOnly SameSite=Strict cookie scoped to
@@ -26,14 +36,16 @@ JSON: every handler hands a caught `RecoveryError` (or engine conflict) to
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from babel.dates import format_timedelta
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from litestar import Request, Router, get, post, route
@@ -49,7 +61,10 @@ from litestar.response import Redirect, Response, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from api.accounts import links
+from api.accounts.policy import PersonalData, Violation, personal_fragments
 from api.accounts.tokens import plausible_token
+from api.brand import LOGO_PATH, Brand
 from api.errors import (
     InvalidCode,
     InvalidInput,
@@ -62,6 +77,7 @@ from api.errors import (
     UnknownToken,
 )
 from api.i18n import SUPPORTED, pick_locale, translations
+from api.mail.messages import zone_named
 from api.services import Services
 from api.settings import Settings
 from api.support.reference import support_reference
@@ -113,6 +129,12 @@ PAGE_HEADERS: Mapping[str, str] = {
 DEAD_REASONS = ("expired", "used", "superseded", "cancelled", "revoked", "unknown", "missing")
 # Marks the navigation the "one more step" page starts (see `_missing_link`).
 RESUME_PARAM = "resume"
+# Where a sign-in lands (a GET, so a reload never re-submits the password).
+SIGNED_IN_PATH = "/signed-in"
+# The passphrase the new-password form suggests: this many random words and a digit.
+PASSPHRASE_WORDS = 5
+WORDS_DIR = STATIC_DIR / "words"
+LOGO_MAX_AGE_SECONDS = 3600
 
 
 # -- configuration handed to Litestar(...) by api.app -------------------------------
@@ -184,6 +206,7 @@ class Page:
     # The language the browser asks for; links carry `?lang=` only when the page differs.
     browser_locale: str
     path: str
+    brand: Brand
 
     def url(self, path: str, **query: str) -> str:
         """A link to one of our pages that keeps the page's language."""
@@ -208,7 +231,12 @@ def _page(request: Request[Any, Any, Any], locale: str | None = None) -> Page:
     chosen = locale or pick_locale(accept, request.query_params.get("lang"))
     # The scope's path, not `request.url`: building that parses the Host header, and an
     # error page for a malformed one must not fail on it a second time.
-    return Page(locale=chosen, browser_locale=browser, path=str(request.scope.get("path", "/")))
+    return Page(
+        locale=chosen,
+        browser_locale=browser,
+        path=str(request.scope.get("path", "/")),
+        brand=_service(request).mail.sender.brand,
+    )
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
@@ -242,7 +270,7 @@ def render(
     """A page in `page.locale`, with the page headers every page sends."""
     return Template(
         template_name=template,
-        context={"page": page, "locale": page.locale, **context},
+        context={"page": page, "locale": page.locale, "brand": page.brand, **context},
         status_code=status,
         headers={**PAGE_HEADERS, **(headers or {})},
         cookies=list(cookies),
@@ -300,20 +328,30 @@ def error_page(
     *,
     form: str,
     values: Mapping[str, str] | None = None,
+    password: str | None = None,
+    personal: PersonalData | None = None,
 ) -> Template:
     """The page to show when a service call refused: the form again with its errors,
     or the dead-link page saying why the link no longer works.
 
     `form` names the page the request came from (`login`, `recovery`, `reset`,
     `cancel`); `values` are what the person typed that is safe to show again
-    (never a password).
+    (never a password). `password` is the new password typed on the reset form:
+    shown again only when it broke no rule and only its confirmation was wrong,
+    so the person retypes the confirmation alone. `personal` is the reset link's
+    account data, which the form's passphrase suggestion steers clear of.
     """
     shown = dict(values or {})
     if isinstance(exc, PolicyFailed):
-        violations: dict[str, list[str]] = {"password": [], "password_confirm": []}
-        for violation in exc.violations:
-            violations.setdefault(violation.field, []).append(violation.message(page.locale))
-        return _reset_form(request, page, status=422, violations=violations)
+        only_confirmation = all(v.field == "password_confirm" for v in exc.violations)
+        return _reset_form(
+            request,
+            page,
+            status=422,
+            violations=exc.violations,
+            kept_password=password if only_confirmation else None,
+            personal=personal,
+        )
     if isinstance(exc, LoginSlowedDown):
         return render(
             page,
@@ -323,17 +361,41 @@ def error_page(
             error="slowed_down",
             retry_after=exc.retry_after,
             values=shown,
+            errors={},
         )
     if isinstance(exc, LoginFailed):
-        return render(page, "login.html", status=401, error="invalid_credentials", values=shown)
+        return render(
+            page, "login.html", status=401, error="invalid_credentials", values=shown, errors={}
+        )
     if isinstance(exc, InvalidInput):
         if form == "reset":
             # A field missing or repeated: the form again, nothing typed shown back.
-            return _reset_form(request, page, status=400, form_error="invalid_form")
+            return _reset_form(
+                request, page, status=400, form_error="invalid_form", personal=personal
+            )
+        if form == "login":
+            return render(
+                page,
+                "login.html",
+                status=400,
+                error=None,
+                values=shown,
+                errors={
+                    exc.field: "email_invalid"
+                    if exc.field == "email" and str(exc) == "repeated"
+                    else f"{exc.field}_missing"
+                },
+            )
+        if form == "recovery":
+            typed = shown.get("email", "")
+            several = typed.count("@") > 1 or any(c in typed for c in ",;\r\n")
+            kind = {"repeated": "repeated", "missing": "missing"}.get(str(exc), "invalid")
+            if several:
+                kind = "repeated"  # a list, not one address: say "only one"
+            return render(page, "recovery.html", status=400, error=kind, values=shown)
         if form == "code":
             return _code_form(request, page, status=400, error=f"invalid_{exc.field}", values=shown)
-        template = {"login": "login.html", "recovery": "recovery.html"}.get(form, "error.html")
-        return render(page, template, status=400, error=f"invalid_{exc.field}", values=shown)
+        return render(page, "error.html", status=400, error="invalid_form")
     if isinstance(exc, InvalidCode):
         return _code_form(request, page, status=400, error="code_refused", values=shown)
     if isinstance(exc, (LinkDead, UnknownToken)):
@@ -360,23 +422,97 @@ def error_page(
     return render(page, "error.html", status=400, error="refused")
 
 
+def _field_messages(violations: Sequence[Violation], locale: str) -> dict[str, str | None]:
+    """One message per field: a lone violation's own words, else how many rules broke
+    (the checklist marks which)."""
+    messages: dict[str, str | None] = {"password": None, "password_confirm": None}
+    for field in messages:
+        broken = [v for v in violations if v.field == field]
+        if len(broken) == 1:
+            messages[field] = broken[0].message(locale)
+        elif broken:
+            messages[field] = translations(locale).ngettext(
+                "This password does not meet %(num)d of the rules listed below.",
+                "This password does not meet %(num)d of the rules listed below.",
+                len(broken),
+            ) % {"num": len(broken)}
+    return messages
+
+
+def _statuses(rules: Sequence[Any], violations: Sequence[Violation] | None) -> dict[str, str]:
+    """Each rule's mark after a refused submit: broken, met, or not judged (the history is
+    checked only once every other rule has passed; a too-long password only for length)."""
+    if violations is None:
+        return {}
+    codes = {v.code for v in violations}
+    judged_all = not codes - {"reused_password"}
+    statuses = {}
+    for rule in rules:
+        if codes & set(rule.codes):
+            statuses[rule.key] = "fail"
+        elif rule.live or ("too_long" not in codes and (rule.key != "history" or judged_all)):
+            statuses[rule.key] = "pass"
+        else:
+            statuses[rule.key] = "unknown"
+    return statuses
+
+
+@functools.cache
+def word_list(locale: str) -> tuple[str, ...]:
+    """The passphrase words of a language, as `static/words/<locale>.txt` serves them."""
+    lines = (WORDS_DIR / f"{locale}.txt").read_text(encoding="utf-8").splitlines()
+    return tuple(w.strip() for w in lines if w.strip() and not w.startswith("#"))
+
+
+def avoided_words(locale: str, personal: PersonalData) -> list[int]:
+    """Positions in the word list of the words holding the account's personal data, which
+    the suggestion leaves out so that it passes the personal-data rule (its words are
+    joined by spaces, which no personal fragment holds, so a word alone decides)."""
+    fragments = [f for f in personal_fragments(personal) if " " not in f]
+    return [n for n, word in enumerate(word_list(locale)) if any(f in word for f in fragments)]
+
+
+async def _personal_data(request: Request[Any, Any, Any]) -> PersonalData | None:
+    """The personal data of the account whose link the reset cookie carries, if live."""
+    token = request.cookies.get(TOKEN_COOKIE)
+    service = _service(request)
+    try:
+        link = await service.engine.db.run(links.find, service.engine.db, token, write=False)
+    except RecoveryError:
+        return None
+    account = await service.accounts.by_id(link.account_id)
+    if account is None:
+        return None
+    return PersonalData(account.name, account.email, account.birth_date)
+
+
 def _reset_form(
     request: Request[Any, Any, Any],
     page: Page,
     *,
     status: int = 200,
-    violations: Mapping[str, list[str]] | None = None,
+    violations: Sequence[Violation] | None = None,
     form_error: str | None = None,
+    kept_password: str | None = None,
+    personal: PersonalData | None = None,
 ) -> Template:
-    """The new-password form, the rules stated before anything is typed."""
-    violations = violations or {}
+    """The new-password form: the rules as one checklist, marked after a refused submit."""
+    policy = _service(request).policy
+    checklist = policy.checklist(page.locale)
     return render(
         page,
         "reset.html",
         status=status,
-        rules=_service(request).policy.rules(page.locale),
-        violations={"password": [], "password_confirm": [], **violations},
+        rules=[rule for rule in checklist if rule.codes],
+        note=next((rule.text for rule in checklist if not rule.codes), None),
+        statuses=_statuses(checklist, violations),
+        messages=_field_messages(violations or (), page.locale),
         form_error=form_error,
+        kept_password=kept_password,
+        min_length=policy.min_length,
+        max_length=policy.max_length,
+        avoid_words=avoided_words(page.locale, personal) if personal else [],
+        passphrase_words=PASSPHRASE_WORDS,
     )
 
 
@@ -386,18 +522,29 @@ def _reset_form(
 @get("/login", name="page_login")
 async def login_form(request: Request[Any, Any, Any]) -> Template:
     """The sign-in form, with the "Forgot password?" link."""
-    return render(_page(request), "login.html", error=None, values={})
+    return render(_page(request), "login.html", error=None, values={}, errors={})
 
 
 @post("/login", name="page_login_submit")
-async def login_submit(request: Request[Any, Any, Any]) -> Template:
-    """Sign in; on success a session cookie and the signed-in page, else the generic error."""
+async def login_submit(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Sign in; on success a session cookie and a redirect to the signed-in page, else the
+    form again: what is missing, or the generic error."""
     page = _page(request)
     settings = _settings(request)
     fields = await _fields(request, ("email", "password"))
     if isinstance(fields, InvalidInput):
         return error_page(request, page, fields, form="login")
     email = fields["email"].strip()
+    missing = {
+        field: f"{field}_missing"
+        for field, value in (("email", email), ("password", fields["password"]))
+        if not value
+    }
+    if missing:
+        # Nothing to check yet: say what is missing, not that something is incorrect.
+        return render(
+            page, "login.html", status=400, error=None, values={"email": email}, errors=missing
+        )
     service = _service(request)
     try:
         signed = await service.signin.login(
@@ -406,7 +553,6 @@ async def login_submit(request: Request[Any, Any, Any]) -> Template:
             device=request.cookies.get(DEVICE_COOKIE),
             remember_device=True,
         )
-        info = await service.signin.session(signed.session_token)
     except (RecoveryError, EngineError) as exc:
         return error_page(request, page, exc, form="login", values={"email": email})
     cookies = [
@@ -432,12 +578,28 @@ async def login_submit(request: Request[Any, Any, Any]) -> Template:
                 secure=_https(settings),
             )
         )
+    return _redirect(page.url(SIGNED_IN_PATH), cookies=cookies)
+
+
+@get(SIGNED_IN_PATH, name="page_signed_in")
+async def signed_in_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Who is signed in (their own address, unmasked: it is theirs), and the way on; no
+    live session: back to the sign-in page."""
+    page = _page(request)
+    service = _service(request)
+    try:
+        info = await service.signin.session(request.cookies.get(SESSION_COOKIE))
+    except RecoveryError:
+        return _redirect(page.url("/login"))
+    account = await service.accounts.by_id(info.account_id)
+    if account is None:
+        return _redirect(page.url("/login"))
     return render(
         page,
         "signed_in.html",
-        cookies=cookies,
-        email_masked=info.email_masked,
-        expires_at=signed.expires_at,
+        email=account.email,
+        expires_at=info.expires_at,
+        brand_url=_settings(request).brand_url,
     )
 
 
@@ -469,13 +631,34 @@ async def recovery_form(request: Request[Any, Any, Any]) -> Template:
     return render(_page(request), "recovery.html", error=None, values={})
 
 
+def _duration(minutes: int, locale: str) -> str:
+    """ "1 hour", "90 minutes", "2 days": in whole days or hours when it is some, in words."""
+    unit = "day" if minutes % 1440 == 0 else "hour" if minutes % 60 == 0 else "minute"
+    # A threshold this high keeps babel from rounding 90 minutes up to "2 hours".
+    return format_timedelta(
+        timedelta(minutes=minutes), granularity=unit, threshold=1000, locale=locale
+    )
+
+
+async def _time_zone(request: Request[Any, Any, Any]) -> str | None:
+    """The browser's IANA time zone the form's hidden `tz` field carries, if it names one."""
+    form = await request.form()
+    found = form.getall("tz") if "tz" in form else []
+    value = found[0] if len(found) == 1 and isinstance(found[0], str) else None
+    return value if zone_named(value) else None
+
+
 @post("/recovery", name="page_recovery_submit")
 async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
     """Record the request; the same "check your inbox" page for every address."""
     page = _page(request)
+    settings = _settings(request)
     fields = await _fields(request, ("email",))
     if isinstance(fields, InvalidInput):
         return error_page(request, page, fields, form="recovery")
+    typed = fields["email"].strip()
+    if not typed:
+        return render(page, "recovery.html", status=400, error="missing", values={})
     try:
         attempt = await password_recovery.request(
             _service(request),
@@ -483,6 +666,7 @@ async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
             locale=page.locale,
             client_ip=_client_ip(request),
             user_agent=request.headers.get("user-agent"),
+            time_zone=await _time_zone(request),
         )
     except (RecoveryError, EngineError) as exc:
         # Only the shape of the address can be refused here: show it again to fix it.
@@ -492,10 +676,11 @@ async def recovery_submit(request: Request[Any, Any, Any]) -> Template:
         page,
         "inbox.html",
         reference=support_reference(attempt.id),
-        link_minutes=_settings(request).link_ttl_minutes,
-        # What was typed, for the code form: the same page for every address.
-        email=fields["email"].strip()[:320],
-        code_digits=_settings(request).code_digits,
+        # What was typed, as typed (bounded): it says nothing of whether an account has it.
+        email=typed[:320],
+        link_duration=_duration(settings.link_ttl_minutes, page.locale),
+        cooldown_seconds=settings.resend_cooldown_seconds,
+        code_digits=settings.code_digits,
     )
 
 
@@ -595,7 +780,7 @@ async def reset_page(
     page = _page(request)
     if not request.cookies.get(TOKEN_COOKIE):
         return _missing_link(request, page, "/recovery/reset")
-    return _reset_form(request, page)
+    return _reset_form(request, page, personal=await _personal_data(request))
 
 
 @post("/recovery/reset", name="page_reset_submit")
@@ -606,9 +791,10 @@ async def reset_submit(request: Request[Any, Any, Any]) -> Template:
     token = request.cookies.get(TOKEN_COOKIE)
     if not token:
         return _missing_link(request, page, "/recovery/reset")
+    personal = await _personal_data(request)
     fields = await _fields(request, ("password", "password_confirm"))
     if isinstance(fields, InvalidInput):
-        return error_page(request, page, fields, form="reset")
+        return error_page(request, page, fields, form="reset", personal=personal)
     try:
         actions = await actions_for(_service(request), token)
         attempt = await actions.set_password(
@@ -619,7 +805,9 @@ async def reset_submit(request: Request[Any, Any, Any]) -> Template:
             locale=page.locale,
         )
     except (RecoveryError, EngineError) as exc:
-        return error_page(request, page, exc, form="reset")
+        return error_page(
+            request, page, exc, form="reset", password=fields["password"], personal=personal
+        )
     return render(
         page,
         "done.html",
@@ -671,6 +859,30 @@ async def cancel_submit(request: Request[Any, Any, Any]) -> Template:
     )
 
 
+# -- the brand's logo ----------------------------------------------------------------------
+
+
+@get(LOGO_PATH, name="brand_logo")
+async def brand_logo(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The configured logo (RECOVERY_BRAND_LOGO), served by the service itself."""
+    brand = _service(request).mail.sender.brand
+    if brand.logo_file is None:
+        raise NotFoundException()
+    return Response(
+        content=_logo_bytes(brand.logo_file),
+        media_type=brand.logo_type,
+        headers={
+            "Cache-Control": f"public, max-age={LOGO_MAX_AGE_SECONDS}",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@functools.cache
+def _logo_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
 # -- HTTP errors raised around the handlers (CSRF, body size, rate limit) -----------------
 
 
@@ -700,7 +912,9 @@ pages_router = Router(
     route_handlers=[
         login_form,
         login_submit,
+        signed_in_page,
         logout_submit,
+        brand_logo,
         recovery_form,
         recovery_submit,
         code_form,

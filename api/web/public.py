@@ -62,7 +62,8 @@ def bearer(request: Request[Any, Any, Any]) -> str:
     description=(
         "Always 202 for a well-formed address, whether or not it has an account, is "
         "throttled or undeliverable: the answer and the work done are identical. The "
-        "language of the emails is fixed from ?lang= or Accept-Language."
+        "language of the emails is fixed from ?lang= or Accept-Language, else it is the "
+        "account's."
     ),
     responses=documented(400, 413, 415, 429),
 )
@@ -75,7 +76,10 @@ async def request_recovery(
     await password_recovery.request(
         services,
         data.email,
-        locale=request_locale(request, lang),
+        # Neither ?lang= nor Accept-Language: the emails speak the account's language.
+        locale=request_locale(request, lang)
+        if lang or request.headers.get("accept-language")
+        else None,
         client_ip=client_ip(request, parse_networks(services.settings.trusted_proxies)),
         user_agent=request.headers.get("user-agent"),
     )

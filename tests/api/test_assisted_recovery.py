@@ -20,6 +20,7 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from api.accounts.models import Account, NoticeToken
+from api.mail.messages import format_time
 from api.support.models import AuditEntry
 from engine.core import attempt_t
 from tests.api.cases import (
@@ -124,7 +125,7 @@ def test_the_whole_case_over_http_with_real_smtp_ends_signed_in_at_the_new_addre
         drain(api)
         second = smtp_sink.to(OWNER)[-1]
         assert second["Subject"] == "Your account will move to a new address"
-        assert (T0 + WAIT).strftime("%Y-%m-%d %H:%M UTC") in text_of(second)
+        assert format_time(T0 + WAIT, "en") in text_of(second)
         [seen] = _session(api, old_session).json()["notices"]
         assert (seen["state"], _at(seen["effective_at"])) == ("waiting", T0 + WAIT)
 
@@ -215,7 +216,8 @@ def test_the_owner_cancels_the_case_at_once_with_the_old_addresss_link(
 def _normalised(text: str) -> str:
     text = re.sub(r"^\s*\d{6}\s*$", "CODE", text, flags=re.MULTILINE)
     text = REFERENCE.sub("REF", text)
-    return re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", "TIME", text)
+    # A moment as the emails say it: "Friday, December 4, 2026 at 9:30 AM (UTC)".
+    return re.sub(r"\w+, \w+ \d+, \d{4} at \d+:\d{2}\s[AP]M \(UTC\)", "TIME", text)
 
 
 def test_every_step_a_requester_sees_is_the_same_with_or_without_an_account(api: Api) -> None:

@@ -120,6 +120,12 @@ class Doc:
         return self.all("h1")[0].text
 
 
+def field_message(node: Node) -> str:
+    """A field's error message without its visually hidden "Error:" prefix."""
+    assert "Error:" in node.text
+    return node.text.replace("Error:", "").strip()
+
+
 def doc(response: httpx.Response) -> Doc:
     assert response.headers["content-type"].startswith("text/html")
     return Doc(response.text)
@@ -368,9 +374,12 @@ def test_the_five_steps_through_the_forms(site: Site) -> None:
     assert doc(done).by_id("sign-in").attrs["href"] == "/login"
     assert site.only_attempt().state == "password_set"
 
-    signed_in = site.submit("/login", {"email": EMAIL, "password": NEW_PASSWORD})
-    assert signed_in.status_code == 200
-    assert doc(signed_in).h1 == "You are signed in"
+    signed_in = site.submit(
+        "/login", {"email": EMAIL, "password": NEW_PASSWORD}, follow_redirects=False
+    )
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == "/signed-in"
+    assert doc(site.client.get("/signed-in")).h1 == "You are signed in"
     assert site.only_attempt().state == "logged_in"
     session = cookie_attributes(set_cookie(signed_in, "session"))
     assert "httponly" in session
@@ -511,8 +520,15 @@ def test_reset_form_states_the_rules_before_typing_and_labels_every_field(site: 
     autofill, and points the first field at the rules."""
     site.client.get(site.emailed_link())
     page = doc(site.client.get("/recovery/reset"))
-    rules = [li.text for li in page.by_id("password-rules").walk() if li.tag == "li"]
+    rules = [
+        n.text
+        for n in page.by_id("password-rules").walk()
+        if "rule-text" in n.attrs.get("class", "")
+    ]
     assert rules == site.services.policy.rules("en")
+    # Before anything is typed no rule is marked met or broken.
+    marks = [li.attrs["class"] for li in page.by_id("password-rules").walk() if li.tag == "li"]
+    assert marks and all(m == "rule unknown" for m in marks), marks
     for field_id in ("password", "password_confirm"):
         field = page.by_id(field_id)
         assert field.attrs["type"] == "password"
@@ -523,22 +539,43 @@ def test_reset_form_states_the_rules_before_typing_and_labels_every_field(site: 
     assert page.by_id("change-password").tag == "button"
 
 
-def test_violations_are_shown_next_to_their_field_and_nothing_typed_comes_back(
+def test_violations_are_one_message_per_field_and_marked_on_the_checklist(
     site: Site,
 ) -> None:
-    """Every violation appears under its own field (aria-describedby, aria-invalid) and
-    in an alert summary; the typed passwords are not echoed; the link still works."""
+    """After a refused submit each field has one message (aria-describedby, aria-invalid),
+    the summary one line per field, and the checklist marks every broken rule; a
+    password that broke rules is not echoed; the link still works."""
     site.client.get(site.emailed_link())
     # Neither can occur in a hex CSRF token or the page's own text.
     typed, confirm = "zq-typed-x", "zq-confirm-y"
     refused = site.submit("/recovery/reset", {"password": typed, "password_confirm": confirm})
     assert refused.status_code == 422
     page = doc(refused)
-    password_errors = page.by_id("password-error").text
-    assert "The password must be at least 12 characters long." in password_errors
-    assert "The password must contain at least one digit." in password_errors
+    password_errors = field_message(page.by_id("password-error"))
+    assert password_errors == "This password does not meet 2 of the rules listed below."
     assert "do not match" not in password_errors
-    assert page.by_id("password_confirm-error").text == "The two passwords do not match."
+    assert field_message(page.by_id("password_confirm-error")) == "The two passwords do not match."
+    summary = [li.text for li in page.by_id("error-summary").walk() if li.tag == "li"]
+    assert summary == [
+        "This password does not meet 2 of the rules listed below.",
+        "The two passwords do not match.",
+    ]
+    marks = {
+        li.attrs["id"]: li.attrs["class"].split()[-1]
+        for li in page.all("li")
+        if li.attrs.get("id", "").startswith("rule-")
+    }
+    assert marks == {
+        "rule-length": "fail",
+        "rule-letter": "pass",
+        "rule-digit": "fail",
+        "rule-special": "pass",
+        "rule-personal": "pass",
+        "rule-common": "pass",
+        "rule-history": "unknown",
+        "rule-match": "fail",
+    }
+    assert page.by_id("rule-digit").text.endswith("(not met)")
     for field_id in ("password", "password_confirm"):
         field = page.by_id(field_id)
         assert field.attrs["aria-invalid"] == "true"
@@ -557,8 +594,16 @@ def test_violations_are_shown_next_to_their_field_and_nothing_typed_comes_back(
         )
     )
     assert (
-        "Le mot de passe doit comporter au moins 12 caractères."
+        "Ce mot de passe ne respecte pas 2 des règles ci-dessous."
         in french.by_id("password-error").text
+    )
+    single = doc(
+        site.submit(
+            "/recovery/reset", {"password": "Aa1!Aa1!Aa1!", "password_confirm": "Aa1!Aa1!Aa1!"}
+        )
+    )
+    assert field_message(single.by_id("password-error")) == (
+        "This password is too easy to guess. Add more words or less predictable characters."
     )
     ok = site.submit(
         "/recovery/reset", {"password": NEW_PASSWORD, "password_confirm": NEW_PASSWORD}
@@ -576,7 +621,7 @@ def test_a_very_long_password_is_told_as_the_length_rule(site: Site) -> None:
         "/recovery/reset", {"password": long_password, "password_confirm": long_password}
     )
     assert refused.status_code == 422
-    errors = doc(refused).by_id("password-error").text
+    errors = field_message(doc(refused).by_id("password-error"))
     assert errors == "The password must be at most 128 characters long."
     assert long_password not in refused.text
 
@@ -628,7 +673,8 @@ DEAD_PAGES: dict[str, tuple[int, str]] = {
 
 def test_a_dead_link_page_says_why_and_offers_a_new_link(site: Site) -> None:
     """An unknown, superseded, cancelled, used or expired link gets a page naming the
-    reason, with "Forgot password?" again; no token is put in a cookie."""
+    reason, whose main action fits it: sign in for a used link (the password is already
+    changed), a new link for the others; no token is put in a cookie."""
     links = {"unknown": "/recovery/reset?token=" + "A" * 43}
     links["superseded"] = site.emailed_link()
     links["cancelled"] = site.emailed_link()  # supersedes the first
@@ -647,7 +693,11 @@ def test_a_dead_link_page_says_why_and_offers_a_new_link(site: Site) -> None:
         page = doc(response)
         assert page.by_id("dead-link").attrs["data-reason"] == reason
         assert page.h1 == heading
-        assert page.by_id("forgot-password").attrs["href"] == "/recovery"
+        main = next(a for a in page.all("a") if "button" in a.attrs.get("class", ""))
+        expected = ("sign-in", "/login") if reason == "used" else ("new-link", "/recovery")
+        assert (main.attrs["id"], main.attrs["href"]) == expected, reason
+        assert "autofocus" in main.attrs
+        assert page.by_id("new-link").attrs["href"] == "/recovery"
         assert token_cookies(response) == [], reason
 
 
@@ -686,7 +736,7 @@ def test_more_than_one_address_is_a_400_page_and_nothing_is_sent(
     response = site.submit("/recovery", {"email": value})
     assert response.status_code == 400
     page = doc(response)
-    assert "Enter one email address" in page.by_id("email-error").text
+    assert "Enter only one email address" in page.by_id("email-error").text
     assert page.by_id("email").attrs["aria-invalid"] == "true"
     assert site.attempts() == []
     site.dispatch()
@@ -695,17 +745,20 @@ def test_more_than_one_address_is_a_400_page_and_nothing_is_sent(
 
 def test_check_your_inbox_is_the_same_for_known_and_unknown_addresses(site: Site) -> None:
     """The answer for an address with an account and one without differ only by the
-    attempt's own support reference, and the address typed (the code form sends it on)."""
+    attempt's own support reference and the address echoed as typed (the code form sends
+    it on); inside the resend cooldown (nothing sent) the page says the same thing again."""
     known = site.submit("/recovery", {"email": EMAIL})
     unknown = site.submit("/recovery", {"email": "nobody@example.com"})
     assert known.status_code == unknown.status_code == 200
     references = [support_reference(a.id) for a in site.attempts()]
-    same_known = known.text.replace(references[0], "REF").replace(EMAIL, "ADDRESS")
-    same_unknown = unknown.text.replace(references[1], "REF").replace(
+    known_text = known.text.replace(references[0], "REF").replace(EMAIL, "ADDRESS")
+    unknown_text = unknown.text.replace(references[1], "REF").replace(
         "nobody@example.com", "ADDRESS"
     )
-    assert same_known == same_unknown
+    assert known_text == unknown_text
     assert set(known.headers.keys()) == set(unknown.headers.keys())
+    assert doc(known).by_id("email-sent-to").text == EMAIL
+    assert doc(unknown).by_id("email-sent-to").text == "nobody@example.com"
 
 
 # -- the support reference -------------------------------------------------------------------
@@ -749,7 +802,7 @@ def test_cancel_link_only_asks_on_get_and_cancels_on_the_confirmed_post(site: Si
 
     cancelled = site.submit("/recovery/cancel", {})
     assert cancelled.status_code == 200
-    assert doc(cancelled).h1 == "The link has been cancelled"
+    assert doc(cancelled).h1 == "The link no longer works"
     assert site.only_attempt().state == "cancelled"
     site.client.cookies.clear()
     dead = doc(site.client.get(reset_link))
@@ -832,8 +885,10 @@ def test_a_strangers_failed_sign_ins_do_not_slow_down_a_browser_that_signed_in_h
     """Signing in on the page leaves a device cookie (HttpOnly, SameSite=Strict, sent only
     to /login); while a stranger's wrong passwords slow the address down for everyone
     else, this browser still signs in at once (OWASP's device cookies)."""
-    first = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
-    assert first.status_code == 200
+    first = site.submit(
+        "/login", {"email": EMAIL, "password": OLD_PASSWORD}, follow_redirects=False
+    )
+    assert first.status_code == 303
     device = cookie_attributes(set_cookie(first, "login_device"))
     assert device["path"] == "/login" and device["samesite"].lower() == "strict"
     assert "httponly" in device and int(device["max-age"]) > 150 * 86400
@@ -843,8 +898,10 @@ def test_a_strangers_failed_sign_ins_do_not_slow_down_a_browser_that_signed_in_h
         )
         assert stranger.status_code in (401, 429)
     assert stranger.status_code == 429
-    again = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
-    assert again.status_code == 200
+    again = site.submit(
+        "/login", {"email": EMAIL, "password": OLD_PASSWORD}, follow_redirects=False
+    )
+    assert again.status_code == 303
     # The browser keeps the cookie it has: no second one is handed out.
     assert not [h for h in again.headers.get_list("set-cookie") if h.startswith("login_device=")]
     cookies = dict(site.client.cookies)
@@ -856,7 +913,9 @@ def test_a_strangers_failed_sign_ins_do_not_slow_down_a_browser_that_signed_in_h
 @sqlite_only
 def test_signing_out_revokes_the_session(site: Site) -> None:
     """The sign-out button revokes the session and forgets its cookie."""
-    signed_in = site.submit("/login", {"email": EMAIL, "password": OLD_PASSWORD})
+    signed_in = site.submit(
+        "/login", {"email": EMAIL, "password": OLD_PASSWORD}, follow_redirects=False
+    )
     token = set_cookie(signed_in, "session").split(";")[0].split("=", 1)[1]
     out = site.submit("/logout", {}, form_page="/login", follow_redirects=False)
     assert out.status_code == 303
@@ -884,8 +943,9 @@ def _urls(page: Doc) -> list[str]:
 def test_pages_reference_no_other_origin_and_carry_no_script_or_inline_style(
     site: Site,
 ) -> None:
-    """No page links, loads or posts to another host, and none has a script, a style
-    element or a style attribute (the CSP allows our own files only)."""
+    """No page links, loads or posts to another host, and none has an inline script, a
+    style element or a style attribute (the CSP allows our own files only): the one
+    script is our own file, /static/pages.js, loaded deferred."""
     pages = [
         site.client.get("/login"),
         site.client.get("/recovery"),
@@ -902,13 +962,17 @@ def test_pages_reference_no_other_origin_and_carry_no_script_or_inline_style(
     )
     pages.append(site.client.get(link))
     pages.append(site.submit("/login", {"email": EMAIL, "password": NEW_PASSWORD}))
+    pages.append(site.client.get("/signed-in"))
     for response in pages:
         page = doc(response)
         for url in _urls(page):
             parts = urlsplit(url)
             assert not parts.scheme and not parts.netloc, (response.url, url)
             assert url.startswith(("/", "#", "?")), (response.url, url)
-        assert not page.all("script") and not page.all("style"), response.url
+        scripts = page.all("script")
+        assert [n.attrs.get("src") for n in scripts] == ["/static/pages.js"], response.url
+        assert all(not n.text and "defer" in n.attrs for n in scripts), response.url
+        assert not page.all("style"), response.url
         assert not [n for n in page.all() if "style" in n.attrs], response.url
         assert not [n for n in page.all() if any(a.startswith("on") for a in n.attrs)]
 

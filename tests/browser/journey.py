@@ -161,23 +161,28 @@ class Journey:
         self.submit(self.page.get_by_role("button", name=self.text["change"]))
 
     def refuse_weak_password(self) -> None:
-        """Step 4a: a weak password is refused, each reason shown next to the password field."""
+        """Step 4a: a weak password is refused: one message at the password field, and each
+        broken rule marked on the checklist."""
         self.set_password(WEAK_PASSWORD, WEAK_PASSWORD)
         self.arrived("weak-password-refused", self.text["reset_title"])
         expected = expected_violations(WEAK_PASSWORD, WEAK_PASSWORD, self.account)
         codes = {v.code for v in expected}
         assert {"too_short", "missing_special", "contains_personal_data"} <= codes, codes
-        assert_reasons_next_to(self.page, "password", [v.message(self.lang) for v in expected])
+        assert_one_message_at(self.page, "password", field_message(expected, self.lang))
+        assert_rules_marked(self.page, self.lang, codes)
         expect(self.page.locator("#password_confirm-error")).to_have_count(0)
 
     def refuse_mismatch(self) -> None:
-        """Step 4b: a good password with a different confirmation is refused at the confirmation."""
+        """Step 4b: a good password with a different confirmation is refused at the
+        confirmation; the password stays in its field, the confirmation is to retype."""
         self.set_password(NEW_PASSWORD, NEW_PASSWORD + "!")
         self.arrived("confirmation-mismatch-refused", self.text["reset_title"])
         expected = expected_violations(NEW_PASSWORD, NEW_PASSWORD + "!", self.account)
         assert [v.code for v in expected] == ["confirmation_mismatch"]
-        assert_reasons_next_to(self.page, "password_confirm", [expected[0].message(self.lang)])
+        assert_one_message_at(self.page, "password_confirm", expected[0].message(self.lang))
         expect(self.page.locator("#password-error")).to_have_count(0)
+        expect(self.page.locator("#password")).to_have_value(NEW_PASSWORD)
+        expect(self.page.locator("#password_confirm")).to_have_value("")
 
     def choose_good_password(self) -> None:
         """Step 4c: a good password, typed twice, is accepted."""
@@ -208,11 +213,34 @@ class Journey:
 # -- checks used at several steps ------------------------------------------------------
 
 
-def assert_reasons_next_to(page: Page, field_id: str, messages: list[str]) -> None:
-    """Each message is listed in the error block of `field_id`, which the field points to."""
+def field_message(violations: list[Violation], lang: str) -> str:
+    """The one message the page shows at the password field for these violations."""
+    mine = [v for v in violations if v.field == "password"]
+    if len(mine) == 1:
+        return mine[0].message(lang)
+    if lang == "fr":
+        return f"Ce mot de passe ne respecte pas {len(mine)} des règles ci-dessous."
+    return f"This password does not meet {len(mine)} of the rules listed below."
+
+
+def assert_rules_marked(page: Page, lang: str, codes: set[str]) -> None:
+    """The checklist marks broken exactly the rules these violation codes break."""
+    for rule in PasswordPolicy("classic").checklist(lang):
+        if not rule.codes:
+            continue
+        item = page.locator(f"#rule-{rule.key}")
+        if codes & set(rule.codes):
+            expect(item).to_have_class("rule fail")
+        else:
+            expect(item).not_to_have_class("rule fail")
+
+
+def assert_one_message_at(page: Page, field_id: str, message: str) -> None:
+    """`field_id` has one message, in its own field group, and the field points to it."""
     block = page.locator(f"#{field_id}-error")
     expect(block).to_be_visible()
-    expect(block.locator("li")).to_have_text(messages)
+    expect(block).to_have_count(1)
+    expect(block).to_contain_text(message)
     field_box = page.locator(f"#{field_id}")
     expect(field_box).to_have_attribute("aria-invalid", "true")
     described = (field_box.get_attribute("aria-describedby") or "").split()

@@ -199,7 +199,7 @@ async def test_link_goes_to_the_stored_address_not_the_typed_variant(
     # "This wasn't me" carries a cancel-only token of its own, stored as a digest too.
     [cancel] = re.findall(rf"{re.escape(BASE_URL)}/recovery/cancel\?token=([\w-]+)", text)
     assert cancel != token
-    assert "2026-11-30 13:00 UTC" in text  # emailed at 12:00, the link lives 60 minutes
+    assert "November 30, 2026 at 1:00 PM (UTC)" in text  # emailed at 12:00, lives 60 min
     assert support_reference(attempt.id) in text
     (row,) = token_rows(database)
     assert row["token_hash"] == token_hash(token)
@@ -235,9 +235,9 @@ async def test_french_attempt_gets_the_french_email(
     await dispatcher.run_once()
 
     (mail,) = smtp_sink.wait_for(1)
-    assert mail["Subject"] == "Réinitialiser votre mot de passe"
+    assert mail["Subject"] == "accounts.example.test : réinitialisez votre mot de passe"
     assert "Bonjour Jean Dupont," in text_of(mail)
-    assert "Ce lien expire le 30/11/2026 13:00 UTC" in text_of(mail)
+    assert "jusqu’au lundi 30 novembre 2026 à 13:00 (UTC)" in text_of(mail)
 
 
 async def test_no_secret_reaches_logs_event_details_or_attempt_data(
@@ -863,9 +863,9 @@ async def test_password_changed_notice_goes_to_the_stored_address_in_the_attempt
 
     notice: ReceivedMessage = smtp_sink.wait_for(2)[1]
     assert notice.envelope_rcpts == ("Jean@Exemple.fr",)
-    assert notice["Subject"] == "Votre mot de passe a été modifié"
+    assert notice["Subject"] == "accounts.example.test : votre mot de passe a été modifié"
     text = text_of(notice)
-    assert "modifié le 30/11/2026 12:00 UTC" in text
+    assert "modifié le lundi 30 novembre 2026 à 12:00 (UTC)" in text
     assert support_reference(attempt.id) in text
     assert f"{BASE_URL}/recovery" in text
     raw = notice.as_string()
@@ -921,7 +921,9 @@ async def test_password_changed_notice_survives_a_mail_outage(
     smtp_sink.start()
     frozen.tick(timedelta(seconds=2))
     await dispatcher.run_once()
-    assert [m["Subject"] for m in smtp_sink.wait_for(2)][1] == "Your password was changed"
+    assert [m["Subject"] for m in smtp_sink.wait_for(2)][
+        1
+    ] == "accounts.example.test: your password was changed"
 
 
 # -- metrics and the loop --------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import jinja2.ext
@@ -12,9 +13,31 @@ import pytest
 from babel.messages.pofile import read_po
 
 from api import i18n
+from api.brand import Sender
 from api.mail import messages as emails
 from api.mail.messages import password_changed_email, recovery_email
 from api.mail.transports import envelope
+from api.settings import Settings
+
+# A 1x1 PNG.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def branded(**overrides: object) -> Sender:
+    """The sender of a service with a brand and both support contacts."""
+    settings: dict[str, object] = {
+        "public_base_url": "https://accounts.acme.example",
+        "mail_from": "no-reply@acme.example",
+        "brand_name": "Acme",
+        "support_email": "help@acme.example",
+        "support_url": "https://support.acme.example/help",
+        **overrides,
+    }
+    return Sender.from_settings(Settings(**settings))  # type: ignore[arg-type]
+
 
 MAIL_FROM = "Account recovery <no-reply@accounts.example.test>"
 EXPIRES = datetime(2026, 11, 30, 15, 5, tzinfo=UTC)
@@ -67,22 +90,51 @@ def test_recovery_email_is_text_and_html_alternatives() -> None:
 
 
 def test_recovery_email_carries_link_expiry_cancel_and_reference() -> None:
-    """Both parts hold the link, the expiry in labelled UTC, the "wasn't me" link, the reference."""
+    """Both parts hold the link, the expiry (UTC said as such without a zone), the "wasn't
+    me" link, the reference."""
     text, html = parts(build_recovery())
     for body in (text, html):
         assert LINK in body
         assert CANCEL in body
-        assert "2026-11-30 15:05 UTC" in body
+        assert "Monday, November 30, 2026 at 3:05\u202fPM (UTC)" in body
         assert "ABCD-EFGH" in body
-    assert f'<a href="{CANCEL}">This wasn\'t me</a>' in html
+    assert re.search(rf'<a href="{re.escape(CANCEL)}"[^>]*>This wasn\'t me</a>', html)
     assert "Hello Jane Doe," in text
 
 
-def test_expiry_is_shown_in_utc_whatever_the_zone_given() -> None:
-    """An expiry given in another zone is converted to UTC before it is shown."""
+def test_expiry_is_shown_in_utc_when_no_zone_is_known_whatever_the_zone_given() -> None:
+    """An expiry given in another zone is shown in UTC, and says so, when the person's
+    zone is unknown (or not a real zone)."""
     paris = timezone(timedelta(hours=1))
-    text, _ = parts(build_recovery(expires_at=datetime(2026, 11, 30, 16, 5, tzinfo=paris)))
-    assert "2026-11-30 15:05 UTC" in text
+    for zone in (None, "Mars/Olympus", "../../etc/passwd", ""):
+        text, _ = parts(
+            build_recovery(expires_at=datetime(2026, 11, 30, 16, 5, tzinfo=paris), time_zone=zone)
+        )
+        assert "November 30, 2026 at 3:05\u202fPM (UTC)" in text, zone
+
+
+@pytest.mark.parametrize(
+    ("locale", "zone", "expected"),
+    [
+        ("en", "Europe/Paris", "until Monday, November 30, 2026 at 4:05\u202fPM (Paris time)"),
+        (
+            "en",
+            "America/New_York",
+            "until Monday, November 30, 2026 at 10:05\u202fAM (New York time)",
+        ),
+        ("fr", "Europe/Paris", "jusqu’au lundi 30 novembre 2026 à 16:05 (heure de Paris)"),
+        ("fr", "Asia/Tokyo", "jusqu’au mardi 1 décembre 2026 à 00:05 (heure de Tokyo)"),
+        ("en", "Etc/GMT+5", "until Monday, November 30, 2026 at 10:05\u202fAM (UTC\u221205:00)"),
+    ],
+)
+def test_expiry_is_shown_in_the_persons_language_and_time_zone(
+    locale: str, zone: str, expected: str
+) -> None:
+    """With the browser's zone, the expiry is that zone's local date and time, in the
+    person's language, and names the zone; in the HTML part and the text part alike."""
+    text, html = parts(build_recovery(locale=locale, time_zone=zone))
+    assert expected in text
+    assert expected in html.replace("&#39;", "'")
 
 
 def test_headers_name_one_recipient_with_date_and_message_id() -> None:
@@ -90,7 +142,8 @@ def test_headers_name_one_recipient_with_date_and_message_id() -> None:
     sent = datetime(2026, 11, 30, 14, 5, tzinfo=UTC)
     message = build_recovery(sent_at=sent)
     assert message["To"].addresses[0].addr_spec == "Jane@Example.com"
-    assert message["Subject"] == "Reset your password"
+    assert message["Subject"] == "accounts.example.test: reset your password"
+    assert message["From"].addresses[0].display_name == "Account recovery"
     assert message["Date"].datetime == sent
     assert re.fullmatch(r"<[^<>@\s]+@accounts\.example\.test>", message["Message-ID"])
     assert message["Content-Language"] == "en"
@@ -102,10 +155,10 @@ def test_french_recovery_email_is_in_french() -> None:
     """A French attempt gets a French subject and body, with the date in French order."""
     message = build_recovery(locale="fr")
     text, html = parts(message)
-    assert message["Subject"] == "Réinitialiser votre mot de passe"
+    assert message["Subject"] == "accounts.example.test\u00a0: réinitialisez votre mot de passe"
     assert message["Content-Language"] == "fr"
     assert "Bonjour Jane Doe," in text
-    assert "Ce lien expire le 30/11/2026 15:05 UTC" in text
+    assert "Ce lien fonctionne jusqu’au lundi 30 novembre 2026 à 15:05 (UTC)" in text
     assert "Ce n’était pas moi" in html
     assert '<html lang="fr">' in html
     assert "password" not in text.replace(LINK, "").replace(CANCEL, "")
@@ -131,7 +184,7 @@ def test_html_escapes_the_name() -> None:
 def test_empty_name_gets_a_plain_greeting() -> None:
     """Without a usable name the greeting is just "Hello,"."""
     text, _ = parts(build_recovery(name="\r\n"))
-    assert text.startswith("Hello,\n")
+    assert "\nHello,\n" in text.replace("\r\n", "\n")
 
 
 @pytest.mark.parametrize(
@@ -152,31 +205,36 @@ def test_bad_locale_and_naive_times_are_refused() -> None:
         build_recovery(expires_at=datetime(2026, 11, 30, 15, 5))
 
 
-def test_password_changed_email_says_when_and_whom_to_contact() -> None:
-    """The notification names the time (UTC), the support reference and the recovery page."""
-    message = build_changed()
+def test_password_changed_email_says_when_and_the_way_back() -> None:
+    """The notification names the time, then "not you?": a new password first (the
+    recovery page), then the support reference; in both parts."""
+    message = build_changed(time_zone="Europe/Paris")
     text, html = parts(message)
-    assert message["Subject"] == "Your password was changed"
+    assert message["Subject"] == "accounts.example.test: your password was changed"
     for body in (text, html):
-        assert "2026-11-30 15:05 UTC" in body
-        assert "Not you? Contact support" in body
+        assert "November 30, 2026 at 4:05\u202fPM (Paris time)" in body
+        assert "Not you?" in body
         assert "ABCD-EFGH" in body
         assert "https://accounts.example.test/recovery" in body
+        assert body.index("Not you?") < body.index("/recovery") < body.index("ABCD-EFGH")
 
 
 def test_password_changed_email_in_french() -> None:
-    """The French notification is in French."""
-    message = build_changed(locale="fr")
+    """The French notification is in French, support named "l’assistance"."""
+    message = build_changed(locale="fr", mail_from=branded())
     text, _ = parts(message)
-    assert message["Subject"] == "Votre mot de passe a été modifié"
-    assert "a été modifié le 30/11/2026 15:05 UTC" in text
-    assert "Contactez le support" in text
+    assert message["Subject"] == "Acme\u00a0: votre mot de passe a été modifié"
+    assert "a été modifié le lundi 30 novembre 2026 à 15:05 (UTC)" in text
+    assert "Contactez l’assistance de Acme" in text
+    assert "support" not in text.replace("support.acme.example", "")
 
 
 def test_every_mail_text_has_a_french_translation() -> None:
     """Each message id in the email templates and subjects has a French text with its fields."""
-    msgids: set[str] = set(emails.SUBJECTS)
+    msgids: set[str] = set(emails.SUBJECTS) | set(emails.TIME_TEXTS)
     for template in sorted(emails.TEMPLATE_DIR.iterdir()):
+        if template.suffix not in (".html", ".txt"):
+            continue
         with template.open("rb") as handle:
             for _line, _func, message, _comments in jinja2.ext.babel_extract(
                 handle, ("_", "gettext"), (), {"trimmed": "true"}
@@ -200,10 +258,87 @@ def test_every_mail_text_has_a_french_translation() -> None:
         assert i18n.translations("fr").gettext(msgid) == entry.string
 
 
-def test_no_email_template_loads_anything_from_elsewhere() -> None:
-    """The HTML emails load no remote image, script or stylesheet."""
+def test_no_email_template_loads_anything_from_elsewhere(tmp_path: Path) -> None:
+    """The HTML emails load no remote image, script or stylesheet: a logo, when there is
+    one, travels inside the message and is shown by its cid."""
     _, recovery_html = parts(build_recovery())
     _, changed_html = parts(build_changed())
     for html in (recovery_html, changed_html):
         assert not re.search(r"<(img|script|link|iframe)\b", html)
         assert "src=" not in html
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(PNG)
+    message = build_recovery(mail_from=branded(brand_logo=logo))
+    _, html = parts(message)
+    assert re.findall(r'src="([^"]*)"', html) == ["cid:brand-logo"]
+    assert not re.search(r"<(script|link|iframe)\b", html)
+    [image] = [p for p in message.walk() if p.get_content_type() == "image/png"]
+    assert image["Content-ID"] == "<brand-logo>"
+    assert image.get_content() == PNG
+
+
+def test_an_svg_logo_stays_out_of_the_emails(tmp_path: Path) -> None:
+    """Mail clients do not show SVG: with an SVG logo the emails show the brand's name."""
+    logo = tmp_path / "logo.svg"
+    logo.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    message = build_recovery(mail_from=branded(brand_logo=logo))
+    _, html = parts(message)
+    assert "<img" not in html and ">Acme<" in html
+    assert [p.get_content_type() for p in message.walk()].count("image/svg+xml") == 0
+
+
+# -- the brand and the way to support ------------------------------------------------------
+
+
+def test_emails_speak_for_the_brand_in_subject_sender_and_body() -> None:
+    """With RECOVERY_BRAND_NAME the subject names the product first, the sender is the
+    brand (per-language names win), and both parts carry it at the top."""
+    sender = branded(mail_sender_name_fr="Assistance Acme")
+    english = build_recovery(mail_from=sender)
+    french = build_recovery(mail_from=sender, locale="fr")
+    assert english["Subject"] == "Acme: reset your password"
+    assert french["Subject"] == "Acme\u00a0: réinitialisez votre mot de passe"
+    assert english["From"].addresses[0].display_name == "Acme"
+    assert french["From"].addresses[0].display_name == "Assistance Acme"
+    assert english["From"].addresses[0].addr_spec == "no-reply@acme.example"
+    text, html = parts(english)
+    assert text.lstrip().startswith("Acme\n") or text.lstrip().startswith("Acme\r\n")
+    assert ">Acme</p>" in html
+    assert "your Acme account" in text and "your Acme account" in html
+
+
+def test_without_a_brand_the_emails_name_the_public_host_never_account_recovery() -> None:
+    """Unset, the brand is the host people reach the service at."""
+    sender = Sender.from_settings(Settings(public_base_url="https://login.example.org"))
+    message = build_recovery(mail_from=sender)
+    assert message["Subject"] == "login.example.org: reset your password"
+    assert message["From"].addresses[0].display_name == "login.example.org"
+    assert "Account recovery" not in message.as_string()
+
+
+@pytest.mark.parametrize("kind", ["recovery", "changed"])
+def test_the_if_this_wasnt_you_path_reaches_support_in_both_parts(kind: str) -> None:
+    """One path, in the same order in the HTML and text parts: the self-service step (the
+    "wasn't me" link, or a new password), then support's address and page with the
+    reference; no "ignore this email" beside a "this wasn't me" link."""
+    build = build_recovery if kind == "recovery" else build_changed
+    step = CANCEL if kind == "recovery" else "https://accounts.example.test/recovery"
+    text, html = parts(build(mail_from=branded()))
+    for body in (text, html):
+        assert "help@acme.example" in body
+        assert "https://support.acme.example/help" in body
+        assert "ignore" not in body.lower()
+        order = [body.index(step), body.index("ABCD-EFGH"), body.index("help@acme.example")]
+        assert order == sorted(order), body
+    assert 'href="mailto:help@acme.example"' in html
+    assert 'href="https://support.acme.example/help"' in html
+    assert "white-space:nowrap" in html.split("ABCD-EFGH")[0].rsplit("<strong", 1)[1]
+
+
+def test_without_support_settings_the_emails_promise_no_support() -> None:
+    """No support address or page: the reference stays, "contact support" does not."""
+    for message in (build_recovery(), build_changed()):
+        text, html = parts(message)
+        for body in (text, html):
+            assert "ABCD-EFGH" in body
+            assert "support" not in body.lower()

@@ -85,7 +85,7 @@ def codes(
         ("classic", "Marseille!!2024", NOBODY, None, ["common_password"]),
         ("nist", "Marseille!!2024", NOBODY, None, ["common_password"]),
         ("classic", "Motdepasse2024!", NOBODY, None, ["common_password"]),
-        ("classic", "Password123!", NOBODY, None, ["common_password", "too_weak"]),
+        ("classic", "Password123!", NOBODY, None, ["common_password"]),
         # Guessable without being on the list.
         ("classic", "aaaaaaaaaaaa1!", NOBODY, None, ["too_weak"]),
         ("nist", "aaaaaaaaaaaaaaa", NOBODY, None, ["too_weak"]),
