@@ -21,20 +21,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any
 
-from api import i18n
 from api.brand import Sender
-from api.mail.messages import (
-    _check_locale,
-    _context,
-    _inline_logo,
-    _message,
-    _recipient,
-    _render,
-    _sender,
-    format_time,
-)
+from api.mail.messages import compose, format_time
 
 CODE_SUBJECT = "Your confirmation code"
 NOTICE_SUBJECT = "Someone asked to move your account to a new address"
@@ -57,38 +46,6 @@ SUBMITTED = "submitted"
 APPROVED = "approved"
 
 
-def _email(
-    kind: str,
-    subject: str,
-    *,
-    locale: str,
-    to: str,
-    name: str,
-    mail_from: str | Sender,
-    sent_at: datetime | None,
-    context: dict[str, Any],
-) -> EmailMessage:
-    _check_locale(locale)
-    sender = _sender(mail_from)
-    recipient = _recipient(to, name)
-    logo = _inline_logo(sender)
-    text, html = _render(
-        kind,
-        locale,
-        {**_context(sender, locale, logo is not None), "name": recipient.display_name, **context},
-    )
-    return _message(
-        locale=locale,
-        subject=i18n.gettext(locale, subject),
-        to=recipient,
-        sender=sender,
-        text=text,
-        html=html,
-        sent_at=sent_at,
-        logo=logo,
-    )
-
-
 def code_email(
     *,
     locale: str,
@@ -101,7 +58,7 @@ def code_email(
     sent_at: datetime | None = None,
 ) -> EmailMessage:
     """The confirmation code for the contact address, and where to type it."""
-    return _email(
+    return compose(
         "assisted_code",
         CODE_SUBJECT,
         locale=locale,
@@ -137,7 +94,7 @@ def notice_email(
         raise ValueError(f"stage must be {SUBMITTED!r} or {APPROVED!r}")
     if stage == APPROVED and change_at is None:
         raise ValueError("an approved case has a moment of change")
-    return _email(
+    return compose(
         "assisted_notice",
         APPROVED_SUBJECT if stage == APPROVED else NOTICE_SUBJECT,
         locale=locale,
@@ -167,7 +124,7 @@ def info_email(
     sent_at: datetime | None = None,
 ) -> EmailMessage:
     """Support's question, and the link to the form that answers it."""
-    return _email(
+    return compose(
         "assisted_info",
         INFO_SUBJECT,
         locale=locale,
@@ -190,7 +147,7 @@ def grant_email(
     sent_at: datetime | None = None,
 ) -> EmailMessage:
     """The link to choose a new password; the address it goes to becomes the account's."""
-    return _email(
+    return compose(
         "assisted_grant",
         GRANT_SUBJECT,
         locale=locale,
@@ -216,7 +173,7 @@ def closed_email(
     sent_at: datetime | None = None,
 ) -> EmailMessage:
     """ "We could not verify your request": the same words whatever ended the case."""
-    return _email(
+    return compose(
         "assisted_closed",
         CLOSED_SUBJECT,
         locale=locale,
@@ -240,7 +197,7 @@ def moved_email(
     sent_at: datetime | None = None,
 ) -> EmailMessage:
     """To the old address: the account now uses a new address and a new password."""
-    return _email(
+    return compose(
         "assisted_moved",
         MOVED_SUBJECT,
         locale=locale,

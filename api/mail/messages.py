@@ -233,6 +233,41 @@ def _message(
     return message
 
 
+def compose(
+    kind: str,
+    subject: str,
+    *,
+    locale: str,
+    to: str,
+    name: str,
+    mail_from: str | Sender,
+    sent_at: datetime | None,
+    context: dict[str, Any],
+) -> EmailMessage:
+    """One email of `kind` (its `.txt` and `.html` templates) for the brand: the layout's
+    brand, logo and support paragraph, the greeting's name, `context`, and `subject`
+    translated with the brand's name (`{brand}`) filled in."""
+    _check_locale(locale)
+    sender = _sender(mail_from)
+    recipient = _recipient(to, name)
+    logo = _inline_logo(sender)
+    text, html = _render(
+        kind,
+        locale,
+        {**_context(sender, locale, logo is not None), "name": recipient.display_name, **context},
+    )
+    return _message(
+        locale=locale,
+        subject=i18n.gettext(locale, subject, brand=sender.brand.name),
+        to=recipient,
+        sender=sender,
+        text=text,
+        html=html,
+        sent_at=sent_at,
+        logo=logo,
+    )
+
+
 def recovery_email(
     *,
     locale: str,
@@ -251,16 +286,15 @@ def recovery_email(
     """The email with the link to choose a new password (and, when given, the code that
     does the same typed where the person asked, or on `code_page` from another device),
     and a "this wasn't me" link."""
-    _check_locale(locale)
-    sender = _sender(mail_from)
-    recipient = _recipient(to, name)
-    logo = _inline_logo(sender)
-    text, html = _render(
+    return compose(
         "recovery",
-        locale,
-        {
-            **_context(sender, locale, logo is not None),
-            "name": recipient.display_name,
+        RECOVERY_SUBJECT,
+        locale=locale,
+        to=to,
+        name=name,
+        mail_from=mail_from,
+        sent_at=sent_at,
+        context={
             "link": link,
             "cancel_link": cancel_link,
             "expires": format_time(expires_at, locale, time_zone),
@@ -268,16 +302,6 @@ def recovery_email(
             "code": code,
             "code_page": code_page,
         },
-    )
-    return _message(
-        locale=locale,
-        subject=i18n.gettext(locale, RECOVERY_SUBJECT, brand=sender.brand.name),
-        to=recipient,
-        sender=sender,
-        text=text,
-        html=html,
-        sent_at=sent_at,
-        logo=logo,
     )
 
 
@@ -294,30 +318,19 @@ def password_changed_email(
     time_zone: str | None = None,
 ) -> EmailMessage:
     """ "Your password was changed": when, and the way back if it was not you."""
-    _check_locale(locale)
-    sender = _sender(mail_from)
-    recipient = _recipient(to, name)
-    logo = _inline_logo(sender)
-    text, html = _render(
+    return compose(
         "password_changed",
-        locale,
-        {
-            **_context(sender, locale, logo is not None),
-            "name": recipient.display_name,
+        PASSWORD_CHANGED_SUBJECT,
+        locale=locale,
+        to=to,
+        name=name,
+        mail_from=mail_from,
+        sent_at=sent_at,
+        context={
             "changed": format_time(changed_at, locale, time_zone),
             "reference": reference,
             "recovery_page": recovery_page,
         },
-    )
-    return _message(
-        locale=locale,
-        subject=i18n.gettext(locale, PASSWORD_CHANGED_SUBJECT, brand=sender.brand.name),
-        to=recipient,
-        sender=sender,
-        text=text,
-        html=html,
-        sent_at=sent_at,
-        logo=logo,
     )
 
 
@@ -333,27 +346,13 @@ def email_changed_email(
 ) -> EmailMessage:
     """To the old address of an account whose address was changed (the admin API): when,
     and what to do if it was not expected. The new address is not in it."""
-    _check_locale(locale)
-    sender = _sender(mail_from)
-    recipient = _recipient(to, name)
-    logo = _inline_logo(sender)
-    text, html = _render(
+    return compose(
         "email_changed",
-        locale,
-        {
-            **_context(sender, locale, logo is not None),
-            "name": recipient.display_name,
-            "changed": format_time(changed_at, locale),
-            "recovery_page": recovery_page,
-        },
-    )
-    return _message(
+        EMAIL_CHANGED_SUBJECT,
         locale=locale,
-        subject=i18n.gettext(locale, EMAIL_CHANGED_SUBJECT),
-        to=recipient,
-        sender=sender,
-        text=text,
-        html=html,
+        to=to,
+        name=name,
+        mail_from=mail_from,
         sent_at=sent_at,
-        logo=logo,
+        context={"changed": format_time(changed_at, locale), "recovery_page": recovery_page},
     )
