@@ -145,16 +145,7 @@ def opened_by_code(token: str, link: Link) -> bool:
 def keep_code_token(conn: Connection, link: Link, digest: str) -> bool:
     """Make `digest` the link's code token (the previous one stops working); False if
     the link was used or revoked meanwhile."""
-    done = conn.execute(
-        update(token_t)
-        .where(
-            token_t.c.token_hash == link.token_hash,
-            token_t.c.used_at.is_(None),
-            token_t.c.revoked_at.is_(None),
-        )
-        .values(code_token_hash=digest)
-    )
-    return done.rowcount == 1
+    return _update_if_live(conn, link, code_token_hash=digest)
 
 
 def current_digest(conn: Connection, attempt_id: uuid.UUID) -> str | None:
@@ -166,6 +157,11 @@ def current_digest(conn: Connection, attempt_id: uuid.UUID) -> str | None:
 
 def consume(conn: Connection, link: Link, now: datetime) -> bool:
     """Use the link up; False if it was used or revoked meanwhile (someone else won)."""
+    return _update_if_live(conn, link, used_at=now)
+
+
+def _update_if_live(conn: Connection, link: Link, **values: Any) -> bool:
+    """Write `values` on the link's row if it is neither used nor revoked; whether it was."""
     done = conn.execute(
         update(token_t)
         .where(
@@ -173,7 +169,7 @@ def consume(conn: Connection, link: Link, now: datetime) -> bool:
             token_t.c.used_at.is_(None),
             token_t.c.revoked_at.is_(None),
         )
-        .values(used_at=now)
+        .values(**values)
     )
     return done.rowcount == 1
 
