@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from babel.messages.pofile import read_po
+from freezegun import freeze_time
 
 from api.admin import importing
 from api.errors import LoginSlowedDown
@@ -248,12 +249,14 @@ def test_a_slowed_down_sign_in_says_its_wait_with_the_right_plural(
     """Over HTTP: the wait of a slowed-down sign-in is in the request's language."""
     api = make_api(login_free_failures=1)
     api.account("ada@example.com", name="Ada")
-    for _ in range(2):
-        answer = api.client.post(
-            "/api/login",
-            json={"email": "ada@example.com", "password": "wrong-wrong-wrong"},
-            headers={"Accept-Language": "fr"},
-        )
+    # The clock stands still: on a loaded machine the first wait could pass between the two.
+    with freeze_time("2026-12-01 09:00:00"):
+        for _ in range(2):
+            answer = api.client.post(
+                "/api/login",
+                json={"email": "ada@example.com", "password": "wrong-wrong-wrong"},
+                headers={"Accept-Language": "fr"},
+            )
     error = assert_error(answer, 429, "login_slowed_down")
     seconds = int(answer.headers["retry-after"])
     unit = "seconde" if seconds == 1 else "secondes"
