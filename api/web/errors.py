@@ -47,6 +47,7 @@ from api.errors import (
     describe,
 )
 from api.logs import escape
+from api.support.resend import ResendRefused
 from api.support.service import KeyNameTaken, KeyNotFound
 from api.web.schemas import ErrorBody
 from engine.errors import (
@@ -129,6 +130,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     AccountExists: Answer(409),
     KeyNameTaken: Answer(409),
     KeyNotFound: Answer(404),
+    ResendRefused: Answer(429),
     RecoveryError: Answer(400),
     # the engine
     InvalidAttemptId: Answer(400),
@@ -215,7 +217,7 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
-    if isinstance(exc, LoginSlowedDown):
+    if isinstance(exc, LoginSlowedDown | ResendRefused):
         headers["Retry-After"] = str(max(1, exc.retry_after))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
