@@ -134,9 +134,6 @@ class ResendLock:
             # A transaction-level lock, released when this transaction ends (after the
             # resend's own transaction has committed in another connection).
             with self.db.transaction() as conn:
-                conn.execute(
-                    select(
-                        func.pg_advisory_xact_lock(RESEND_LOCK_CLASS, func.hashtext(literal(subject)))
-                    )
-                )
+                key = func.hashtext(literal(subject))
+                conn.execute(select(func.pg_advisory_xact_lock(RESEND_LOCK_CLASS, key)))
                 yield
