@@ -42,8 +42,8 @@ from api.accounts.passwords import PasswordHasher
 from api.logs import AccessLogMiddleware
 from api.services import Services, build_services
 from api.settings import Settings
+from api.web import console, ops, pages, public, support
 from api.web import flows as flow_routes
-from api.web import ops, pages, public, support
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
 from api.web.ops import SKIP_HOST_CHECK
@@ -255,6 +255,8 @@ def create_app(
     ]
     # The HTML pages (api/pages.py) bring their templates and the CSRF cookie of their forms.
     route_handlers.extend(pages.route_handlers)
+    # The support console (api/web/console.py): its own templates and stylesheet.
+    route_handlers.extend(console.route_handlers)
     template_config = pages.template_config()
     csrf_config = pages.csrf_config(settings)
 
@@ -290,7 +292,9 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config,
         csrf_config=csrf_config,
-        state=State({"services": svc, "metrics": metrics}),
+        state=State(
+            {"services": svc, "metrics": metrics, console.STATE_KEY: console.room_for(svc)}
+        ),
         logging_config=None,
         debug=False,
     )

@@ -45,6 +45,9 @@ STORE_NAME = "rate_limit"
 WINDOW_SECONDS = 60
 PROBES = ("/health", "/ready")
 SUPPORT_PREFIX = "/api/support"
+# The support console: agents' budget, but its sign-in counts as a public form.
+CONSOLE_PREFIX = "/support"
+CONSOLE_SIGN_IN = ("/support/login", "/support/login/code")
 MAX_FORWARDED_HOPS = 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,6 +148,9 @@ def rate_limit_config(budgets: Budgets, trusted_proxies: Iterable[str]) -> RateL
         if endpoint in PROBES:
             return None
         if endpoint.startswith(SUPPORT_PREFIX):
+            return budgets.support
+        in_console = endpoint == CONSOLE_PREFIX or endpoint.startswith(CONSOLE_PREFIX + "/")
+        if in_console and endpoint not in CONSOLE_SIGN_IN:
             return budgets.support
         return budgets.post if request.method == "POST" else budgets.read
 
