@@ -47,6 +47,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.response import Redirect, Response, Template
 from markupsafe import Markup
 
@@ -83,6 +84,11 @@ LOCAL_TIME = "%Y-%m-%dT%H:%M"
 
 class NotSignedIn(NotAuthorizedException):
     """No live console session: the sign-in page instead."""
+
+
+class ReadOnly(PermissionDeniedException):
+    """A `read` agent on a route that changes something (a failed CSRF check is Litestar's
+    own PermissionDeniedException, told apart by this class)."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +303,7 @@ async def require_agent(
             path,
             {"method": connection.scope.get("method", ""), "outcome": "forbidden"},
         )
-        raise PermissionDeniedException()
+        raise ReadOnly()
 
 
 WRITE = {ROLE_OPT: "write"}
@@ -521,12 +527,14 @@ async def _attempt_page(
 
 
 @get("/attempts/{attempt_id:str}", name="console_attempt")
-async def attempt(request: Request[Any, Any, Any], attempt_id: str) -> Response[Any]:
+async def attempt(request: Request[Any, Any, Any], attempt_id: FromPath[str]) -> Response[Any]:
     return await _attempt_page(request, attempt_id)
 
 
 @get("/attempts/{attempt_id:str}/diagram.svg", name="console_attempt_diagram")
-async def attempt_diagram(request: Request[Any, Any, Any], attempt_id: str) -> Response[Any]:
+async def attempt_diagram(
+    request: Request[Any, Any, Any], attempt_id: FromPath[str]
+) -> Response[Any]:
     """The diagram at full size, for a small screen."""
     room = _room(request)
     try:
@@ -544,7 +552,7 @@ async def attempt_diagram(request: Request[Any, Any, Any], attempt_id: str) -> R
 
 @get("/attempts/{attempt_id:str}/events/{event:str}", opt=WRITE, name="console_confirm")
 async def confirm_event(
-    request: Request[Any, Any, Any], attempt_id: str, event: str
+    request: Request[Any, Any, Any], attempt_id: FromPath[str], event: FromPath[str]
 ) -> Response[Any]:
     """Asks for a reason, and for the agent to confirm, before the event is fired."""
     room = _room(request)
@@ -560,7 +568,9 @@ async def confirm_event(
 
 
 @post("/attempts/{attempt_id:str}/events/{event:str}", opt=WRITE, name="console_fire")
-async def fire_event(request: Request[Any, Any, Any], attempt_id: str, event: str) -> Response[Any]:
+async def fire_event(
+    request: Request[Any, Any, Any], attempt_id: FromPath[str], event: FromPath[str]
+) -> Response[Any]:
     room = _room(request)
     agent = _agent(request)
     fields = await _form(request, "reason", "confirm")
@@ -585,7 +595,7 @@ async def fire_event(request: Request[Any, Any, Any], attempt_id: str, event: st
 
 
 @post("/attempts/{attempt_id:str}/resend", opt=WRITE, name="console_resend")
-async def resend(request: Request[Any, Any, Any], attempt_id: str) -> Response[Any]:
+async def resend(request: Request[Any, Any, Any], attempt_id: FromPath[str]) -> Response[Any]:
     room = _room(request)
     fields = await _form(request, "override_reason", "expected_latest", "override")
     override = fields["override_reason"].strip()[:MAX_REASON_CHARS] or None
@@ -637,7 +647,7 @@ async def accounts(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @get("/accounts/{account_id:str}", name="console_account")
-async def account(request: Request[Any, Any, Any], account_id: str) -> Response[Any]:
+async def account(request: Request[Any, Any, Any], account_id: FromPath[str]) -> Response[Any]:
     room = _room(request)
     try:
         facts, journeys = await _run(
@@ -660,7 +670,9 @@ async def account(request: Request[Any, Any, Any], account_id: str) -> Response[
 
 
 @post("/accounts/{account_id:str}/clear-slow-down", opt=WRITE, name="console_clear")
-async def clear_slow_down(request: Request[Any, Any, Any], account_id: str) -> Response[Any]:
+async def clear_slow_down(
+    request: Request[Any, Any, Any], account_id: FromPath[str]
+) -> Response[Any]:
     room = _room(request)
     try:
         await _run(request, room.console.clear_slow_down_sync, _agent(request), account_id)
@@ -670,7 +682,9 @@ async def clear_slow_down(request: Request[Any, Any, Any], account_id: str) -> R
 
 
 @post("/accounts/{account_id:str}/sessions/revoke", opt=WRITE, name="console_revoke_session")
-async def revoke_session(request: Request[Any, Any, Any], account_id: str) -> Response[Any]:
+async def revoke_session(
+    request: Request[Any, Any, Any], account_id: FromPath[str]
+) -> Response[Any]:
     room = _room(request)
     fields = await _form(request, "session")
     try:
@@ -771,7 +785,7 @@ async def stats(request: Request[Any, Any, Any]) -> Response[Any]:
     )
 
 
-# -- the audit log and the keys ---------------------------------------------------------------------
+# -- the audit log and the keys ------------------------------------------------------------
 
 
 @get("/audit", name="console_audit")
@@ -861,7 +875,7 @@ def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[A
     else:
         status, headers = 500, {}
     error = {
-        403: "forbidden" if isinstance(exc, PermissionDeniedException) else "csrf",
+        403: "forbidden" if isinstance(exc, ReadOnly) else "csrf",
         404: "not_found",
         413: "too_large",
         429: "rate_limited",
