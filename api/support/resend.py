@@ -15,7 +15,8 @@ serialised (a lock in the process, and a PostgreSQL advisory lock across
 processes; SQLite has one writer process), so the second click sees the
 first's queued attempt inside the cooldown. An override can name the newest
 email the agent saw (`expected_latest`): if another has been queued since, the
-override is refused too, so a double click on "resend anyway" also sends one.
+resend is refused too, so a double click sends one even with no cooldown, and a
+double click on "resend anyway" also sends one.
 """
 
 from __future__ import annotations

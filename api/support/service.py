@@ -333,7 +333,8 @@ class SupportService:
         rules (`api.support.resend`): `ResendRefused` inside the cooldown or past the
         hourly limit, unless `override_reason` is given (the audit keeps it and the rule
         overridden); with `expected_latest` (the newest email's attempt id the agent saw,
-        "" for none) an override is refused if another email was queued since."""
+        "" for none) a resend, overridden or not, is refused if another email was queued
+        since (a double click, whatever the cooldown)."""
         override = (override_reason or "").strip() or None
         detail: dict[str, Any] = {"override_reason": override} if override else {}
 
@@ -353,7 +354,7 @@ class SupportService:
                         raise ResendRefused(blocked, now)
                     latest = latest_email(limits)
                     seen = str(latest) if latest else ""
-                    if override is not None and expected_latest not in (None, seen):
+                    if expected_latest is not None and expected_latest != seen:
                         raise ResendRefused(Blocked(NEWER_EMAIL, now, latest), now)
                     if override is not None:
                         detail["overridden"] = blocked.rule if blocked else None

@@ -608,7 +608,12 @@ async def resend(request: Request[Any, Any, Any], attempt_id: FromPath[str]) -> 
             _agent(request),
             attempt_id,
             override_reason=override,
-            expected_latest=fields["expected_latest"] if override else None,
+            # The form's newest email as the page showed it: a second click finds a newer
+            # one and is refused. A plain resend form without it ("") leaves the cooldown
+            # to refuse; an override's "" means "no email seen".
+            expected_latest=fields["expected_latest"]
+            if override
+            else fields["expected_latest"] or None,
         )
     except ResendRefused as exc:
         return await _attempt_page(

@@ -97,8 +97,8 @@ class ResendBody(_Strict):
     """The link goes to the address stored on the account: no address, token or password.
 
     `override_reason` resends inside the cooldown or past the hourly limit (audited);
-    `expected_latest`, with it, is the attempt id of the newest email the caller saw ("" for
-    none): if another email was queued since, the override is refused too."""
+    `expected_latest` is the attempt id of the newest email the caller saw ("" for none): if
+    another email was queued since, the resend (overridden or not) is refused."""
 
     override_reason: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
     expected_latest: Annotated[str, Meta(max_length=64)] | None = None

@@ -513,6 +513,35 @@ def test_two_resends_a_second_apart_send_one_email(
     assert len(console_api.tokens_sent()) == 2  # the person's email, and one resend
 
 
+def test_a_double_click_on_resend_sends_one_email_even_without_a_cooldown(
+    make_api: Callable[..., Api],
+) -> None:
+    """The resend form names the newest email the page showed: the second submit of the same
+    form finds a newer one and is refused, whatever the cooldown."""
+    api = make_api(public_base_url=BASE, resend_cooldown_seconds=0)
+    api.account()
+    attempt = request_link(api)
+    created = room(api).agents.create_sync(
+        email="fast@support.example.com", name="Fast", role="write", password=AGENT_PASSWORD
+    )
+    agent = Desk(api, browser(api), "fast@support.example.com", "write", created.totp_secret)
+    agent.sign_in()
+    assert agent.signed
+    page = agent.client.get(f"/support/attempts/{attempt.id}")
+    form = {
+        "_csrf_token": CSRF.search(page.text).group(1),  # type: ignore[union-attr]
+        "expected_latest": re.search(r'name="expected_latest" value="([^"]*)"', page.text).group(1),  # type: ignore[union-attr]
+    }
+    url = f"/support/attempts/{attempt.id}/resend"
+    first = agent.client.post(url, data=form)
+    second = agent.client.post(url, data=form)
+    assert "notice=resent" in str(first.url)
+    assert second.status_code == 429
+    assert "meanwhile" in doc(second).by_id("resend-blocked").text
+    api.dispatch()
+    assert len(api.tokens_sent()) == 2  # the person's email, and one resend
+
+
 def test_an_override_with_a_reason_resends_and_is_audited_and_a_double_click_sends_once(
     console_api: Api, desk: Callable[..., Desk]
 ) -> None:
