@@ -657,7 +657,10 @@ def test_stats_draw_each_flows_funnel_and_states_with_the_numbers_beside(
     counts = {tags(r, "th")[0].text: tags(r, "td")[0].text for r in body_rows(funnel)}
     assert counts["requested"] == "2" and counts["emailed"] == "1"
     states = page.by_id("states-password_recovery")
-    by_state = {tags(r, "th")[0].text: tags(r, "td")[0].text for r in body_rows(states)}
+    # A state name may break after an underscore (<wbr>): the parser's text has a space there.
+    by_state = {
+        tags(r, "th")[0].text.replace("_ ", "_"): tags(r, "td")[0].text for r in body_rows(states)
+    }
     assert by_state == {"emailed": "1", "unknown_account": "1"}
     charts = [n for n in page.all("svg") if n.attrs.get("class") == "chart"]
     assert len(charts) == 2 and all(c.attrs["role"] == "img" for c in charts)
