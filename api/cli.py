@@ -1,4 +1,5 @@
-"""The `recovery` command line: serve, worker, migrate, sweep, diagrams, accounts, keys, demo.
+"""The `recovery` command line: serve, worker, migrate, sweep, diagrams, accounts, keys,
+support agents, demo.
 
 Every command reads the same `RECOVERY_*` environment as the server
 (`settings_from_env`), when it runs and never at import. Exit status: 0 on
@@ -177,6 +178,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="event types, space- or comma-separated (password.changed sessions.revoked ...)",
     )
     add_webhook.set_defaults(handler=_add_webhook)
+    agents = commands.add_parser("support-agent", help="manage the support console's agents")
+    agent_commands = agents.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create_agent = agent_commands.add_parser(
+        "create",
+        help="create an agent; the password is read from standard input, and the seed of "
+        "the second factor (every write agent has one) is printed once",
+    )
+    create_agent.add_argument("--email", required=True)
+    create_agent.add_argument("--name", required=True)
+    create_agent.add_argument("--role", required=True, choices=("read", "write"))
+    create_agent.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input (one line)",
+    )
+    create_agent.add_argument(
+        "--second-factor",
+        action="store_true",
+        help="give a read agent a second factor too (write agents always have one)",
+    )
+    create_agent.add_argument(
+        "--time-zone", default="UTC", help="the zone the console shows their times in"
+    )
+    create_agent.set_defaults(handler=_create_agent)
 
     attempts = commands.add_parser("attempts", help="inspect recovery attempts")
     attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -594,6 +620,37 @@ def _revoke_key(args: argparse.Namespace) -> int:
     with open_engine(settings) as engine:
         SupportService(engine).revoke_key_sync(args.name)
     print(f"revoked support key {_printable(args.name)!r}; it no longer works")
+    return 0
+
+
+def _create_agent(args: argparse.Namespace) -> int:
+    from api.support.agents import Agents
+
+    settings = _settings()
+    password = _read_password()
+    with open_services(settings) as services:
+        agents = Agents(
+            services.engine.db,
+            services.engine.clock,
+            services.hasher,
+            services.policy,
+            services.signin,
+            settings,
+        )
+        created = agents.create_sync(
+            email=args.email,
+            name=args.name,
+            role=args.role,
+            password=password,
+            second_factor=args.second_factor,
+            time_zone=args.time_zone,
+        )
+    agent = created.agent
+    print(f"created support agent {_printable(agent.email)} ({agent.role}), id {agent.id}")
+    if created.totp_secret is not None:
+        print("Second factor, shown only this once: add it to an authenticator app.")
+        print(f"totp-secret: {created.totp_secret}")
+        print(f"totp-uri: {created.provisioning_uri}")
     return 0
 
 

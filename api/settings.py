@@ -328,6 +328,17 @@ class WebhookSettings(BaseModel):
     webhooks_give_up_hours: float = Field(default=24.0, gt=0)
 
 
+class SupportConsoleSettings(BaseModel):
+    """The support console (`api/web/console.py`, `api/support/agents.py`): agents' sessions."""
+
+    # A console session ends after this long without a request, and in any case this
+    # long after its sign-in.
+    support_session_idle_minutes: int = Field(default=30, ge=1)
+    support_session_max_hours: int = Field(default=12, ge=1)
+    # Wrong second-factor codes a half-open session may take before it is ended.
+    support_max_code_failures: int = Field(default=5, ge=1)
+
+
 # -- flows -------------------------------------------------------------------------
 
 
@@ -374,6 +385,7 @@ class Settings(
     AccountSettings,
     AdminSettings,
     WebhookSettings,
+    SupportConsoleSettings,
     PasswordRecoverySettings,
     AssistedRecoverySettings,
     BaseSettings,

@@ -8,8 +8,9 @@ attempt, event and outbox tables:
   time or an id range, one keyset page at a time;
 - `counts`: attempts per (flow, state); `waiting`: how many wait in a state;
 - `count_events`: accepted events of a subject's attempts in a time window
-  (what a throttle counts); `has_predecessor`: whether another attempt of the
-  same subject and flow started shortly before this one (a duplicate);
+  (what a throttle counts), and `event_times` when each was; `has_predecessor`:
+  whether another attempt of the same subject and flow started shortly before
+  this one (a duplicate);
 - `live`: a subject's live attempts in an exclusive group;
 - `funnel`: how many attempts reached each step of a path, and how fast;
 - `transition_counts`: events fired per flow, event and outcome.
@@ -211,6 +212,36 @@ class Queries:
         )
         with self.db.transaction(write=False) as conn:
             return int(conn.execute(query).scalar_one())
+
+    def event_times_sync(
+        self,
+        *,
+        flow: str,
+        subject: str,
+        event: str,
+        to_states: Sequence[str],
+        since: datetime,
+        created_since: datetime | None = None,
+    ) -> list[tuple[uuid.UUID, datetime]]:
+        """The (attempt id, time) of each event `count_events_sync` counts, oldest first."""
+        conditions = [
+            attempt_t.c.flow == flow,
+            attempt_t.c.subject == subject,
+            event_t.c.event == event,
+            event_t.c.accepted.is_(True),
+            event_t.c.to_state.in_(list(to_states)),
+            event_t.c.at > since,
+        ]
+        if created_since is not None:
+            conditions.append(attempt_t.c.created_at > created_since)
+        query = (
+            select(event_t.c.attempt_id, event_t.c.at)
+            .select_from(attempt_t.join(event_t, event_t.c.attempt_id == attempt_t.c.id))
+            .where(*conditions)
+            .order_by(event_t.c.at)
+        )
+        with self.db.transaction(write=False) as conn:
+            return [(row.attempt_id, as_utc(row.at)) for row in conn.execute(query)]
 
     def has_predecessor_sync(self, record: AttemptRecord, within: timedelta) -> bool:
         """Whether another attempt of the same flow and subject started in the `within`

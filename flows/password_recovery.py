@@ -64,6 +64,7 @@ from api.mail.messages import password_changed_email, recovery_email, zone_named
 from api.mail.transports import PermanentMailError
 from api.settings import Settings
 from api.support.reference import support_reference
+from api.support.resend import ResendLimits, Sent
 from engine import (
     AttemptRecord,
     ConflictError,
@@ -400,6 +401,7 @@ def _spec(settings: Settings, version: int, machine: type[_Recovery], descriptio
         hooks={
             "signed_in": signed_in,
             "resend": resend,
+            "resend_limits": resend_limits,
             "support_events": (Event.cancel,),
             # What its links do (the reset page and /api/recovery/* call these).
             "links": links.LinkActions(open=open_link, set_password=set_password, cancel=cancel),
@@ -666,6 +668,34 @@ def resend(app: App, original: AttemptRecord, actor: str) -> AttemptRecord:
             "requested_by": actor,
         },
         detail={"resend_of": str(original.id)},
+    )
+
+
+def resend_limits(app: App, original: AttemptRecord) -> ResendLimits:
+    """What support's resend rules weigh (sync): this flow's cooldown and hourly limit, and
+    the address's emails of the last hour, those dispatched and those still queued."""
+    now = app.engine.clock.now()
+    since = now - THROTTLE_WINDOW
+    dispatched = app.engine.queries.event_times_sync(
+        flow=NAME,
+        subject=original.subject,
+        event=Event.dispatch,
+        to_states=COUNTED,
+        since=since,
+        created_since=since - REQUEST_TTL,
+    )
+    queued = app.engine.queries.page_sync(
+        flows=[NAME],
+        subject=original.subject,
+        states=[Step.requested],
+        created_since=now - REQUEST_TTL,
+        limit=app.settings.emails_per_hour + 1,
+    ).items
+    return ResendLimits(
+        cooldown=timedelta(seconds=app.settings.resend_cooldown_seconds),
+        per_hour=app.settings.emails_per_hour,
+        sent=[Sent(at, ident) for ident, at in dispatched]
+        + [Sent(as_utc(a.created_at), a.id) for a in queued],
     )
 
 

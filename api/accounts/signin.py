@@ -318,3 +318,19 @@ class SignIn:
         if row is None:
             return None
         return SessionInfo(row.id, mask_email(row.email_normalized), row.locale, as_utc(row[3]))
+
+    # -- the slow-down, for the console's own sign-in and for support ---------------------
+
+    def delay_sync(self, key: str, device: str | None = None) -> int:
+        """Seconds before another sign-in may be tried at `key` (a normalised address, or
+        another sign-in's own key), among browsers of `device`'s kind."""
+        return self._login_delay(key, device)
+
+    def record_failure_sync(self, key: str) -> None:
+        """One failed sign-in at `key`, from a browser without a known device cookie."""
+        self._record_failure(key, None)
+
+    def clear_failures_sync(self, key: str) -> int:
+        """Forget every failed sign-in at `key` (every device): the slow-down ends now."""
+        with self.db.transaction() as conn:
+            return int(conn.execute(delete(failure_t).where(failure_t.c.key == key)).rowcount)

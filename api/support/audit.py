@@ -69,15 +69,28 @@ class Audit:
         return result
 
     def page_sync(
-        self, limit: int = DEFAULT_AUDIT_PAGE, cursor: str | None = None
+        self,
+        limit: int = DEFAULT_AUDIT_PAGE,
+        cursor: str | None = None,
+        *,
+        who: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Entries newest first, one keyset page, and the cursor of the next one."""
+        """Entries newest first, one keyset page, and the cursor of the next one; only
+        those of `who`, of `action` and about `target` (an attempt id, say) when given."""
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise InvalidInput("limit", "limit must be between 1 and {most}", most=MAX_AUDIT_PAGE)
         after = decode_row_cursor(cursor) if cursor is not None else None
         query = select(audit_t).order_by(audit_t.c.at.desc(), audit_t.c.id.desc()).limit(limit + 1)
         if after is not None:
             query = query.where(tuple_(audit_t.c.at, audit_t.c.id) < after)
+        if who is not None:
+            query = query.where(audit_t.c.key_name == who)
+        if action is not None:
+            query = query.where(audit_t.c.action == action)
+        if target is not None:
+            query = query.where(audit_t.c.target == target)
         with self.db.transaction(write=False) as conn:
             rows = conn.execute(query).all()
         more = len(rows) > limit

@@ -28,6 +28,14 @@ from api.support.audit import DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE, UNKNOWN_KEY, A
 from api.support.cursors import decode_cursor, decode_row_cursor, encode_cursor
 from api.support.keys import KeyNameTaken, KeyNotFound, Keys
 from api.support.reference import reference_bounds
+from api.support.resend import (
+    NEWER_EMAIL,
+    Blocked,
+    ResendLock,
+    ResendRefused,
+    blocked_at,
+    latest_email,
+)
 from engine import AttemptRecord, Engine
 from engine.clock import as_utc
 from engine.diagrams import path_of
@@ -82,6 +90,7 @@ class SupportService:
         self.context = context
         self.keys = Keys(self.db, self.clock)
         self.audit_log = Audit(self.db, self.clock)
+        self.resend_lock = ResendLock(self.db)
 
     # -- keys ------------------------------------------------------------------
 
@@ -330,20 +339,73 @@ class SupportService:
     async def cancel(self, key_name: str, attempt_id: str, reason: str) -> str:
         return await self._run(self.cancel_sync, key_name, attempt_id, reason)
 
-    def resend_sync(self, key_name: str, attempt_id: str | uuid.UUID) -> AttemptRecord:
-        """A new attempt like this one, through its flow's `resend` hook."""
+    def resend_sync(
+        self,
+        key_name: str,
+        attempt_id: str | uuid.UUID,
+        *,
+        override_reason: str | None = None,
+        expected_latest: str | None = None,
+    ) -> AttemptRecord:
+        """A new attempt like this one, through its flow's `resend` hook, under the resend
+        rules (`api.support.resend`): `ResendRefused` inside the cooldown or past the
+        hourly limit, unless `override_reason` is given (the audit keeps it and the rule
+        overridden); with `expected_latest` (the newest email's attempt id the agent saw,
+        "" for none) a resend, overridden or not, is refused if another email was queued
+        since (a double click, whatever the cooldown)."""
+        override = (override_reason or "").strip() or None
+        detail: dict[str, Any] = {"override_reason": override} if override else {}
 
         def work() -> AttemptRecord:
             original = self.engine.read_sync(attempt_id)
-            hook = self.engine.spec_of(original).hooks.get("resend")
+            spec = self.engine.spec_of(original)
+            hook = spec.hooks.get("resend")
             if hook is None:
                 raise InvalidInput("id", "attempts of {flow} cannot be resent", flow=original.flow)
-            return hook(self.context, original, actor_of(key_name))  # type: ignore[no-any-return]
+            with self.resend_lock.held(f"{original.flow}\x1f{original.subject}"):
+                limits_of = spec.hooks.get("resend_limits")
+                if limits_of is not None:
+                    limits = limits_of(self.context, original)
+                    now = self.clock.now()
+                    blocked = blocked_at(limits, now)
+                    if override is None and blocked is not None:
+                        raise ResendRefused(blocked, now)
+                    latest = latest_email(limits)
+                    seen = str(latest) if latest else ""
+                    if expected_latest is not None and expected_latest != seen:
+                        raise ResendRefused(Blocked(NEWER_EMAIL, now, latest), now)
+                    if override is not None:
+                        detail["overridden"] = blocked.rule if blocked else None
+                return hook(self.context, original, actor_of(key_name))  # type: ignore[no-any-return]
 
-        return self._audited(key_name, "resend", str(attempt_id)[:64], {}, work)
+        return self._audited(key_name, "resend", str(attempt_id)[:64], detail, work)
 
-    async def resend(self, key_name: str, attempt_id: str) -> AttemptRecord:
-        return await self._run(self.resend_sync, key_name, attempt_id)
+    def resend_check_sync(self, attempt_id: str | uuid.UUID) -> tuple[Blocked | None, str | None]:
+        """Whether a resend of the attempt would be refused now (and why), and the newest
+        email's attempt id ("" for none; None when its flow has no resend limits)."""
+        original = self.engine.read_sync(attempt_id)
+        limits_of = self.engine.spec_of(original).hooks.get("resend_limits")
+        if limits_of is None:
+            return None, None
+        limits = limits_of(self.context, original)
+        latest = latest_email(limits)
+        return blocked_at(limits, self.clock.now()), str(latest) if latest else ""
+
+    async def resend(
+        self,
+        key_name: str,
+        attempt_id: str,
+        *,
+        override_reason: str | None = None,
+        expected_latest: str | None = None,
+    ) -> AttemptRecord:
+        return await self._run(
+            self.resend_sync,
+            key_name,
+            attempt_id,
+            override_reason=override_reason,
+            expected_latest=expected_latest,
+        )
 
     # -- stats -------------------------------------------------------------------------
 

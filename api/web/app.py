@@ -42,7 +42,7 @@ from api.accounts.passwords import PasswordHasher
 from api.logs import AccessLogMiddleware
 from api.services import Services, build_services
 from api.settings import Settings
-from api.web import admin, assisted, assisted_pages, ops, pages, public, reference, support
+from api.web import admin, assisted, assisted_pages, console, ops, pages, public, reference, support
 from api.web import flows as flow_routes
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
@@ -273,6 +273,8 @@ def create_app(
     route_handlers.extend(pages.route_handlers)
     route_handlers.extend(assisted_pages.route_handlers)
     route_handlers.extend(reference.route_handlers)
+    # The support console (api/web/console.py): its own templates and stylesheet.
+    route_handlers.extend(console.route_handlers)
     template_config = pages.template_config()
     csrf_config = pages.csrf_config(settings)
 
@@ -310,7 +312,9 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config,
         csrf_config=csrf_config,
-        state=State({"services": svc, "metrics": metrics}),
+        state=State(
+            {"services": svc, "metrics": metrics, console.STATE_KEY: console.room_for(svc)}
+        ),
         logging_config=None,
         debug=False,
     )

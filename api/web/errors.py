@@ -55,6 +55,7 @@ from api.errors import (
 )
 from api.i18n import gettext, ngettext, pick_locale
 from api.logs import escape
+from api.support.resend import ResendRefused
 from api.support.service import KeyNameTaken, KeyNotFound
 from api.web.schemas import ErrorBody
 from api.webhooks.endpoints import DeliveryNotFound, DeliveryQueued, WebhookNotFound
@@ -151,6 +152,7 @@ ANSWERS: Mapping[type[Exception], Answer] = {
     DeliveryNotFound: Answer(404),
     DeliveryQueued: Answer(409),
     KeyNotFound: Answer(404),
+    ResendRefused: Answer(429),
     RecoveryError: Answer(400),
     # the engine
     InvalidAttemptId: Answer(400, INVALID_INPUT),
@@ -315,7 +317,7 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
-    if isinstance(exc, LoginSlowedDown):
+    if isinstance(exc, LoginSlowedDown | ResendRefused):
         headers["Retry-After"] = str(max(1, exc.retry_after))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"

@@ -47,6 +47,9 @@ PROBES = ("/health", "/ready")
 SUPPORT_PREFIX = "/api/support"
 # The APIs that need a key: agents and applications click and call a lot.
 KEYED_PREFIXES = (SUPPORT_PREFIX, "/api/admin")
+# The support console: agents' budget, but its sign-in counts as a public form.
+CONSOLE_PREFIX = "/support"
+CONSOLE_SIGN_IN = ("/support/login", "/support/login/code")
 MAX_FORWARDED_HOPS = 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -147,6 +150,9 @@ def rate_limit_config(budgets: Budgets, trusted_proxies: Iterable[str]) -> RateL
         if endpoint in PROBES:
             return None
         if endpoint.startswith(KEYED_PREFIXES):
+            return budgets.support
+        in_console = endpoint == CONSOLE_PREFIX or endpoint.startswith(CONSOLE_PREFIX + "/")
+        if in_console and endpoint not in CONSOLE_SIGN_IN:
             return budgets.support
         return budgets.post if request.method == "POST" else budgets.read
 

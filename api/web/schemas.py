@@ -137,7 +137,14 @@ class CancelBody(_Strict):
 
 
 class ResendBody(_Strict):
-    """Resend takes no field: the link goes to the address stored on the account."""
+    """The link goes to the address stored on the account: no address, token or password.
+
+    `override_reason` resends inside the cooldown or past the hourly limit (audited);
+    `expected_latest` is the attempt id of the newest email the caller saw ("" for none): if
+    another email was queued since, the resend (overridden or not) is refused."""
+
+    override_reason: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+    expected_latest: Annotated[str, Meta(max_length=64)] | None = None
 
 
 class AttemptItem(Struct, frozen=True):

@@ -274,6 +274,12 @@ async def fire_event(
     status_code=202,
     opt=WRITE,
     summary="Start a new attempt for the same address; once emailed it supersedes older links",
+    description=(
+        "Refused with 429 (`resend_refused`, Retry-After, and `possible_at` in the details) "
+        "while the address got an email less than the resend cooldown ago or had its emails "
+        "for the hour, unless `override_reason` is given (audited). Resends of one address "
+        "are serialised: two requests a second apart send one email."
+    ),
     responses=documented(400, 401, 403, 404, 413, 415, 429),
 )
 async def resend(
@@ -282,9 +288,14 @@ async def resend(
     attempt_id: AttemptId,
     data: JSONBody[ResendBody | None] = None,
 ) -> ResendAnswer:
-    # `data` is read only so that a body carrying any field (an address, a token,
-    # a password) is a 400 rather than silently ignored.
-    record = await services.support.resend(key_name(request), attempt_id)
+    # A body carrying any other field (an address, a token, a password) is a 400 rather
+    # than silently ignored.
+    record = await services.support.resend(
+        key_name(request),
+        attempt_id,
+        override_reason=data.override_reason if data else None,
+        expected_latest=data.expected_latest if data else None,
+    )
     return ResendAnswer(
         attempt_id=str(record.id),
         state=record.state,

@@ -3,7 +3,7 @@
 Two new tables that nothing points at; the engine's tables are untouched.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02 09:00:00
 """
 
@@ -14,7 +14,7 @@ import sqlmodel  # noqa: F401  (autogenerate may name sqlmodel types)
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,379 @@
+"""An agent works at the support console in a real browser (Debian's Chromium), with the
+keyboard alone, on a desk and on a phone, in English and in French.
+
+The walk: the agent signs in (password, then the TOTP code of the seed that
+`recovery support-agent create` printed), finds the attempt by the reference
+the person's page showed, reads its timeline and diagram, resends once (a
+double submit sends one email), cancels with a reason and a confirmation,
+clears an account's login slow-down and revokes one of its sessions, and
+looks at the stats, the audit log and the keys. A read agent sees no action
+and gets 403 when it posts anyway. Every console page is checked with axe-core
+(0 violations) and pictured under `test-output/browser/<test name>/`; on a
+phone nothing scrolls sideways. The case queue of assisted recovery belongs to
+that flow's own branch and is not walked here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect
+
+from api.i18n import translations
+from tests.browser.conftest import ACTION_TIMEOUT_MS, Account, Screenshots
+from tests.browser.journey import MAX_TABS, Journey, assert_no_horizontal_scroll
+from tests.browser.live import LiveServer, live_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+AGENT_PASSWORD = "Harbor!Velvet-5820-Lantern"
+# Few enough failed sign-ins that a test can slow an account down by itself.
+FREE_FAILURES = 3
+PHONE = "Pixel 7"
+_agents = itertools.count(1)
+_axe = Axe()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """`recovery serve` for this module: as the suite's, but an account is slowed down after
+    a few failed sign-ins, so the agent has a slow-down to clear."""
+    extra = {"RECOVERY_LOGIN_FREE_FAILURES": str(FREE_FAILURES)}
+    with live_server(tmp_path_factory.mktemp("console-server"), extra) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class AgentLogin:
+    """An agent made through `recovery support-agent create`, and their TOTP seed."""
+
+    email: str
+    name: str
+    role: str
+    secret: str | None
+
+
+def create_agent(server: LiveServer, role: str) -> AgentLogin:
+    email = f"agent{next(_agents)}-{role}@support.example.test"
+    name = f"Agent {role.title()} {email.split('-')[0][5:]}"
+    out = server.cli(
+        "support-agent",
+        "create",
+        *("--email", email, "--name", name, "--role", role),
+        *("--time-zone", "Europe/Paris", "--password-stdin"),
+        stdin=AGENT_PASSWORD + "\n",
+    )
+    found = re.search(r"^totp-secret: (\S+)$", out, re.MULTILINE)
+    return AgentLogin(email, name, role, found.group(1) if found else None)
+
+
+@pytest.fixture
+def new_context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
+    made: list[BrowserContext] = []
+
+    def make(**options: Any) -> BrowserContext:
+        context = browser.new_context(**options)
+        context.set_default_timeout(ACTION_TIMEOUT_MS)
+        made.append(context)
+        return context
+
+    yield make
+    for context in made:
+        context.close()
+
+
+def tab_to(page: Page, target: Locator) -> None:
+    """Tab (or Shift+Tab, past the end) until `target` has the focus, as a person would."""
+    handle = target.element_handle()
+    assert handle is not None, "the element to reach is not on the page"
+    for _ in range(MAX_TABS * 3):
+        if page.evaluate("e => document.activeElement === e", handle):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError("Tab never reached the element")
+
+
+@dataclass
+class Desk:
+    """One agent's browser tab at the console, driven with the keyboard alone."""
+
+    page: Page
+    server: LiveServer
+    agent: AgentLogin
+    shots: Screenshots
+    lang: str = "en"
+    phone_width: int | None = None
+    axe_counts: dict[str, int] = field(default_factory=dict)
+
+    def _(self, text: str, **params: Any) -> str:
+        """The console's text in this desk's language (the French from console.po)."""
+        translated = translations(self.lang).gettext(text)
+        return translated % params if params else translated
+
+    @property
+    def base(self) -> str:
+        return f"{self.server.base_url}/support"
+
+    def arrived(self, step: str, title: str | None = None) -> None:
+        """The page of `step` is shown, in the desk's language, fits the screen, has no
+        axe-core violation, and is pictured."""
+        if title is not None:
+            expect(self.page.locator("h1")).to_have_text(title)
+        expect(self.page.locator("html")).to_have_attribute("lang", self.lang)
+        self.shots.take(self.page, step)
+        if self.phone_width is not None:
+            assert_no_horizontal_scroll(self.page, step, self.phone_width)
+        results = _axe.run(self.page)
+        self.axe_counts[step] = results.violations_count
+        assert results.violations_count == 0, f"{step}: {results.generate_report()}"
+
+    def follow(self, link: Locator) -> None:
+        tab_to(self.page, link)
+        self.page.keyboard.press("Enter")
+
+    def type_into(self, box: Locator, value: str) -> None:
+        tab_to(self.page, box)
+        self.page.keyboard.press("Control+A")
+        self.page.keyboard.type(value)
+
+    def press(self, button: Locator) -> None:
+        """Tab to a button and press Enter on it."""
+        tab_to(self.page, button)
+        self.page.keyboard.press("Enter")
+
+    def nav(self, label: str) -> None:
+        self.follow(self.page.get_by_role("navigation").get_by_role("link", name=label))
+
+    # -- the screens ---------------------------------------------------------------------
+
+    def sign_in(self) -> None:
+        self.page.goto(f"{self.base}/login")
+        self.arrived("agent-sign-in", self._("Agent sign-in"))
+        self.type_into(self.page.locator("#email"), self.agent.email)
+        self.type_into(self.page.locator("#password"), AGENT_PASSWORD)
+        self.page.keyboard.press("Enter")
+        if self.agent.secret is not None:
+            self.arrived("second-factor", self._("Second factor"))
+            self.type_into(self.page.locator("#code"), pyotp.TOTP(self.agent.secret).now())
+            self.page.keyboard.press("Enter")
+        self.arrived("find", self._("Find an attempt"))
+        expect(self.page.locator("#agent-name")).to_have_text(self.agent.name)
+
+    def find(self, reference: str) -> None:
+        """The reference typed as a person reads it out on the phone."""
+        spoken = " ".join(reference.replace("-", "")).lower()
+        self.type_into(self.page.locator("#q"), spoken)
+        self.page.keyboard.press("Enter")
+        self.arrived("find-results", self._("Find an attempt"))
+        link = self.page.locator("table a[href^='/support/attempts/']")
+        expect(link).to_have_count(1)
+        self.follow(link)
+
+    def read_attempt(self, reference: str, step: str) -> None:
+        self.arrived(step)
+        expect(self.page.locator("h1")).to_contain_text(reference)
+        expect(self.page.locator("#timeline li").first).to_be_visible()
+        expect(self.page.locator("figure svg.diagram")).to_be_visible()
+        expect(self.page.locator("#diagram-title")).to_contain_text("requested → emailed")
+
+
+def person_requests_a_link(
+    server: LiveServer,
+    new_context: Callable[..., BrowserContext],
+    account: Account,
+    shots: Screenshots,
+    lang: str,
+) -> str:
+    """The person's own "Forgot password?" in their browser: the reference their page shows."""
+    context = new_context(locale="fr-FR" if lang == "fr" else "en-US")
+    journey = Journey(context.new_page(), server, account, shots, lang=lang)
+    journey.open_sign_in()
+    journey.ask_for_link()
+    server.mail_to(account.email)
+    context.close()
+    return journey.reference
+
+
+def signed_in_session(server: LiveServer, account: Account) -> str:
+    answer = httpx.post(
+        f"{server.base_url}/api/login",
+        json={"email": account.email, "password": account.password},
+        timeout=30.0,
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["session_token"])
+
+
+def slow_down(server: LiveServer, account: Account) -> None:
+    """Failed sign-ins until the next one is slowed down."""
+    for _ in range(FREE_FAILURES + 1):
+        httpx.post(
+            f"{server.base_url}/api/login",
+            json={"email": account.email, "password": "not-the-password"},
+            timeout=30.0,
+        )
+    slowed = httpx.post(
+        f"{server.base_url}/api/login",
+        json={"email": account.email, "password": account.password},
+        timeout=30.0,
+    )
+    assert slowed.status_code == 429, slowed.text
+
+
+def session_alive(server: LiveServer, token: str) -> bool:
+    answer = httpx.get(
+        f"{server.base_url}/api/session",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30.0,
+    )
+    return answer.status_code == 200
+
+
+WALKS = [("desk", "en"), ("desk", "fr"), ("phone", "en"), ("phone", "fr")]
+
+
+@pytest.mark.parametrize(("screen", "lang"), WALKS, ids=[f"{s}-{lang}" for s, lang in WALKS])
+def test_an_agent_works_an_attempt_and_an_account_with_the_keyboard_alone(
+    server: LiveServer,
+    playwright: Playwright,
+    new_context: Callable[..., BrowserContext],
+    make_account: Callable[..., Account],
+    shots: Screenshots,
+    screen: str,
+    lang: str,
+) -> None:
+    """Sign in with the second factor, find by the spoken reference, read the timeline and
+    diagram, resend (two presses, one email), cancel with a reason, clear a slow-down,
+    revoke a session, then stats, audit and keys: no mouse, every page axe-clean."""
+    account = make_account(locale=lang)
+    reference = person_requests_a_link(server, new_context, account, shots, lang)
+    options: dict[str, Any] = {"locale": "fr-FR" if lang == "fr" else "en-US"}
+    if screen == "phone":
+        options.update(playwright.devices[PHONE])
+    context = new_context(**options)
+    page = context.new_page()
+    page.add_init_script(CLICK_RECORDER)
+    width = playwright.devices[PHONE]["viewport"]["width"] if screen == "phone" else None
+    desk = Desk(page, server, create_agent(server, "write"), shots, lang, width)
+
+    desk.sign_in()
+    desk.find(reference)
+    desk.read_attempt(reference, "attempt")
+
+    # Resend: Enter twice on the button, as an impatient agent double-presses.
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    tab_to(page, page.locator("#resend-button"))
+    page.keyboard.press("Enter")
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    server.mail_to(account.email, 2)
+    desk.arrived("after-resend")
+    desk.nav(desk._("Find"))
+    desk.type_into(page.locator("#q"), account.email)
+    page.keyboard.press("Enter")
+    desk.arrived("find-by-address", desk._("Find an attempt"))
+    rows = page.locator("table tbody tr")
+    expect(rows).to_have_count(2)  # the person's request and exactly one resend
+    assert len(server.sink.to(account.email)) == 2
+    assert len([u for u in posts if u.endswith("/resend")]) >= 1
+
+    # Cancel the newest attempt with a reason and a confirmation.
+    desk.follow(rows.first.locator("a[href^='/support/attempts/']"))
+    desk.arrived("newest-attempt")
+    desk.follow(page.locator("#event-cancel"))
+    desk.arrived("confirm-cancel")
+    desk.type_into(page.locator("#reason"), "the caller did not ask for it")
+    tab_to(page, page.locator("#confirm"))
+    page.keyboard.press("Space")
+    desk.press(page.locator("#confirm-event"))
+    desk.arrived("cancelled")
+    expect(page.locator("#attempt-state")).to_have_text("cancelled")
+    expect(page.locator("#timeline")).to_contain_text("the caller did not ask for it")
+
+    # The account: clear its slow-down, revoke its older session.
+    old_session = signed_in_session(server, account)
+    slow_down(server, account)
+    desk.nav(desk._("Accounts"))
+    desk.arrived("accounts")
+    desk.type_into(page.locator("#email"), account.email)
+    page.keyboard.press("Enter")
+    desk.arrived("account")
+    expect(page.locator("#account-name")).to_have_text(account.name)
+    expect(page.locator("#clear-slow-down")).to_be_visible()
+    desk.press(page.locator("#clear-slow-down"))
+    desk.arrived("slow-down-cleared")
+    expect(page.locator("#slow-down-state")).to_contain_text(desk._("Not slowed down."))
+    new_session = signed_in_session(server, account)  # works again at once
+    revoke = page.locator("#sessions button")
+    page.reload()
+    expect(revoke).to_have_count(2)
+    desk.press(revoke.last)  # the oldest session is listed last
+    desk.arrived("session-revoked")
+    assert not session_alive(server, old_session)
+    assert session_alive(server, new_session)
+
+    desk.nav(desk._("Stats"))
+    desk.arrived("stats")
+    desk.nav(desk._("Audit"))
+    desk.arrived("audit")
+    expect(page.locator("#audit")).to_contain_text(desk.agent.email)  # under the agent's name
+    desk.nav(desk._("Keys"))
+    desk.arrived("keys")
+
+    assert recorded_clicks(page) == [], "mouse clicks happened"
+    assert set(desk.axe_counts.values()) == {0}
+
+
+def test_a_read_agent_sees_no_action_and_is_refused_when_posting_anyway(
+    server: LiveServer,
+    new_context: Callable[..., BrowserContext],
+    make_account: Callable[..., Account],
+    shots: Screenshots,
+) -> None:
+    """A read agent signs in with the password alone, reads an attempt with no button but
+    "Sign out", and a cancel posted from its own session anyway is a 403 that changes
+    nothing."""
+    account = make_account()
+    reference = person_requests_a_link(server, new_context, account, shots, "en")
+    page = new_context(locale="en-US").new_page()
+    desk = Desk(page, server, create_agent(server, "read"), shots)
+    assert desk.agent.secret is None
+    desk.sign_in()
+    desk.find(reference)
+    desk.read_attempt(reference, "attempt-read-only")
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("main button, main a.button")).to_have_count(0)
+    attempt_url = page.url
+    token = page.locator("input[name=_csrf_token]").first.get_attribute("value")
+    answer = page.request.post(
+        f"{attempt_url}/events/cancel",
+        form={"reason": "just because", "confirm": "yes", "_csrf_token": token or ""},
+    )
+    assert answer.status == 403
+    page.goto(f"{attempt_url}/events/cancel")
+    desk.arrived("refused")
+    page.goto(attempt_url)
+    expect(page.locator("#attempt-state")).to_have_text("emailed")
+
+
+CLICK_RECORDER = """
+document.addEventListener('click', event => {
+  if (!event.isTrusted || event.detail === 0) return;
+  const clicks = JSON.parse(sessionStorage.getItem('clicks') || '[]');
+  clicks.push(event.target.tagName);
+  sessionStorage.setItem('clicks', JSON.stringify(clicks));
+}, true);
+"""
+
+
+def recorded_clicks(page: Page) -> list[str]:
+    return list(page.evaluate("JSON.parse(sessionStorage.getItem('clicks') || '[]')"))
