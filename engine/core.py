@@ -346,9 +346,10 @@ class Engine:
         creation logged exactly as `start_sync` logs it.
 
         `in_tx(conn, now)` runs first, in the same transaction (the caller's own writes
-        commit or roll back with the attempts; it runs even when there are none). With `end_journeys` (the detail their
-        end events record), every live attempt of these subjects in the flow's
-        exclusive group is ended first, as `Transaction.end_journeys` ends them.
+        commit or roll back with the attempts; it runs even when there are none). With
+        `end_journeys` (the detail their end events record), every live attempt of these
+        subjects in the flow's exclusive group is ended first, as
+        `Transaction.end_journeys` ends them.
         """
         spec = self.flows.get(flow)
         now = self.clock.now()
