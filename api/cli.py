@@ -1,4 +1,5 @@
-"""The `recovery` command line: serve, worker, migrate, sweep, diagrams, accounts, keys, demo.
+"""The `recovery` command line: serve, worker, migrate, sweep, diagrams, accounts, keys,
+reset-all, demo.
 
 Every command reads the same `RECOVERY_*` environment as the server
 (`settings_from_env`), when it runs and never at import. Exit status: 0 on
@@ -149,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke_key.add_argument("name", metavar="NAME")
     revoke_key.set_defaults(handler=_revoke_key)
+
+    reset_all = commands.add_parser(
+        "reset-all",
+        help="after a breach: end every session, make every password unusable and email "
+        "each account a recovery link (resumes an unfinished run)",
+    )
+    reset_all.add_argument(
+        "--accounts",
+        type=Path,
+        metavar="FILE",
+        help="only the accounts this file lists, one email address or account id a line",
+    )
+    reset_all.set_defaults(handler=_reset_all)
 
     attempts = commands.add_parser("attempts", help="inspect recovery attempts")
     attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -484,6 +498,50 @@ def _revoke_key(args: argparse.Namespace) -> int:
     with open_engine(settings) as engine:
         SupportService(engine).revoke_key_sync(args.name)
     print(f"revoked support key {_printable(args.name)!r}; it no longer works")
+    return 0
+
+
+# -- reset-all -------------------------------------------------------------------
+
+
+def _reset_all(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from api.reset_all import ResetRefused, read_account_list, reset_all
+
+    settings = _settings()
+    try:
+        listed = read_account_list(args.accounts) if args.accounts is not None else None
+    except ResetRefused as exc:
+        raise CommandError(str(exc)) from None
+    bar = Progress(
+        "reset-all",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "accounts",
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    task = bar.add_task("reset-all", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with open_services(settings) as services, bar:
+        try:
+            summary = reset_all(services, listed, progress=progress)
+        except ResetRefused as exc:
+            raise CommandError(str(exc)) from None
+    if summary.resumed:
+        print(f"resumed the unfinished run {summary.run_id}")
+    print(
+        f"reset {summary.reset} of {summary.total} accounts: {summary.sessions_ended} "
+        f"session{'s' if summary.sessions_ended != 1 else ''} ended, "
+        f"{summary.emailed} recovery email{'s' if summary.emailed != 1 else ''} queued"
+        + (f" ({summary.disabled} disabled, not emailed)" if summary.disabled else "")
+        + (f", {summary.not_found} listed not found" if summary.not_found else "")
+    )
     return 0
 
 

@@ -54,6 +54,7 @@ from engine import (
     Exclusive,
     FlowSpec,
     Job,
+    NewAttempt,
     OutboxHandler,
 )
 from engine.clock import as_utc
@@ -66,6 +67,8 @@ NAME = "password_recovery"
 ACCOUNT_JOURNEYS = "account_access"
 PERSON = "person"
 PASSWORD_CHANGED = "password_changed"
+# Who asks when an operator forces a reset after a breach (`recovery reset-all`).
+FORCED_RESET = "operator:reset-all"
 
 # -- 1. the stored names -----------------------------------------------------------
 
@@ -298,8 +301,9 @@ async def send_link(app: App, attempt: AttemptRecord) -> None:
 
 def _throttle(app: App, attempt: AttemptRecord) -> str | None:
     """Why nothing may be sent for this address now, or None. A support agent's resend
-    is a deliberate, audited act: no throttles."""
-    if str(attempt.data.get("requested_by", "")).startswith("support:"):
+    and an operator's forced reset are deliberate acts: no throttles."""
+    requested_by = str(attempt.data.get("requested_by", ""))
+    if requested_by.startswith("support:") or requested_by == FORCED_RESET:
         return None
     since = app.engine.clock.now() - THROTTLE_WINDOW
     dispatched = app.engine.queries.count_events_sync(
@@ -499,6 +503,25 @@ def resend(app: App, original: AttemptRecord, actor: str) -> AttemptRecord:
             "requested_by": actor,
         },
         detail={"resend_of": str(original.id)},
+    )
+
+
+def forced_request(account: Account, run: str) -> NewAttempt:
+    """The attempt an operator's forced reset queues for an account (`recovery reset-all`,
+    run `run`): a request like a person's, in the account's language, that the worker
+    emails without the throttles; once emailed it supersedes any older live attempt."""
+    return NewAttempt(
+        subject=account.email_normalized,
+        data={
+            "email_submitted": account.email,
+            "locale": _locale(account.locale),
+            "client_ip": None,
+            "user_agent": "",
+            "delivery": _queued(),
+            "requested_by": FORCED_RESET,
+            "forced_reset": run,
+        },
+        detail={"forced_reset": run},
     )
 
 
