@@ -1,5 +1,5 @@
 """The `recovery` command line: serve, worker, migrate, sweep, diagrams, accounts, keys,
-support agents, demo.
+support agents, reset-all, demo.
 
 Every command reads the same `RECOVERY_*` environment as the server
 (`settings_from_env`), when it runs and never at import. Exit status: 0 on
@@ -203,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-zone", default="UTC", help="the zone the console shows their times in"
     )
     create_agent.set_defaults(handler=_create_agent)
+    reset_all = commands.add_parser(
+        "reset-all",
+        help="after a breach: end every session, make every password unusable and email "
+        "each account a recovery link (resumes an unfinished run)",
+    )
+    reset_all.add_argument(
+        "--accounts",
+        type=Path,
+        metavar="FILE",
+        help="only the accounts this file lists, one email address or account id a line",
+    )
+    reset_all.set_defaults(handler=_reset_all)
 
     attempts = commands.add_parser("attempts", help="inspect recovery attempts")
     attempt_commands = attempts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -651,6 +663,50 @@ def _create_agent(args: argparse.Namespace) -> int:
         print("Second factor, shown only this once: add it to an authenticator app.")
         print(f"totp-secret: {created.totp_secret}")
         print(f"totp-uri: {created.provisioning_uri}")
+    return 0
+
+
+# -- reset-all -------------------------------------------------------------------
+
+
+def _reset_all(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from api.reset_all import ResetRefused, read_account_list, reset_all
+
+    settings = _settings()
+    try:
+        listed = read_account_list(args.accounts) if args.accounts is not None else None
+    except ResetRefused as exc:
+        raise CommandError(str(exc)) from None
+    bar = Progress(
+        "reset-all",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "accounts",
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    task = bar.add_task("reset-all", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with open_services(settings) as services, bar:
+        try:
+            summary = reset_all(services, listed, progress=progress)
+        except ResetRefused as exc:
+            raise CommandError(str(exc)) from None
+    if summary.resumed:
+        print(f"resumed the unfinished run {summary.run_id}")
+    print(
+        f"reset {summary.reset} of {summary.total} accounts: {summary.sessions_ended} "
+        f"session{'s' if summary.sessions_ended != 1 else ''} ended, "
+        f"{summary.emailed} recovery email{'s' if summary.emailed != 1 else ''} queued"
+        + (f" ({summary.disabled} disabled, not emailed)" if summary.disabled else "")
+        + (f", {summary.not_found} listed not found" if summary.not_found else "")
+    )
     return 0
 
 

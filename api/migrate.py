@@ -45,9 +45,9 @@ def _locked_connection(database_url: str | URL) -> Iterator[Connection]:
     """One connection in one transaction that no other migrating process shares."""
     db = Database(database_url, pool_size=1)
     try:
-        # The engine's SQLite set-up starts every transaction with BEGIN IMMEDIATE
-        # (one writer at a time) and makes DDL transactional.
-        with db.engine.connect() as conn, conn.begin():
+        # On SQLite the transaction starts with BEGIN IMMEDIATE (one writer at a
+        # time), which also makes DDL transactional.
+        with db.transaction() as conn:
             if not db.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
             yield conn

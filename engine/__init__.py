@@ -7,7 +7,7 @@ writers honest with optimistic locking. Nothing here knows what a flow is for.
 """
 
 from engine.clock import Clock, SystemClock
-from engine.core import Engine, Fired, Transaction
+from engine.core import Engine, Fired, NewAttempt, Transaction
 from engine.db import Database
 from engine.errors import (
     ConflictError,
@@ -45,6 +45,7 @@ __all__ = [
     "GraphvizMissing",
     "InvalidAttemptId",
     "Job",
+    "NewAttempt",
     "NotFound",
     "Outbox",
     "OutboxHandler",

@@ -27,7 +27,7 @@ transaction also adds what it changed to the flows' running totals
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -128,8 +128,42 @@ _LOG_RETURNING = insert(event_t).values(seq=_NEXT_SEQ, **_EVENT_VALUES).returnin
 _SELECT_NEXT_SEQ = select(_NEXT_SEQ)
 _LOG = insert(event_t).values(seq=_bind(event_t.c.seq, "b_seq"), **_EVENT_VALUES)
 START_EVENT = "start"
+# Creating an attempt: the row and its first event, built once like the fire path's.
+_INSERT_ATTEMPT = insert(attempt_t)
+_INSERT_EVENT = insert(event_t)
 # First key of the PostgreSQL advisory locks taken per (exclusive group, subject).
 ADVISORY_LOCK_CLASS = 0x656E6467  # "endg"
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """An attempt to create (`Engine.start_many_sync`): its subject, data and the detail
+    its creation event records."""
+
+    subject: str = ""
+    data: Mapping[str, Any] | None = None
+    detail: Mapping[str, Any] | None = None
+    attempt_id: uuid.UUID | None = None
+
+
+def _attempt_row(record: AttemptRecord) -> dict[str, Any]:
+    return {**record.__dict__, "data": dict(record.data)}
+
+
+def _start_event_row(
+    record: AttemptRecord, actor: str, now: datetime, detail: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "attempt_id": record.id,
+        "seq": 1,
+        "event": START_EVENT,
+        "from_state": None,
+        "to_state": record.state,
+        "actor": actor,
+        "at": now,
+        "accepted": True,
+        "detail": dict(detail or {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -312,8 +346,64 @@ class Engine:
         """Create an attempt in its flow's initial state (newest version), creation logged."""
         spec = self.flows.get(flow)
         now = self.clock.now()
+        record = self._new_record(spec, now, NewAttempt(subject, data, detail, attempt_id))
+        with self.db.transaction() as conn:
+            conn.execute(_INSERT_ATTEMPT, _attempt_row(record))
+            conn.execute(_INSERT_EVENT, _start_event_row(record, actor, now, detail))
+            tally = Tally()
+            tally.moved(spec.name, START_EVENT, None, record.state)
+            add_tally(conn, tally)
+        return record
+
+    def start_many_sync(
+        self,
+        flow: str,
+        attempts: Sequence[NewAttempt],
+        *,
+        actor: str = SYSTEM,
+        end_journeys: Mapping[str, Any] | None = None,
+        in_tx: Callable[[Connection, datetime], None] | None = None,
+    ) -> list[AttemptRecord]:
+        """Create many attempts in their flow's initial state in one transaction, each
+        creation logged exactly as `start_sync` logs it.
+
+        `in_tx(conn, now)` runs first, in the same transaction (the caller's own writes
+        commit or roll back with the attempts; it runs even when there are none). With
+        `end_journeys` (the detail their end events record), every live attempt of these
+        subjects in the flow's exclusive group is ended first, as
+        `Transaction.end_journeys` ends them.
+        """
+        spec = self.flows.get(flow)
+        now = self.clock.now()
+        records = [self._new_record(spec, now, new) for new in attempts]
+        with self.db.transaction() as conn:
+            tally = Tally()
+            if in_tx is not None:
+                in_tx(conn, now)
+            if end_journeys is not None and spec.exclusive is not None:
+                self._end_live_many(
+                    conn,
+                    spec.exclusive.group,
+                    sorted({r.subject for r in records}),
+                    end_journeys,
+                    tally,
+                )
+            if records:
+                conn.execute(_INSERT_ATTEMPT, [_attempt_row(r) for r in records])
+                conn.execute(
+                    _INSERT_EVENT,
+                    [
+                        _start_event_row(r, actor, now, new.detail)
+                        for r, new in zip(records, attempts, strict=True)
+                    ],
+                )
+                tally.moved(spec.name, START_EVENT, None, spec.initial_state, len(records))
+            add_tally(conn, tally)
+        return records
+
+    def _new_record(self, spec: FlowSpec, now: datetime, new: NewAttempt) -> AttemptRecord:
         record = AttemptRecord(
-            id=attempt_id or uuid.uuid4(),
+            id=new.attempt_id or uuid.uuid4(),
             flow=spec.name,
             flow_version=spec.version,
             state=spec.initial_state,
@@ -322,31 +412,12 @@ class Engine:
             updated_at=now,
             deadline_at=None,
             lease_until=None,
-            subject=subject,
-            data=dict(data or {}),
+            subject=new.subject,
+            data=dict(new.data or {}),
         )
         deadline = spec.deadlines.get(record.state)
         if deadline is not None:
             record = replace(record, deadline_at=now + deadline.duration(record))
-        values = {**record.__dict__, "data": dict(record.data)}
-        with self.db.transaction() as conn:
-            conn.execute(insert(attempt_t).values(**values))
-            tally = Tally()
-            tally.moved(spec.name, START_EVENT, None, record.state)
-            conn.execute(
-                insert(event_t).values(
-                    attempt_id=record.id,
-                    seq=1,
-                    event=START_EVENT,
-                    from_state=None,
-                    to_state=record.state,
-                    actor=actor,
-                    at=now,
-                    accepted=True,
-                    detail=dict(detail or {}),
-                )
-            )
-            add_tally(conn, tally)
         return record
 
     # -- firing --------------------------------------------------------
@@ -544,11 +615,36 @@ class Engine:
         tally: Tally,
     ) -> list[uuid.UUID]:
         """Send each live attempt of `subject` in `group` (but `keep`) its flow's end event."""
-        if not self.db.is_sqlite:
-            # Two transactions making two attempts of one subject live at once must
-            # still leave exactly one: the second waits here, then (READ COMMITTED)
-            # sees the first as live and ends it. An advisory lock, not a row lock:
-            # whoever ends journeys locks attempts in no fixed order.
+        self._lock_subjects(conn, group, [subject])
+        return self._end_each(
+            conn, self.queries.live_in(conn, group, subject, exclude=keep), detail, tally
+        )
+
+    def _end_live_many(
+        self,
+        conn: Connection,
+        group: str,
+        subjects: Sequence[str],
+        detail: Mapping[str, Any],
+        tally: Tally,
+    ) -> list[uuid.UUID]:
+        """`_end_live` for many subjects at once (none kept): one query finds them all."""
+        self._lock_subjects(conn, group, subjects)
+        return self._end_each(conn, self.queries.live_in_many(conn, group, subjects), detail, tally)
+
+    def _lock_subjects(self, conn: Connection, group: str, subjects: Sequence[str]) -> None:
+        """Order every change to who is live in `group` for these subjects (PostgreSQL).
+
+        Two transactions making two attempts of one subject live at once must
+        still leave exactly one: the second waits here, then (READ COMMITTED)
+        sees the first as live and ends it. An advisory lock, not a row lock:
+        whoever ends journeys locks attempts in no fixed order. A transaction that
+        locks several subjects locks them in sorted order (so do batches of fires),
+        so two such transactions never wait on each other in a circle.
+        """
+        if self.db.is_sqlite:
+            return  # one writer at a time: nothing to order
+        for subject in sorted(subjects):
             conn.execute(
                 select(
                     func.pg_advisory_xact_lock(
@@ -556,8 +652,16 @@ class Engine:
                     )
                 )
             )
+
+    def _end_each(
+        self,
+        conn: Connection,
+        live: Iterable[AttemptRecord],
+        detail: Mapping[str, Any],
+        tally: Tally,
+    ) -> list[uuid.UUID]:
         ended = []
-        for other in self.queries.live_in(conn, group, subject, exclude=keep):
+        for other in live:
             spec = self.flows.get(other.flow, other.flow_version)
             assert spec.exclusive is not None
             outcome = self._fire_in(

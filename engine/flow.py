@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from statemachine import StateMachine
@@ -159,17 +160,19 @@ class FlowSpec:
             raise ValueError(f"flow {self.name!r}: unknown event {self.exclusive.end_event!r}")
 
     # States are named by the value the attempt row stores (for a plain `State()` its
-    # attribute name; for states made from an enum, the member's value).
+    # attribute name; for states made from an enum, the member's value). A spec is
+    # frozen, so what it derives from its machine is computed once (every fire reads
+    # some of it).
 
-    @property
+    @cached_property
     def states(self) -> list[str]:
         return [str(s.value) for s in self.machine.states]
 
-    @property
+    @cached_property
     def initial_state(self) -> str:
         return next(str(s.value) for s in self.machine.states if s.initial)
 
-    @property
+    @cached_property
     def final_states(self) -> list[str]:
         return [str(s.value) for s in self.machine.states if s.final]
 
@@ -178,11 +181,11 @@ class FlowSpec:
         """The states in which an attempt counts against its group's one-live rule."""
         return self.exclusive.live if self.exclusive else ()
 
-    @property
+    @cached_property
     def events(self) -> list[str]:
         return [e.id for e in self.machine.events]
 
-    @property
+    @cached_property
     def transitions(self) -> list[Transition]:
         found: list[Transition] = []
         for state in self.machine.states:

@@ -100,4 +100,7 @@ class FlowTally(SQLModel, table=True):
     flow: str = Field(primary_key=True, max_length=64)
     kind: str = Field(primary_key=True, max_length=16)
     name: str = Field(primary_key=True, max_length=64)
+    # A total is the sum of its shards' values: on PostgreSQL each database thread adds
+    # to a shard of its own, so concurrent transactions do not queue on one row's lock.
+    shard: int = Field(default=0, primary_key=True)
     value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))

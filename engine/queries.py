@@ -272,24 +272,42 @@ class Queries:
     ) -> list[AttemptRecord]:
         """A subject's attempts in a live state of their flow, among the flows of `group`
         (on an open connection: inside a transition)."""
-        by_flow: dict[str, set[str]] = {}
-        for spec in self.flows.group(group):
-            by_flow.setdefault(spec.name, set()).update(spec.live_states)
-        if not by_flow:
+        live = self._live_clause(group)
+        if live is None:
             return []
-        conditions = [
-            attempt_t.c.subject == subject,
-            or_(
-                *(
-                    and_(attempt_t.c.flow == flow, attempt_t.c.state.in_(sorted(states)))
-                    for flow, states in by_flow.items()
-                )
-            ),
-        ]
+        conditions = [attempt_t.c.subject == subject, live]
         if exclude is not None:
             conditions.append(attempt_t.c.id != exclude)
         rows = conn.execute(select(attempt_t).where(*conditions).order_by(attempt_t.c.created_at))
         return _records(rows)
+
+    def live_in_many(
+        self, conn: Connection, group: str, subjects: Sequence[str]
+    ) -> list[AttemptRecord]:
+        """`live_in` for many subjects at once, oldest first (on an open connection)."""
+        live = self._live_clause(group)
+        if live is None or not subjects:
+            return []
+        rows = conn.execute(
+            select(attempt_t)
+            .where(attempt_t.c.subject.in_(list(subjects)), live)
+            .order_by(attempt_t.c.created_at)
+        )
+        return _records(rows)
+
+    def _live_clause(self, group: str) -> Any:
+        """Being in a live state of its flow, for the flows of `group` (None: no such flow)."""
+        by_flow: dict[str, set[str]] = {}
+        for spec in self.flows.group(group):
+            by_flow.setdefault(spec.name, set()).update(spec.live_states)
+        if not by_flow:
+            return None
+        return or_(
+            *(
+                and_(attempt_t.c.flow == flow, attempt_t.c.state.in_(sorted(states)))
+                for flow, states in by_flow.items()
+            )
+        )
 
     def live_sync(self, group: str, subject: str) -> list[AttemptRecord]:
         """`live_in` in a read transaction of its own."""

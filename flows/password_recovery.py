@@ -74,6 +74,7 @@ from engine import (
     Exclusive,
     FlowSpec,
     Job,
+    NewAttempt,
     OutboxHandler,
 )
 from engine.clock import as_utc
@@ -86,6 +87,8 @@ NAME = "password_recovery"
 ACCOUNT_JOURNEYS = "account_access"
 PERSON = "person"
 PASSWORD_CHANGED = "password_changed"
+# Who asks when an operator forces a reset after a breach (`recovery reset-all`).
+FORCED_RESET = "operator:reset-all"
 
 # -- 1. the stored names -----------------------------------------------------------
 
@@ -445,8 +448,9 @@ async def send_link(app: App, attempt: AttemptRecord) -> None:
 
 def _throttle(app: App, attempt: AttemptRecord) -> str | None:
     """Why nothing may be sent for this address now, or None. A support agent's resend
-    is a deliberate, audited act: no throttles."""
-    if str(attempt.data.get("requested_by", "")).startswith("support:"):
+    and an operator's forced reset are deliberate acts: no throttles."""
+    requested_by = str(attempt.data.get("requested_by", ""))
+    if requested_by.startswith("support:") or requested_by == FORCED_RESET:
         return None
     since = app.engine.clock.now() - THROTTLE_WINDOW
     dispatched = app.engine.queries.count_events_sync(
@@ -699,6 +703,25 @@ def resend_limits(app: App, original: AttemptRecord) -> ResendLimits:
     )
 
 
+def forced_request(account: Account, run: str) -> NewAttempt:
+    """The attempt an operator's forced reset queues for an account (`recovery reset-all`,
+    run `run`): a request like a person's, in the account's language, that the worker
+    emails without the throttles; once emailed it supersedes any older live attempt."""
+    return NewAttempt(
+        subject=account.email_normalized,
+        data={
+            "email_submitted": account.email,
+            "locale": _locale(account.locale),
+            "client_ip": None,
+            "user_agent": "",
+            "delivery": _queued(),
+            "requested_by": FORCED_RESET,
+            "forced_reset": run,
+        },
+        detail={"forced_reset": run},
+    )
+
+
 # -- 5. what a person does -----------------------------------------------------------------
 
 MAX_USER_AGENT_CHARS = 256
@@ -914,7 +937,9 @@ CODE_CANDIDATES = tuple(step for step in Step if step not in (Step.requested, St
 # a few older ones, so a code from an email a newer one superseded is told as such.
 CODE_ATTEMPTS_COMPARED = 5
 # A lost race to log a try on an attempt someone else is firing at: tried again this often.
-CODE_FIRE_RETRIES = 10
+CODE_FIRE_RETRIES = 50
+# ... waiting this much longer before each new try.
+CODE_FIRE_BACKOFF_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -981,7 +1006,7 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
     detail: dict[str, Any] = {"route": CODE_ROUTE, "outcome": verdict.value}
     if judged.wrong_codes is not None:
         detail["wrong_codes"] = judged.wrong_codes
-    for _ in range(CODE_FIRE_RETRIES):
+    for tries in range(CODE_FIRE_RETRIES):
         try:
             fired = await app.engine.fire(
                 attempt.id,
@@ -997,8 +1022,9 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
                 raise _dead_link(refused.state, link) from None
             raise InvalidCode() from None
         except ConflictError:
-            # Another try (or the worker) logged on the attempt at the same moment.
-            await asyncio.sleep(0)
+            # Another try (or the worker) logged on the attempt at the same moment: wait a
+            # little longer each time, so a crowd of tries gets through one by one.
+            await asyncio.sleep(CODE_FIRE_BACKOFF_S * tries)
             continue
         opened = fired.attempt
         return EnteredCode(opened, opened.deadline_at, token, support_reference(opened.id))

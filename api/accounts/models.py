@@ -1,6 +1,6 @@
 """Tables of accounts and sign-in: accounts, link tokens, sessions, failures, devices,
-the wrong recovery codes typed per address, and the contact codes and notice tokens of
-support-handled recovery.
+the wrong recovery codes typed per address, the contact codes and notice tokens of
+support-handled recovery, and the runs of `recovery reset-all`.
 
 Secrets are never stored: tokens, session tokens and support keys are kept as
 SHA-256 hex digests, passwords as Argon2id hashes.
@@ -156,3 +156,28 @@ class NoticeToken(SQLModel, table=True):
     purpose: str = Field(max_length=16)
     created_at: datetime
     used_at: datetime | None = Field(default=None)
+
+
+class ForcedReset(SQLModel, table=True):
+    """One run of `recovery reset-all`: which accounts, how far it got, what it did.
+
+    The accounts are taken in order of their id; `last_account_id` is the last one
+    done, written in the same transaction as that batch's resets, so a run stopped
+    anywhere resumes exactly after the last batch that committed. At most one run is
+    unfinished (`finished_at` None) at a time.
+    """
+
+    __tablename__ = "forced_reset"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    # "all", or "file:" and the SHA-256 of the list's bytes.
+    source: str = Field(max_length=80)
+    started_at: datetime
+    finished_at: datetime | None = Field(default=None)
+    last_account_id: uuid.UUID | None = Field(default=None)
+    total: int = Field(default=0)
+    reset: int = Field(default=0)
+    sessions_ended: int = Field(default=0)
+    # Recovery attempts queued (a disabled account is reset but not emailed).
+    emailed: int = Field(default=0)
+    not_found: int = Field(default=0)

@@ -47,12 +47,32 @@ import argon2
 import bcrypt
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["Argon2Hasher", "PasswordHasher", "imported_scheme", "normalise_password"]
+__all__ = [
+    "UNUSABLE_PASSWORD",
+    "Argon2Hasher",
+    "PasswordHasher",
+    "imported_scheme",
+    "is_usable",
+    "normalise_password",
+]
 
 T = TypeVar("T")
 
 # argon2-cffi's documented cheap profile parameters ("only for testing").
 _TEST_PROFILE = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+
+
+# What an account whose password no longer works stores instead of a hash
+# (`recovery reset-all`). No PHC string starts with "!" (Django marks unusable
+# passwords the same way), so no password verifies against it; verifying costs
+# one dummy verification, as for an unknown address, so the answer's timing does
+# not tell such an account apart.
+UNUSABLE_PASSWORD = "!unusable"
+
+
+def is_usable(stored_hash: str) -> bool:
+    """Whether `stored_hash` is a password hash at all (not `UNUSABLE_PASSWORD`)."""
+    return not stored_hash.startswith("!")
 
 
 def normalise_password(password: str) -> str:
@@ -261,6 +281,9 @@ class Argon2Hasher:
         return await self._run(self._hash_blocking, _secret_bytes(password))
 
     async def verify(self, stored_hash: str, password: str) -> bool:
+        if not is_usable(stored_hash):
+            await self.verify_dummy(password)
+            return False
         return await self._run(self._verify_any_blocking, stored_hash, password)
 
     async def verify_dummy(self, password: str) -> None:
@@ -279,4 +302,7 @@ class Argon2Hasher:
         return self._hash_blocking(_secret_bytes(password))
 
     def verify_sync(self, stored_hash: str, password: str) -> bool:
+        if not is_usable(stored_hash):
+            self._verify_blocking(self._dummy_hash, _secret_bytes(password))
+            return False
         return self._verify_any_blocking(stored_hash, password)

@@ -10,7 +10,8 @@ What wraps every request:
   status, duration, request id (`api.logs`);
 - security headers on every answer (Strict-Transport-Security too when the
   public base URL is https), and `Cache-Control: no-store` on the recovery,
-  login and session answers (a `before_send` hook);
+  login and session answers (added by the access log's wrapper of `send`, so
+  each answer passes one wrapper for both);
 - allowed hosts (Litestar's middleware, answering in the JSON error shape);
 - per-IP, per-endpoint rate limits on every endpoint but /health and /ready
   (`api.ratelimit`);
@@ -23,23 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
 from litestar import Litestar, Request
 from litestar.config.allowed_hosts import AllowedHostsConfig
-from litestar.connection import ASGIConnection
-from litestar.datastructures import MutableScopeHeaders, State
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import InternalServerException, NotFoundException
-from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
 from litestar.middleware.base import DefineMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.accounts.passwords import PasswordHasher
-from api.logs import AccessLogMiddleware
+from api.logs import AccessLogMiddleware, OnResponseStart, RawHeaders
 from api.services import Services, build_services
 from api.settings import Settings
 from api.web import admin, assisted, assisted_pages, console, ops, pages, public, reference, support
@@ -47,7 +46,7 @@ from api.web import flows as flow_routes
 from api.web.errors import ClientDisconnected, InvalidHost, JsonTooDeep, NotJson, exception_handlers
 from api.web.openapi import RefinedJsonRenderPlugin, openapi_config
 from api.web.ops import SKIP_HOST_CHECK
-from api.web.ratelimit import STORE_NAME, Budgets, rate_limit_config, rate_limit_store
+from api.web.ratelimit import Budgets, rate_limit_config, rate_limit_counters
 from engine.clock import Clock
 
 log = logging.getLogger("api.app")
@@ -62,6 +61,8 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 HSTS = "max-age=31536000"
 METRICS_PATH = "/metrics"
 CSP = "content-security-policy"
+# Host header values whose verdict a HostGuard remembers.
+HOST_VERDICTS = 256
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -137,13 +138,32 @@ class RecoveryRequest(Request[Any, Any, Any]):
 
 class HostGuard(AllowedHostsMiddleware):
     """Litestar's allowed-hosts middleware, matching the name without its port, and
-    refusing with an exception so the answer has the JSON error shape."""
+    refusing with an exception so the answer has the JSON error shape.
+
+    A client sends the same Host header on every request, so the verdict on each
+    header value is remembered (up to `HOST_VERDICTS` values, then forgotten all at
+    once): parsing it cost more than the rest of the check.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verdicts: dict[bytes, bool] = {}
+
+    def _allowed(self, host: bytes) -> bool:
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            assert self.allowed_hosts_regex is not None
+            name = _hostname(host.decode("latin-1"))
+            verdict = bool(name) and self.allowed_hosts_regex.fullmatch(name) is not None
+            if len(self._verdicts) >= HOST_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.allowed_hosts_regex is not None:
-            host = MutableScopeHeaders(scope=scope).get("host") or ""
-            name = _hostname(host)
-            if not name or not self.allowed_hosts_regex.fullmatch(name):
+            host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+            if not self._allowed(host):
                 raise InvalidHost()
         await self.app(scope, receive, send)
 
@@ -166,9 +186,7 @@ class MetricsListenerGuard:
 JSON_MEDIA_TYPE = "application/json"
 
 
-async def require_json_body(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
+class JsonBodyGuard:
     """A handler that takes a JSON body takes it only as application/json (415 otherwise).
 
     Litestar parses any body as JSON whatever its Content-Type. A browser sends a
@@ -177,17 +195,47 @@ async def require_json_body(
     application/json required, such a request needs a preflight this service never
     grants. A request with no body at all is left to the handler (a missing body is its
     400, an optional one is fine).
+
+    A middleware after routing (it reads the route's handler from the scope) rather
+    than a guard: Litestar copies the handler object for every guard call, which cost
+    more than the check.
     """
-    if "data" not in handler.parsed_fn_signature.parameters:
-        return
-    content_type = connection.headers.get("content-type")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._takes_data: dict[int, bool] = {}
+
+    def _handler_takes_data(self, handler: Any) -> bool:
+        takes = self._takes_data.get(id(handler))
+        if takes is None:
+            signature = getattr(handler, "parsed_fn_signature", None)
+            takes = signature is not None and "data" in signature.parameters
+            self._takes_data[id(handler)] = takes
+        return takes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._handler_takes_data(scope.get("route_handler")):
+            _require_json(scope["headers"])
+        await self.app(scope, receive, send)
+
+
+def _require_json(headers: Any) -> None:
+    content_type = length = None
+    chunked = False
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name == b"content-type":
+            content_type = value if content_type is None else content_type
+        elif name == b"content-length":
+            length = value if length is None else length
+        elif name == b"transfer-encoding":
+            chunked = True
     if content_type is None:
-        length = connection.headers.get("content-length")
-        has_body = "transfer-encoding" in connection.headers or (length not in (None, "0"))
-        if has_body:
+        if chunked or length not in (None, b"0"):
             raise NotJson()
         return
-    if content_type.split(";", 1)[0].strip().lower() != JSON_MEDIA_TYPE:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE.encode():
         raise NotJson()
 
 
@@ -197,23 +245,31 @@ def _needs_no_store(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in NO_STORE_PAGES)
 
 
-def security_headers(settings: Settings) -> Callable[[Message, Scope], Awaitable[None]]:
-    """The `before_send` hook: security headers on every response (a route may set a
-    stricter CSP itself), and Strict-Transport-Security when the site is https."""
+def security_headers(settings: Settings) -> OnResponseStart:
+    """What every response gets (`AccessLogMiddleware` calls it at each response start):
+    the security headers (a route may set a stricter CSP itself), Strict-Transport-Security
+    when the site is https, and `Cache-Control: no-store` where an answer can hold a
+    secret or a person's data."""
     always = dict(SECURITY_HEADERS)
     if urlsplit(settings.public_base_url).scheme == "https":
         always["strict-transport-security"] = HSTS
+    defaults = [(name.encode(), value.encode()) for name, value in always.items()]
+    cache_control = b"cache-control"
+    no_store = (cache_control, b"no-store")
+    # A page with its own CSP (the API reference's) gets it in place of the site's.
+    page_defaults = {
+        path: [(n, csp.encode() if n == CSP.encode() else v) for n, v in defaults]
+        for path, csp in PAGE_CSP.items()
+    }
 
-    async def add_security_headers(message: Message, scope: Scope) -> None:
-        if message["type"] != "http.response.start":
-            return
-        headers = MutableScopeHeaders.from_message(message)
-        path = scope.get("path", "")
-        for name, value in always.items():
-            if name not in headers:
-                headers[name] = PAGE_CSP.get(path, value) if name == CSP else value
-        if _needs_no_store(scope.get("path", "")):
-            headers["cache-control"] = "no-store"
+    def add_security_headers(headers: RawHeaders, path: str) -> None:
+        present = {name.lower() for name, _ in headers}
+        chosen = page_defaults.get(path, defaults)
+        headers.extend(header for header in chosen if header[0] not in present)
+        if _needs_no_store(path):
+            if cache_control in present:
+                headers[:] = [h for h in headers if h[0].lower() != cache_control]
+            headers.append(no_store)
 
     return add_security_headers
 
@@ -258,6 +314,7 @@ def create_app(
         tasks.clear()
 
     async def close_database() -> None:
+        await counters.close()
         if owned:
             svc.close()
 
@@ -283,7 +340,8 @@ def create_app(
         read=settings.public_get_rate_limit_per_minute,
         support=settings.support_rate_limit_per_minute,
     )
-    rate_limit = rate_limit_config(budgets, settings.trusted_proxies)
+    counters = rate_limit_counters(settings.redis_url)
+    rate_limit = rate_limit_config(budgets, settings.trusted_proxies, counters)
     host_config = AllowedHostsConfig(
         allowed_hosts=allowed_hosts(settings),
         exclude_opt_key=SKIP_HOST_CHECK,
@@ -294,21 +352,19 @@ def create_app(
         port = settings.metrics_address[1]
         middleware.append(DefineMiddleware(MetricsListenerGuard, port=port))
     middleware.append(rate_limit.middleware)
+    middleware.append(DefineMiddleware(JsonBodyGuard))
     app = Litestar(
         route_handlers=route_handlers,
         dependencies={"services": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=middleware,
-        guards=[require_json_body],
         request_class=RecoveryRequest,
-        before_send=[security_headers(settings)],
         on_startup=[start_worker],
         on_shutdown=[stop_worker, close_database],
         after_exception=[support.audit_refusal],
         openapi_config=openapi_config(
             RefinedJsonRenderPlugin(svc.policy, svc.engine.flows), reference.ReferencePlugin()
         ),
-        stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config,
         csrf_config=csrf_config,
@@ -318,6 +374,7 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    # Outermost, around Litestar's router: unmatched paths (404) are logged too.
-    app.asgi_handler = AccessLogMiddleware(app.asgi_handler)
+    # Outermost, around Litestar's router: unmatched paths (404) are logged too, and every
+    # answer, errors included, gets the security headers.
+    app.asgi_handler = AccessLogMiddleware(app.asgi_handler, security_headers(settings))
     return app

@@ -8,8 +8,9 @@ likes (300 half-sent headers were held 15 s and more, a short body 70 s). So
 - `TimedHttpToolsProtocol`: a request's headers must arrive within
   `http_header_timeout_seconds` of its first byte (or of the connection, for its
   first request), and its body within `http_body_timeout_seconds` of the
-  headers; past either, the client gets a 408 and the connection is closed. Time
-  spent in the handler, and idle keep-alive (uvicorn's own 5 s), are not counted;
+  headers; past either, the client gets a 408 and the connection is closed (by a
+  watchdog that looks every `WATCH_INTERVAL_SECONDS`). Time spent in the handler,
+  and idle keep-alive (uvicorn's own 5 s), are not counted;
 - `limit_concurrency = http_max_connections`: past that many open connections
   (or running requests), new requests get uvicorn's 503;
 - with `metrics_listen`, a second listening socket on that address, served by the
@@ -35,6 +36,11 @@ from api.settings import Settings
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+# How often the watchdog looks for requests past their deadline: a timeout acts at
+# most this much late.
+WATCH_INTERVAL_SECONDS = 0.25
+
+
 class ServeConfig(uvicorn.Config):
     """uvicorn's configuration, plus the two read timeouts the protocol enforces."""
 
@@ -44,6 +50,39 @@ class ServeConfig(uvicorn.Config):
         super().__init__(app, **options)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.watchdog: Watchdog | None = None
+
+
+class Watchdog:
+    """One timer for every connection of a server: each tick closes the connections whose
+    request is past its deadline.
+
+    A timer per request (armed at its first byte, again at the end of its headers,
+    cancelled when it is complete) cost a few percent of the CPU of a small request;
+    a deadline is now one attribute set, and the watchdog ticks only while
+    connections are open.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.watched: set[TimedHttpToolsProtocol] = set()
+        self._tick: asyncio.TimerHandle | None = None
+
+    def watch(self, protocol: TimedHttpToolsProtocol) -> None:
+        self.watched.add(protocol)
+        if self._tick is None:
+            self._tick = self.loop.call_later(WATCH_INTERVAL_SECONDS, self._check)
+
+    def forget(self, protocol: TimedHttpToolsProtocol) -> None:
+        self.watched.discard(protocol)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        for late in [p for p in self.watched if p.deadline_at is not None and p.deadline_at <= now]:
+            late.too_slow()
+        self._tick = (
+            self.loop.call_later(WATCH_INTERVAL_SECONDS, self._check) if self.watched else None
+        )
 
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
@@ -53,20 +92,21 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self._header_timeout: float | None = getattr(config, "header_timeout", None)
         self._body_timeout: float | None = getattr(config, "body_timeout", None)
-        self._deadline: asyncio.TimerHandle | None = None
+        self.deadline_at: float | None = None
+        self._watchdog: Watchdog | None = None
+        if isinstance(config, ServeConfig):
+            if config.watchdog is None or config.watchdog.loop is not self.loop:
+                config.watchdog = Watchdog(self.loop)
+            self._watchdog = config.watchdog
 
     def _arm(self, seconds: float | None) -> None:
-        self._disarm()
-        if seconds is not None:
-            self._deadline = self.loop.call_later(seconds, self._too_slow)
+        self.deadline_at = None if seconds is None else self.loop.time() + seconds
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.deadline_at = None
 
-    def _too_slow(self) -> None:
-        self._deadline = None
+    def too_slow(self) -> None:
+        self.deadline_at = None
         if self.transport.is_closing():
             return
         if self.cycle is None or not self.cycle.response_started or self.cycle.response_complete:
@@ -75,6 +115,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self._watchdog is not None:
+            self._watchdog.watch(self)
         self._arm(self._header_timeout)  # the first request's headers
 
     def on_message_begin(self) -> None:
@@ -91,6 +133,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._watchdog is not None:
+            self._watchdog.forget(self)
         super().connection_lost(exc)
 
 

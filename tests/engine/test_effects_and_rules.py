@@ -9,7 +9,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
-from engine import Database, Engine, UnknownFlow
+from engine import Database, Engine, NewAttempt, UnknownFlow
 from engine.models import Outbox
 from tests.engine import ticket
 from tests.engine.helpers import FLOW, held, offered, row_counts
@@ -98,6 +98,44 @@ def test_an_effect_can_end_every_other_journey_of_the_subject(engine: Engine) ->
     engine.fire_sync(queued.id, "withdraw", in_tx=end_others)
     assert engine.read_sync(first.id).state == "replaced"
     assert engine.history_sync(first.id)[-1].detail == {"reason": "sold out"}
+
+
+def test_many_attempts_start_in_one_transaction_ending_their_subjects_live_journeys(
+    engine: Engine, database: Database
+) -> None:
+    """`start_many_sync` creates each attempt as `start_sync` would (logged, counted),
+    ends the live attempts of those subjects alone, and runs the caller's writes in the
+    same transaction: when those fail, nothing at all is written."""
+    live = held(engine, "customer-1")
+    other = held(engine, "customer-9")
+    counts = row_counts(database)
+
+    def refuse(conn: object, now: datetime) -> None:
+        raise ValueError("refused")
+
+    batch = [NewAttempt("customer-1", {"n": 1}, {"why": "batch"}), NewAttempt("customer-2")]
+    with pytest.raises(ValueError, match="refused"):
+        engine.start_many_sync(FLOW, batch, end_journeys={"reason": "r"}, in_tx=refuse)
+    assert row_counts(database) == counts
+
+    seen: list[datetime] = []
+    made = engine.start_many_sync(
+        FLOW, batch, end_journeys={"reason": "r"}, in_tx=lambda _c, now: seen.append(now)
+    )
+    assert [(a.subject, a.state, a.data) for a in made] == [
+        ("customer-1", "queued", {"n": 1}),
+        ("customer-2", "queued", {}),
+    ]
+    assert len(seen) == 1
+    assert [(e.event, e.detail) for e in engine.history_sync(made[0].id)] == [
+        ("start", {"why": "batch"})
+    ]
+    assert engine.read_sync(live.id).state == "replaced"
+    assert engine.history_sync(live.id)[-1].detail == {"reason": "r"}
+    assert engine.read_sync(other.id).state == "held"
+    assert engine.queries.waiting_sync(FLOW, "queued") == 2
+    assert engine.start_many_sync(FLOW, [], in_tx=lambda _c, now: seen.append(now)) == []
+    assert len(seen) == 2
 
 
 def test_an_attempt_finishes_on_the_version_it_started_on(database: Database) -> None:

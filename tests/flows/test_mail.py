@@ -261,3 +261,64 @@ async def test_unwritable_mail_directory_is_a_temporary_error(tmp_path: Path) ->
 def test_envelope_reads_sender_and_single_recipient() -> None:
     """The envelope is (From address, the one To address), display names dropped."""
     assert envelope(message()) == ("no-reply@example.test", "jane@example.test")
+
+
+# -- SMTP connections kept open ---------------------------------------------------
+
+
+def _connections(sink: SmtpSink) -> set[object]:
+    return {receipt.peer for receipt in sink.receipts}
+
+
+async def test_smtp_sends_one_after_another_over_one_kept_connection(smtp_sink: SmtpSink) -> None:
+    """Messages sent one at a time all travel over one connection."""
+    transport = SmtpTransport(smtp_sink.url)
+    for n in range(5):
+        await transport.send(message(body=f"message {n}"))
+    assert len(smtp_sink.wait_for(5)) == 5
+    assert len(_connections(smtp_sink)) == 1
+
+
+async def test_smtp_keeps_at_most_its_number_of_connections(smtp_sink: SmtpSink) -> None:
+    """Sends at once open a connection each; afterwards only `kept` of them are reused."""
+    transport = SmtpTransport(smtp_sink.url, kept=2)
+    await asyncio.gather(*(transport.send(message(body=f"at once {n}")) for n in range(4)))
+    smtp_sink.wait_for(4)
+    first = _connections(smtp_sink)
+    assert len(first) == 4
+    smtp_sink.clear()
+    await asyncio.gather(*(transport.send(message(body=f"then {n}")) for n in range(2)))
+    smtp_sink.wait_for(2)
+    assert _connections(smtp_sink) <= first and len(_connections(smtp_sink)) == 2
+
+
+async def test_a_kept_connection_the_server_dropped_is_replaced_and_the_message_sent(
+    smtp_sink: SmtpSink,
+) -> None:
+    """The server restarting between two sends (closing the kept connection): the second
+    message goes out on a new connection, once."""
+    transport = SmtpTransport(smtp_sink.url)
+    await transport.send(message(body="before"))
+    smtp_sink.wait_for(1)
+    smtp_sink.stop()
+    smtp_sink.start()
+    smtp_sink.clear()
+    await transport.send(message(body="after"))
+    received = smtp_sink.wait_for(1)
+    assert [m.get_content().strip() for m in received] == ["after"]
+
+
+async def test_a_refused_message_closes_its_connection_and_the_next_one_goes_out(
+    smtp_sink: SmtpSink,
+) -> None:
+    """After a 4xx the connection is not reused; the next send opens a new one."""
+    transport = SmtpTransport(smtp_sink.url)
+    await transport.send(message(body="one"))
+    smtp_sink.wait_for(1)
+    smtp_sink.refuse(451)
+    with pytest.raises(TemporaryMailError):
+        await transport.send(message(body="refused"))
+    smtp_sink.accept()
+    await transport.send(message(body="two"))
+    smtp_sink.wait_for(2)
+    assert len(_connections(smtp_sink)) == 2

@@ -12,7 +12,13 @@ import argon2
 import pytest
 from argon2 import extract_parameters, profiles
 
-from api.accounts.passwords import Argon2Hasher, PasswordHasher, normalise_password
+from api.accounts.passwords import (
+    UNUSABLE_PASSWORD,
+    Argon2Hasher,
+    PasswordHasher,
+    is_usable,
+    normalise_password,
+)
 
 CHEAP = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 
@@ -242,3 +248,23 @@ async def test_hashing_runs_on_the_hashers_own_threads_never_the_event_loops() -
     await hasher.verify_dummy("anything")
     assert threads and loop_thread not in threads
     assert all(name.startswith("argon2") for name in threads)
+
+
+def test_an_unusable_password_verifies_nothing_at_the_cost_of_a_dummy_verification(
+    hasher: Argon2Hasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `recovery reset-all` stores matches no password (not even its own text), and
+    checking it still runs one Argon2 verification, as an unknown address does."""
+    assert not is_usable(UNUSABLE_PASSWORD) and is_usable(hasher.hash_sync("x"))
+    verified: list[str] = []
+    real = hasher._verify_blocking
+
+    def counted(stored_hash: str, secret: bytes) -> bool:
+        verified.append(stored_hash)
+        return real(stored_hash, secret)
+
+    monkeypatch.setattr(hasher, "_verify_blocking", counted)
+    for guess in ("", UNUSABLE_PASSWORD, "!", "Correct-Horse-Battery-42"):
+        assert hasher.verify_sync(UNUSABLE_PASSWORD, guess) is False
+        assert asyncio.run(hasher.verify(UNUSABLE_PASSWORD, guess)) is False
+    assert len(verified) == 8 and UNUSABLE_PASSWORD not in verified

@@ -44,11 +44,13 @@ class ReceivedMessage(EmailMessage):
 
 
 class Receipt(NamedTuple):
-    """That a message was accepted: when (time.time()), and its envelope."""
+    """That a message was accepted: when (time.time()), its envelope, and the client's
+    address and port (one per connection)."""
 
     received_at: float
     envelope_from: str
     envelope_rcpts: tuple[str, ...]
+    peer: tuple[str, int] | None = None
 
 
 def _free_port() -> int:
@@ -76,7 +78,8 @@ class _Handler:
         refusal = self.sink._refusal("data")
         if refusal:
             return refusal
-        receipt = Receipt(time.time(), envelope.mail_from, tuple(envelope.rcpt_tos))
+        peer = tuple(session.peer[:2]) if session.peer else None
+        receipt = Receipt(time.time(), envelope.mail_from, tuple(envelope.rcpt_tos), peer)
         message: ReceivedMessage | None = None
         if self.sink.keep_messages:
             raw = envelope.original_content or envelope.content
