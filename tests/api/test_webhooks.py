@@ -299,7 +299,7 @@ def test_a_support_handled_recovery_tells_the_applications_of_both_changes(
     api = hooked
     register(api, receiver, [*RESET_EVENTS, "account.email_changed"])
     account = api.account()
-    with freeze_time(T0, tick=True, real_asyncio=True) as clock:
+    with freeze_time(T0, real_asyncio=True) as clock:
         case_id = cases.confirmed_case(api)
         assert cases.fire(api, case_id, "approve").status_code == 200
         cases.drain(api)
