@@ -78,6 +78,7 @@ from api.mail import assisted as mails
 from api.mail.delivery import UNUSABLE_ADDRESS, Mail
 from api.mail.transports import MailError, PermanentMailError
 from api.settings import Settings
+from api.support.queue import SupportQueue
 from api.support.reference import support_reference
 from engine import (
     AttemptRecord,
@@ -506,6 +507,13 @@ def specs(settings: Settings) -> list[FlowSpec]:
                 # What support may fire (POST /api/support/attempts/{id}/events/{event}).
                 "support_events": (Event.approve, Event.deny, Event.request_info, Event.cancel),
                 "support_detail": support_detail,
+                # The console's case queue: cases waiting for a decision or for the person.
+                "support_queue": SupportQueue(
+                    states=UNDER_REVIEW,
+                    overdue=(Step.review_overdue,),
+                    waiting_on_person=(Step.info_requested,),
+                    signals=queue_signals,
+                ),
                 "links": links.LinkActions(
                     open=open_link, set_password=set_password, cancel=cancel
                 ),
@@ -966,6 +974,13 @@ def support_detail(app: App, record: AttemptRecord) -> dict[str, Any]:
         "wait_minutes": data.get("wait_minutes"),
         "wait_ends_at": wait_ends(record),
     }
+
+
+def queue_signals(app: App, record: AttemptRecord) -> dict[str, str]:
+    """A case's row in support's queue: whether an account was found, and the details'
+    match signals (never a detail itself)."""
+    found = support_detail(app, record)
+    return {"account": found["account"], **found["matches"]}
 
 
 NOTICE_TEXT = (

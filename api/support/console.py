@@ -21,6 +21,7 @@ from api.errors import InvalidInput
 from api.support import views
 from api.support.agents import Agent, Agents
 from api.support.audit import DEFAULT_AUDIT_PAGE
+from api.support.queue import SupportQueue
 from api.support.reference import normalise_reference
 from api.support.resend import Blocked
 from api.support.service import Page, SupportService
@@ -31,6 +32,9 @@ from engine.records import parse_attempt_id
 # Attempts of the same address shown beside an attempt, and on an account's page.
 RELATED_LIMIT = 20
 FIND_PAGE = 25
+# The case queue reads its states page by page, at most this many cases in all.
+QUEUE_PAGE = 100
+QUEUE_MAX = 1000
 SEARCH_HELP = "enter an email address, a reference such as ABCD-EFGH, or an attempt id"
 
 
@@ -115,6 +119,54 @@ class Console:
             limit=FIND_PAGE,
             cursor=cursor,
         )
+
+    # -- the case queue ------------------------------------------------------------------
+
+    def queues(self) -> dict[str, SupportQueue]:
+        """Each flow's queue, as its current version declares it (`support_queue`)."""
+        return {
+            spec.name: queue
+            for spec, queue in self.engine.flows.hooked("support_queue")
+            if isinstance(queue, SupportQueue)
+        }
+
+    def queue_sync(self, agent: Agent) -> list[dict[str, Any]]:
+        """The cases every flow's queue lists, oldest first (audited): each read with its
+        deadline applied (a case past its review deadline shows overdue), its row flags
+        and its signals."""
+
+        def work() -> list[dict[str, Any]]:
+            rows = []
+            for name, queue in self.queues().items():
+                for listed in self._queued(name, queue):
+                    record = self.engine.get_sync(listed.id)
+                    if record.state not in queue.states:
+                        continue
+                    rows.append(
+                        {
+                            **views.item(record),
+                            "overdue": record.state in queue.overdue,
+                            "waiting_on_person": record.state in queue.waiting_on_person,
+                            "signals": dict(queue.signals(self.support.context, record)),
+                        }
+                    )
+            rows.sort(key=lambda row: (row["created_at"], row["id"]))
+            return rows[:QUEUE_MAX]
+
+        return self.audit_log.audited(agent.label, "view_queue", None, {}, work)
+
+    def _queued(self, flow: str, queue: SupportQueue) -> list[AttemptRecord]:
+        found: list[AttemptRecord] = []
+        after = None
+        while len(found) < QUEUE_MAX:
+            page = self.engine.queries.page_sync(
+                flows=[flow], states=queue.states, after=after, limit=QUEUE_PAGE
+            )
+            found.extend(page.items)
+            if page.next_key is None:
+                break
+            after = page.next_key
+        return found
 
     # -- one attempt -------------------------------------------------------------------------
 
@@ -268,6 +320,7 @@ class Console:
             "fire_event",
             "list_attempts",
             "list_keys",
+            "view_queue",
             "refused",
             "resend",
             "revoke_key",

@@ -15,10 +15,12 @@ a post of theirs is a 403 (audited). Every query and action goes through
 `api.support.console`, which audits it under the agent's label.
 
 Screens: find (one search box: an exact address, a reference as read out, or
-an attempt id; filters by flow, state and time), an attempt (state,
+an attempt id; filters by flow, state and time), the case queue (what the
+flows' `support_queue` hooks list, oldest first, overdue flagged), an attempt (state,
 reference, its diagram inline with the path and current state highlighted,
 the timeline as sentences, delivery facts, client, the address's other
-journeys, the events support may fire now, resend), an account (exists?,
+journeys, what its flow adds (`flow_detail`, drawn by `console/flow/<flow>.html`
+when the flow has one), the events support may fire now, resend), an account (exists?,
 name, masked address, last sign-in, slow-down with "clear", open sessions
 with "revoke", its journeys), stats (each flow's funnel and counts per state
 as SVG charts with the numbers beside them), the audit log (by agent, action
@@ -453,6 +455,17 @@ async def find(request: Request[Any, Any, Any]) -> Response[Any]:
             "/support/attempts", **{**params, "cursor": found.next_cursor}
         )
     return render(request, "find.html", **context)
+
+
+# -- the case queue ------------------------------------------------------------------------------
+
+
+@get("/queue", name="console_queue")
+async def queue(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The cases the flows' queues list (assisted recovery's, today), oldest first."""
+    room = _room(request)
+    rows = await _run(request, room.console.queue_sync, _agent(request))
+    return render(request, "queue.html", nav="queue", rows=rows)
 
 
 # -- one attempt ---------------------------------------------------------------------------------
@@ -897,6 +910,7 @@ private_router = Router(
     route_handlers=[
         home,
         find,
+        queue,
         attempt,
         attempt_diagram,
         confirm_event,

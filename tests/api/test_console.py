@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,16 @@ from api.support.reference import support_reference
 from api.web.console import Room
 from api.web.pages import TEMPLATE_DIR
 from flows import password_recovery
+from tests.api.cases import (
+    CONTACT,
+    STATEMENT,
+    confirmed_case,
+    drain,
+    fire,
+    mail_to,
+    submit,
+    text_of,
+)
 from tests.api.conftest import OLD_PASSWORD, Api
 from tests.api.test_pages import Doc, doc
 
@@ -729,7 +740,7 @@ def _console_messages() -> list[tuple[str, ...]]:
     """Every message of the console's templates as Babel extracts it: (text,) or, for
     ngettext, (singular, plural)."""
     found: list[tuple[str, ...]] = []
-    for template in sorted((TEMPLATE_DIR / "console").glob("*.html")):
+    for template in sorted((TEMPLATE_DIR / "console").rglob("*.html")):
         with template.open("rb") as handle:
             options = {"extensions": "jinja2.ext.do", "trim_blocks": "1", "lstrip_blocks": "1"}
             for _line, function, message, _comments in babel_extract(
@@ -786,3 +797,192 @@ def test_every_console_text_has_a_french_translation_with_the_same_placeholders(
 def test_console_po_holds_no_stale_entries() -> None:
     """Every entry of console.po is a text a console template still uses."""
     assert set(_console_po()) - {m[0] for m in _console_messages()} == set()
+
+
+# -- the case queue and a case (assisted recovery) -------------------------------------------
+
+
+def _case(
+    api: Api, owner: str, contact: str, account_name: str = "Jane Doe", **details: Any
+) -> str:
+    """An account at `owner` and a confirmed case asking to move it to `contact`."""
+    api.account(owner, name=account_name)
+    return confirmed_case(api, contact=contact, email=owner, **details)
+
+
+def _queue_rows(page: Doc) -> list[Any]:
+    return tags(page.by_id("queue"), "tr")[1:]
+
+
+def _signals(row: Any) -> dict[str, str]:
+    """A queue row's signals as its words read: {"Name": "✗ does not match", ...}."""
+    found = {}
+    for item in tags(row, "li"):
+        name, value = tags(item, "span")[:2]
+        found[name.text.strip()] = value.text.strip()
+    return found
+
+
+def test_the_case_queue_lists_the_waiting_cases_oldest_first_with_their_signals(
+    console_api: Api, desk: Callable[..., Desk]
+) -> None:
+    """In review and waiting for the person's answer, oldest first, each with its reference,
+    masked address, age in the agent's zone and match signals; a forgot-password attempt and
+    a case still unconfirmed are not cases to decide."""
+    with freeze_time(T0, real_asyncio=True) as clock:
+        first = _case(console_api, "ann.lee@example.com", "ann.new@mail.example", "Ann Lee")
+        clock.tick(3600)
+        second = _case(
+            console_api, "bob.ray@example.com", "bob.new@mail.example", "Rob Ray", name="Rob Ray"
+        )
+        clock.tick(3600)
+        asked = _case(console_api, "cy.doe@example.com", "cy.new@mail.example", name="Cy Doe")
+        assert fire(console_api, asked, "request_info", "Which city did you last sign in from?")
+        clock.tick(60)
+        assert submit(console_api, email="dee@example.com", contact_email="dee@mail.example")
+        request_link(console_api, "ann.lee@example.com")
+        reader = desk("read")
+        page = reader.get("/support/queue")
+    rows = _queue_rows(page)
+    assert [r.attrs["id"] for r in rows] == [
+        f"case-{support_reference(uuid.UUID(i))}" for i in (first, second, asked)
+    ]
+    assert "a***e@e***e.com" in rows[0].text
+    assert "2026-11-30 10:00:00" in rows[0].text  # 09:00 UTC in Paris
+    # The case says "Jane Doe", the account "Ann Lee".
+    assert _signals(rows[0]) == {"Account": "✓ found", "Name": "✗ does not match"}
+    assert _signals(rows[1]) == {"Account": "✓ found", "Name": "✓ matches"}
+    assert "the person’s answer" in rows[2].text and "info_requested" in rows[2].text
+    assert not page.has_id("overdue-count")
+    assert "3 cases wait" in page.by_id("queue-count").text
+    nav = page.all("nav")[0]
+    assert any(a.attrs.get("href") == "/support/queue" for a in tags(nav, "a"))
+    assert ("view_queue", f"agent:{reader.email}") in [(r[1], r[0]) for r in audit(console_api)]
+
+
+def test_a_case_is_flagged_overdue_in_the_queue_one_second_past_the_review_deadline(
+    console_api: Api, desk: Callable[..., Desk]
+) -> None:
+    with freeze_time(T0, real_asyncio=True) as clock:
+        case_id = _case(console_api, "ann.lee@example.com", "ann.new@mail.example")
+        clock.tick(timedelta(days=3))
+        agent = desk("read")  # signed in now: a session idle for days has ended
+        at_edge = agent.get("/support/queue")
+        [row] = _queue_rows(at_edge)
+        assert "Overdue" not in row.text and "in_review" in row.text
+        assert not at_edge.has_id("overdue-count")
+        clock.tick(1)
+        past = agent.get("/support/queue")
+        [row] = _queue_rows(past)
+        assert "⚑" not in row.text  # the mark is CSS; the words say it
+        assert "Overdue: past the review deadline" in row.text
+        assert "review_overdue" in row.text
+        assert "1 is overdue" in past.by_id("overdue-count").text
+        case = agent.get(f"/support/attempts/{case_id}")
+        assert case.has_id("case-overdue")
+
+
+def test_a_cases_page_shows_the_statement_the_signals_the_contact_and_the_exchanges(
+    console_api: Api, desk: Callable[..., Desk]
+) -> None:
+    with freeze_time(T0, real_asyncio=True):
+        case_id = _case(
+            console_api,
+            "jane.doe@example.com",
+            CONTACT,
+            birth_date="1985-03-14",
+            account_created="2026-11",
+        )
+        fire(console_api, case_id, "request_info", "Which city did you last sign in from?")
+        page = desk("read").get(f"/support/attempts/{case_id}")
+    assert page.by_id("case-statement").text == STATEMENT
+    assert "✓ found" in page.by_id("case-account").text
+    assert "j***w@m***l.example" in page.by_id("case-contact").text
+    assert CONTACT not in page.html
+    assert "✓ matches" in page.by_id("signal-name").text
+    assert "nothing on file" in page.by_id("signal-birth_date").text
+    assert "1985-03-14" in page.by_id("case-details").text
+    exchanges = page.by_id("case-exchanges").text
+    assert "Which city did you last sign in from?" in exchanges and "No answer yet." in exchanges
+    assert "Starts when the case is approved." in page.by_id("case-wait").text
+
+
+def test_a_write_agent_approves_a_case_from_the_console_audited_under_their_name(
+    console_api: Api, desk: Callable[..., Desk]
+) -> None:
+    with freeze_time(T0, real_asyncio=True):
+        case_id = _case(console_api, "jane.doe@example.com", CONTACT)
+        agent = desk("write")
+        page = agent.get(f"/support/attempts/{case_id}")
+        for event in ("approve", "deny", "request_info", "cancel"):
+            assert page.by_id(f"event-{event}").attrs["href"] == (
+                f"/support/attempts/{case_id}/events/{event}"
+            )
+        url = f"/support/attempts/{case_id}/events/approve"
+        assert agent.get(url).h1 == f"Approve the case {support_reference(uuid.UUID(case_id))}?"
+        assert agent.post(url, {"reason": "details match"}).status_code == 400
+        assert console_api.services.engine.get_sync(case_id).state == "in_review"
+        done = agent.post(url, {"reason": "details match, called back", "confirm": "yes"})
+        assert str(done.url).endswith("?notice=fired")
+        shown = doc(done)
+        assert shown.by_id("attempt-state").text == "waiting"
+        assert "Ends 2026-12-03 10:00:00" in shown.by_id("case-wait").text  # 3 days, Paris
+        queue = agent.get("/support/queue")
+    assert queue.has_id("queue-empty")
+    approve = console_api.services.engine.history_sync(case_id)[-1]
+    assert (approve.event, approve.actor) == ("approve", f"support:agent:{agent.email}")
+    assert approve.detail["reason"] == "details match, called back"
+    fired = [r for r in audit(console_api) if r[1] == "approve"]
+    assert [(r[0], r[2], r[3]["reason"]) for r in fired] == [
+        (f"agent:{agent.email}", case_id, "details match, called back")
+    ]
+
+
+def test_asking_for_more_sends_the_reason_as_the_question(
+    console_api: Api, desk: Callable[..., Desk]
+) -> None:
+    case_id = _case(console_api, "jane.doe@example.com", CONTACT)
+    agent = desk("write")
+    url = f"/support/attempts/{case_id}/events/request_info"
+    form = agent.get(url)
+    assert "the person receives it by email" in tags(form.root, "label")[0].text
+    question = "Which city did you last sign in from?"
+    agent.post(url, {"reason": question, "confirm": "yes"})
+    drain(console_api)
+    assert console_api.services.engine.get_sync(case_id).state == "info_requested"
+    [mail] = [m for m in mail_to(console_api.messages(), CONTACT) if question in text_of(m)]
+    assert mail is not None
+
+
+def test_a_read_agent_sees_the_queue_and_a_case_but_no_decision_and_gets_403_posting(
+    console_api: Api, desk: Callable[..., Desk]
+) -> None:
+    case_id = _case(console_api, "jane.doe@example.com", CONTACT)
+    reader = desk("read")
+    queue = reader.get("/support/queue")
+    assert len(_queue_rows(queue)) == 1
+    page = reader.get(f"/support/attempts/{case_id}")
+    assert page.has_id("read-only") and page.has_id("flow-detail")
+    assert not any(page.has_id(f"event-{e}") for e in ("approve", "deny", "request_info"))
+    assert [b.attrs.get("id") for b in page.all("button")] == ["sign-out"]
+    token = reader.csrf("/support/queue")
+    url = f"/support/attempts/{case_id}/events/approve"
+    answer = reader.client.post(url, data={"reason": "x", "confirm": "yes", "_csrf_token": token})
+    assert answer.status_code == 403
+    assert console_api.services.engine.get_sync(case_id).state == "in_review"
+
+
+def test_the_queue_and_a_case_speak_french(console_api: Api, desk: Callable[..., Desk]) -> None:
+    with freeze_time(T0, real_asyncio=True) as clock:
+        case_id = _case(console_api, "jane.doe@example.com", CONTACT)
+        clock.tick(timedelta(days=3, seconds=1))
+        agent = desk("write")
+        queue = agent.get("/support/queue", lang="fr")
+        case = agent.get(f"/support/attempts/{case_id}", lang="fr")
+        approve = agent.get(f"/support/attempts/{case_id}/events/approve", lang="fr")
+    assert queue.lang == "fr" and queue.h1 == "File des dossiers"
+    [row] = _queue_rows(queue)
+    assert "En retard" in row.text and _signals(row)["Nom"] == "✓ correspond"
+    assert "1 est en retard" in queue.by_id("overdue-count").text
+    assert "Le dossier" in case.html and "Déclaration de la personne" in case.html
+    assert approve.h1.startswith("Approuver le dossier")

@@ -6,11 +6,12 @@ The walk: the agent signs in (password, then the TOTP code of the seed that
 the person's page showed, reads its timeline and diagram, resends once (a
 double submit sends one email), cancels with a reason and a confirmation,
 clears an account's login slow-down and revokes one of its sessions, and
-looks at the stats, the audit log and the keys. A read agent sees no action
-and gets 403 when it posts anyway. Every console page is checked with axe-core
-(0 violations; the counts are saved as `axe.json`) and pictured under
-`test-output/browser/<test name>/`; on a phone nothing scrolls sideways. The case queue of assisted recovery belongs to
-that flow's own branch and is not walked here.
+looks at the stats, the audit log and the keys. Another walk opens the case
+queue of assisted recovery, reads a case (its statement and match signals) and
+approves it with a reason. A read agent sees no action and gets 403 when it
+posts anyway. Every console page is checked with axe-core (0 violations; the
+counts are saved as `axe.json`) and pictured under
+`test-output/browser/<test name>/`; on a phone nothing scrolls sideways.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +31,10 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect
 
 from api.i18n import translations
+from api.support.reference import support_reference
 from tests.browser.conftest import ACTION_TIMEOUT_MS, Account, Screenshots
 from tests.browser.journey import MAX_TABS, Journey, assert_no_horizontal_scroll
-from tests.browser.live import LiveServer, live_server
+from tests.browser.live import LiveServer, live_server, message_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -334,6 +337,108 @@ def test_an_agent_works_an_attempt_and_an_account_with_the_keyboard_alone(
     expect(page.locator("#audit")).to_contain_text(desk.agent.email)  # under the agent's name
     desk.nav(desk._("Keys"))
     desk.arrived("keys")
+
+    assert recorded_clicks(page) == [], "mouse clicks happened"
+    desk.save_axe_counts()
+
+
+CODE = re.compile(r"^\s*(\d{6})\s*$", re.MULTILINE)
+STATEMENT = "My work mailbox was closed when I left; I still sign in on my phone every day."
+
+
+def confirmed_case(server: LiveServer, account: Account) -> str:
+    """A person's "I can't access this email" for the account, its code typed back (as the
+    case's own pages do, here over their JSON API): the case's reference."""
+    contact = account.email.replace("@example.test", "@new-mail.example.test")
+    asked = httpx.post(
+        f"{server.base_url}/api/assisted-recovery",
+        json={
+            "email": account.email,
+            "contact_email": contact,
+            "name": account.name,
+            "statement": STATEMENT,
+        },
+        timeout=30.0,
+    )
+    assert asked.status_code == 202, asked.text
+    found = CODE.search(message_text(server.mail_to(contact)[-1]))
+    assert found
+    confirmed = httpx.post(
+        f"{server.base_url}/api/assisted-recovery/confirm",
+        json={"contact_email": contact, "code": found.group(1)},
+        timeout=30.0,
+    )
+    assert confirmed.status_code == 200, confirmed.text
+    server.mail_to(account.email)  # the owner is told: the case is in the queue
+    key = server.create_support_key(f"queue-{next(_agents)}", "read")
+    listed = httpx.get(
+        f"{server.base_url}/api/support/attempts",
+        params={"flow": "assisted_recovery", "email": account.email},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30.0,
+    )
+    [case] = listed.json()["items"]
+    return support_reference(uuid.UUID(case["id"]))
+
+
+CASE_WALKS = [("desk", "en"), ("phone", "fr")]
+
+
+@pytest.mark.parametrize(
+    ("screen", "lang"), CASE_WALKS, ids=[f"{s}-{lang}" for s, lang in CASE_WALKS]
+)
+def test_an_agent_approves_an_assisted_case_from_the_queue_with_the_keyboard_alone(
+    server: LiveServer,
+    playwright: Playwright,
+    new_context: Callable[..., BrowserContext],
+    make_account: Callable[..., Account],
+    shots: Screenshots,
+    screen: str,
+    lang: str,
+) -> None:
+    """A write agent opens the case queue, finds the case there, reads its statement and
+    match signals, approves it with a reason and a confirmation, and the case leaves the
+    queue for its waiting period: no mouse, every page axe-clean."""
+    account = make_account(locale=lang)
+    reference = confirmed_case(server, account)
+    options: dict[str, Any] = {"locale": "fr-FR" if lang == "fr" else "en-US"}
+    if screen == "phone":
+        options.update(playwright.devices[PHONE])
+    page = new_context(**options).new_page()
+    page.add_init_script(CLICK_RECORDER)
+    width = playwright.devices[PHONE]["viewport"]["width"] if screen == "phone" else None
+    desk = Desk(page, server, create_agent(server, "write"), shots, lang, width)
+
+    desk.sign_in()
+    desk.nav(desk._("Case queue"))
+    desk.arrived("queue", desk._("Case queue"))
+    row = page.locator(f"#case-{reference}")
+    expect(row).to_contain_text("in_review")
+    expect(row).to_contain_text(desk._("matches"))
+    desk.follow(row.get_by_role("link", name=reference))
+    desk.arrived("case")
+    expect(page.locator("#case-statement")).to_have_text(STATEMENT)
+    expect(page.locator("#signal-name")).to_contain_text(desk._("matches"))
+    expect(page.locator("#case-account")).to_contain_text(desk._("found"))
+
+    desk.follow(page.locator("#event-approve"))
+    desk.arrived("confirm-approve")
+    desk.type_into(page.locator("#reason"), "called the person back on the phone on file")
+    tab_to(page, page.locator("#confirm"))
+    page.keyboard.press("Space")
+    desk.press(page.locator("#confirm-event"))
+    desk.arrived("approved")
+    expect(page.locator("#attempt-state")).to_have_text("waiting")
+    expect(page.locator("#timeline")).to_contain_text("called the person back")
+    expect(page.locator("#case-wait time")).to_be_visible()  # when the waiting period ends
+
+    desk.nav(desk._("Case queue"))
+    desk.arrived("queue-after-approval", desk._("Case queue"))
+    expect(page.locator(f"#case-{reference}")).to_have_count(0)
+    desk.nav(desk._("Audit"))
+    desk.arrived("audit-after-approval")
+    expect(page.locator("#audit")).to_contain_text(desk.agent.email)
+    expect(page.locator("#audit")).to_contain_text("approve")
 
     assert recorded_clicks(page) == [], "mouse clicks happened"
     desk.save_axe_counts()
