@@ -400,3 +400,17 @@ def test_the_messages_built_from_kept_headers_are_the_ones_set_content_builds(
             assert _wire(message) == _wire(_through_set_content(message))
             # The shared header objects are not changed by the message they went into.
             assert _wire(message) == _wire(_through_set_content(message))
+
+
+def test_each_message_has_its_own_unguessable_boundary_that_no_part_holds() -> None:
+    """The boundary is chosen when the message is built (not searched for by the
+    generator): a fresh random one each time, found in no part's text."""
+    messages = [build_recovery(name=f"={'=' * 14}{'1' * 19}==") for _ in range(20)]
+    boundaries = {m.get_boundary() for m in messages}
+    assert len(boundaries) == len(messages)
+    for message in messages:
+        boundary = message.get_boundary()
+        assert boundary is not None and re.fullmatch(r"={15}\d{19}==", boundary)
+        for part in message.iter_parts():
+            assert boundary not in str(part.get_content())
+        assert len(message.get_payload()) == 2  # type: ignore[arg-type]
