@@ -216,8 +216,9 @@ _POLICY = email_policy.default
 
 @functools.cache
 def _header(name: str, value: str) -> BaseHeader:
-    """A header parsed once and shared: a message stores a header object as it is given."""
-    return _POLICY.header_factory(name, value)
+    """A header parsed once and shared: a message stores a header object as it is given.
+    Parsed as a message parses what it is given (a value with a line break is refused)."""
+    return _POLICY.header_store_parse(name, value)[1]  # type: ignore[no-any-return]
 
 
 @functools.cache

@@ -414,3 +414,20 @@ def test_each_message_has_its_own_unguessable_boundary_that_no_part_holds() -> N
         for part in message.iter_parts():
             assert boundary not in str(part.get_content())
         assert len(message.get_payload()) == 2  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("subject", ["Hi\r\nBcc: x@evil.example", "Hi\nBcc: x@evil.example"])
+def test_a_subject_with_a_line_break_is_refused_as_before(subject: str) -> None:
+    """The kept headers are parsed as a message parses what it is given: a subject
+    holding a line break cannot add a header."""
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        emails.compose(
+            "password_changed",
+            subject,
+            locale="en",
+            to="jane@example.com",
+            name="Jane",
+            mail_from=MAIL_FROM,
+            sent_at=EXPIRES,
+            context={"changed": "now", "reference": "R", "recovery_page": "https://x.example"},
+        )
