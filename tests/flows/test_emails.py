@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.policy
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -342,3 +343,91 @@ def test_without_support_settings_the_emails_promise_no_support() -> None:
         for body in (text, html):
             assert "ABCD-EFGH" in body
             assert "support" not in body.lower()
+
+
+def _through_set_content(built: EmailMessage) -> EmailMessage:
+    """The same email as the stdlib's `set_content`/`add_alternative` build it (how
+    `api.mail.messages` built every message before it kept its headers parsed once)."""
+    text_part, html_part = built.get_payload()  # type: ignore[misc]
+    html = html_part.get_body(("html",)) if html_part.is_multipart() else html_part
+    message = EmailMessage()
+    for name in ("Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted"):
+        message[name] = str(built[name])
+    message.set_content(text_part.get_content())
+    message.add_alternative(html.get_content(), subtype="html")
+    if html_part.is_multipart():
+        image = next(p for p in html_part.iter_parts() if p.get_content_maintype() == "image")
+        message.get_payload()[1].add_related(  # type: ignore[index]
+            image.get_content(),
+            image.get_content_maintype(),
+            image.get_content_subtype(),
+            cid=image["Content-ID"],
+        )
+    message["Content-Language"] = built["Content-Language"]
+    return message
+
+
+def _wire(message: EmailMessage) -> bytes:
+    """The bytes an SMTP server receives, boundaries made equal."""
+    data = message.as_bytes(policy=email.policy.SMTP)
+    return re.sub(rb"={15}\d+==", b"BOUNDARY", data)
+
+
+@pytest.mark.parametrize("locale", ["en", "fr"])
+@pytest.mark.parametrize(
+    "name", ["Jane Doe", 'Jéanne, "Doe" <x@evil.example>', "İda\r\nBcc: x@evil.example", ""]
+)
+def test_the_messages_built_from_kept_headers_are_the_ones_set_content_builds(
+    locale: str, name: str, tmp_path: Path
+) -> None:
+    """Headers parsed once and shared, parts assembled from them: byte for byte the
+    message the stdlib builds, in both languages, with hostile names, with a logo."""
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(PNG)
+    for sender in (MAIL_FROM, branded(), branded(brand_logo=logo)):
+        for message in (
+            build_recovery(locale=locale, name=name, mail_from=sender, code="123456"),
+            password_changed_email(
+                locale=locale,
+                to="İda@example.com",
+                mail_from=sender,
+                changed_at=EXPIRES,
+                reference="ABCD-EFGH",
+                name=name,
+                recovery_page="https://accounts.example.test/recovery",
+            ),
+        ):
+            assert _wire(message) == _wire(_through_set_content(message))
+            # The shared header objects are not changed by the message they went into.
+            assert _wire(message) == _wire(_through_set_content(message))
+
+
+def test_each_message_has_its_own_unguessable_boundary_that_no_part_holds() -> None:
+    """The boundary is chosen when the message is built (not searched for by the
+    generator): a fresh random one each time, found in no part's text."""
+    messages = [build_recovery(name=f"={'=' * 14}{'1' * 19}==") for _ in range(20)]
+    boundaries = {m.get_boundary() for m in messages}
+    assert len(boundaries) == len(messages)
+    for message in messages:
+        boundary = message.get_boundary()
+        assert boundary is not None and re.fullmatch(r"={15}\d{19}==", boundary)
+        for part in message.iter_parts():
+            assert boundary not in str(part.get_content())
+        assert len(message.get_payload()) == 2  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("subject", ["Hi\r\nBcc: x@evil.example", "Hi\nBcc: x@evil.example"])
+def test_a_subject_with_a_line_break_is_refused_as_before(subject: str) -> None:
+    """The kept headers are parsed as a message parses what it is given: a subject
+    holding a line break cannot add a header."""
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        emails.compose(
+            "password_changed",
+            subject,
+            locale="en",
+            to="jane@example.com",
+            name="Jane",
+            mail_from=MAIL_FROM,
+            sent_at=EXPIRES,
+            context={"changed": "now", "reference": "R", "recovery_page": "https://x.example"},
+        )
