@@ -63,6 +63,11 @@ def _quality(params: list[str]) -> float | None:
     return 1.0
 
 
+def known_locale(value: object) -> str:
+    """A stored language if it is one we speak, else the default."""
+    return value if isinstance(value, str) and value in SUPPORTED else DEFAULT
+
+
 def pick_locale(accept_language: str | None, explicit: str | None = None) -> str:
     """The language to answer in: an explicit supported choice (`?lang=`) wins, then the
     best supported match from `Accept-Language` by q-value (ties keep header order),

@@ -73,9 +73,9 @@ from api.errors import (
     LinkUsed,
     PolicyFailed,
 )
-from api.i18n import DEFAULT, SUPPORTED
+from api.i18n import known_locale
 from api.mail import assisted as mails
-from api.mail.delivery import UNUSABLE_ADDRESS, Mail
+from api.mail.delivery import UNUSABLE_ADDRESS, Mail, queued_delivery
 from api.mail.transports import MailError, PermanentMailError
 from api.settings import Settings
 from api.support.queue import SupportQueue
@@ -562,12 +562,12 @@ async def send_code(app: App, attempt: AttemptRecord) -> None:
     base = app.settings.public_base_url
     try:
         message = mails.code_email(
-            locale=_locale(attempt.data.get("locale")),
+            locale=known_locale(attempt.data.get("locale")),
             to=str(attempt.data.get("contact_email", "")),
             mail_from=app.mail.sender,
             code=code,
             expires_at=now + CODE_TTL,
-            confirm_page=f"{base}/assisted-recovery/confirm?lang={_locale(attempt.data.get('locale'))}",
+            confirm_page=f"{base}/assisted-recovery/confirm?lang={known_locale(attempt.data.get('locale'))}",
             reference=support_reference(attempt.id),
             sent_at=now,
         )
@@ -663,10 +663,6 @@ def _throttle(app: App, attempt: AttemptRecord) -> str | None:
     return None
 
 
-def _locale(value: object) -> str:
-    return value if isinstance(value, str) and value in SUPPORTED else DEFAULT
-
-
 # -- 4b. automatic work: the emails queued by transitions ----------------------------------------
 
 Build = Callable[[AttemptRecord, datetime], Awaitable[Any]]
@@ -719,7 +715,7 @@ async def send_notice(app: App, item: dict[str, Any]) -> None:
             cases.store_token, app.engine.db, attempt.id, cases.CANCEL, token_hash(token), now
         )
         return mails.notice_email(
-            locale=_locale(account.locale),
+            locale=known_locale(account.locale),
             to=account.email,
             mail_from=app.mail.sender,
             name=account.name,
@@ -729,7 +725,7 @@ async def send_notice(app: App, item: dict[str, Any]) -> None:
             change_at=wait_ends(attempt),
             cancel_link=(
                 f"{app.settings.public_base_url}/assisted-recovery/cancel"
-                f"?token={token}&lang={_locale(account.locale)}"
+                f"?token={token}&lang={known_locale(account.locale)}"
             ),
             reference=support_reference(attempt.id),
             sent_at=now,
@@ -766,13 +762,13 @@ async def send_question(app: App, item: dict[str, Any]) -> None:
             cases.store_token, app.engine.db, attempt.id, cases.ANSWER, token_hash(token), now
         )
         return mails.info_email(
-            locale=_locale(attempt.data.get("locale")),
+            locale=known_locale(attempt.data.get("locale")),
             to=str(attempt.data.get("contact_email", "")),
             mail_from=app.mail.sender,
             question=str(exchanges[-1].get("question", "")),
             answer_link=(
                 f"{app.settings.public_base_url}/assisted-recovery/answer"
-                f"?token={token}&lang={_locale(attempt.data.get('locale'))}"
+                f"?token={token}&lang={known_locale(attempt.data.get('locale'))}"
             ),
             reference=support_reference(attempt.id),
             sent_at=now,
@@ -797,7 +793,7 @@ async def send_grant(app: App, item: dict[str, Any]) -> None:
             links.store, app.engine.db, attempt.id, account_id, token_hash(token), unsent, now
         )
         return mails.grant_email(
-            locale=_locale(attempt.data.get("locale")),
+            locale=known_locale(attempt.data.get("locale")),
             to=str(attempt.data.get("contact_email", "")),
             mail_from=app.mail.sender,
             link=f"{app.settings.public_base_url}/recovery/reset?token={token}",
@@ -814,7 +810,7 @@ async def send_closed(app: App, item: dict[str, Any]) -> None:
 
     async def build(attempt: AttemptRecord, queued_at: datetime) -> Any:
         return mails.closed_email(
-            locale=_locale(attempt.data.get("locale")),
+            locale=known_locale(attempt.data.get("locale")),
             to=str(attempt.data.get("contact_email", "")),
             mail_from=app.mail.sender,
             reference=support_reference(attempt.id),
@@ -832,7 +828,7 @@ async def send_moved(app: App, item: dict[str, Any]) -> None:
 
     async def build(attempt: AttemptRecord, queued_at: datetime) -> Any:
         return mails.moved_email(
-            locale=_locale(payload.get("locale")),
+            locale=known_locale(payload.get("locale")),
             to=str(payload.get("old_email", "")),
             mail_from=app.mail.sender,
             name=str(payload.get("name", "")),
@@ -1004,7 +1000,7 @@ async def session_notices(app: App, account_id: uuid.UUID) -> list[dict[str, Any
     page = await app.engine.queries.page(
         flows=[NAME], subject=account.email_normalized, states=CONFIRMED, limit=10
     )
-    locale = _locale(account.locale)
+    locale = known_locale(account.locale)
     notices = []
     for record in page.items:
         record = await app.engine.get(record.id)  # an overdue deadline applied first
@@ -1168,10 +1164,6 @@ def refusal(problems: list[InvalidInput]) -> InvalidInput:
     return error
 
 
-def _queued() -> dict[str, Any]:
-    return {"status": "queued", "tries": 0, "last_error": None, "sent_at": None}
-
-
 async def request(
     app: App,
     case: CaseRequest,
@@ -1194,10 +1186,10 @@ async def request(
             "statement": case.statement,
             "birth_date": case.birth_date,
             "account_created": case.account_created,
-            "locale": _locale(locale),
+            "locale": known_locale(locale),
             "client_ip": client_ip,
             "user_agent": (user_agent or "")[:MAX_USER_AGENT_CHARS],
-            "delivery": _queued(),
+            "delivery": queued_delivery(),
         },
         detail={"client_ip": client_ip},
     )
@@ -1358,7 +1350,7 @@ async def set_password(
     if attempt.state != Step.link_opened or not link.live:
         # A dead link is refused (and recorded) before any policy or history work.
         await _fire_for_link(app, link, attempt, Event.set_password, {"link": link}, {})
-        raise _dead_link(attempt.state, link)
+        raise links.dead_link(link, attempt.state, DEAD_REASONS)
     account = await app.accounts.by_id(link.account_id)
     assert account is not None  # a link is bound to an account
     contact_email = str(attempt.data.get("contact_email", ""))
@@ -1425,19 +1417,14 @@ async def _fire_for_link(
     except EventRefused as refused:
         if event == Event.set_password and refused.state == Step.link_opened and link.live:
             return None
-        raise _dead_link(refused.state, link) from None
+        raise links.dead_link(link, refused.state, DEAD_REASONS) from None
     except ConflictError:
         current = await app.engine.get(attempt.id)
         if event == Event.open_link and current.state == Step.link_opened:
             return await _fire_for_link(app, link, current, event, params, detail)
         if event == Event.set_password:
             raise LinkUsed(support_reference(attempt.id)) from None
-        raise _dead_link(current.state, link) from None
-
-
-def _dead_link(state: str, link: links.Link) -> LinkDead:
-    reason = "used" if link.used_at is not None else DEAD_REASONS.get(state, "revoked")
-    return DEAD_LINKS[reason](support_reference(link.attempt_id))
+        raise links.dead_link(link, current.state, DEAD_REASONS) from None
 
 
 def today(app: App) -> date:

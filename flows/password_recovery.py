@@ -51,15 +51,13 @@ from api.accounts.passwords import PasswordHasher
 from api.accounts.policy import PasswordPolicy, PersonalData, Violation, check_history
 from api.accounts.tokens import new_token, token_hash
 from api.errors import (
-    DEAD_LINKS,
     InvalidCode,
     InvalidInput,
-    LinkDead,
     LinkUsed,
     PolicyFailed,
 )
-from api.i18n import DEFAULT, SUPPORTED
-from api.mail.delivery import UNUSABLE_ADDRESS, Mail
+from api.i18n import DEFAULT, known_locale
+from api.mail.delivery import UNUSABLE_ADDRESS, Mail, queued_delivery
 from api.mail.messages import password_changed_email, recovery_email, zone_named
 from api.mail.transports import PermanentMailError
 from api.settings import Settings
@@ -476,10 +474,6 @@ def _carries_a_code(app: App, attempt: AttemptRecord) -> bool:
     return Event.enter_code in app.engine.spec_of(attempt).events
 
 
-def _locale(value: object) -> str:
-    return value if isinstance(value, str) and value in SUPPORTED else DEFAULT
-
-
 async def _email_link(
     app: App, attempt: AttemptRecord, account: Account, delivery: dict[str, Any]
 ) -> None:
@@ -493,7 +487,7 @@ async def _email_link(
     base = app.settings.public_base_url
     tries = int(delivery.get("tries") or 0) + 1
     # The request's language, else the account's (a JSON request may name none).
-    locale = _locale(attempt.data.get("locale") or account.locale)
+    locale = known_locale(attempt.data.get("locale") or account.locale)
     try:
         message = recovery_email(
             locale=locale,
@@ -606,7 +600,7 @@ async def send_password_changed(app: App, item: dict[str, Any]) -> None:
         return
     try:
         message = password_changed_email(
-            locale=_locale(payload.get("locale")),
+            locale=known_locale(payload.get("locale")),
             to=account.email,
             mail_from=app.mail.sender,
             changed_at=as_utc(item["created_at"]),
@@ -667,7 +661,7 @@ def resend(app: App, original: AttemptRecord, actor: str) -> AttemptRecord:
             "locale": original.data.get("locale", DEFAULT),
             "client_ip": None,
             "user_agent": "",
-            "delivery": _queued(),
+            "delivery": queued_delivery(),
             "resend_of": str(original.id),
             "requested_by": actor,
         },
@@ -711,10 +705,10 @@ def forced_request(account: Account, run: str) -> NewAttempt:
         subject=account.email_normalized,
         data={
             "email_submitted": account.email,
-            "locale": _locale(account.locale),
+            "locale": known_locale(account.locale),
             "client_ip": None,
             "user_agent": "",
-            "delivery": _queued(),
+            "delivery": queued_delivery(),
             "requested_by": FORCED_RESET,
             "forced_reset": run,
         },
@@ -730,10 +724,6 @@ AUTOMATED_OPEN_WINDOW = timedelta(seconds=10)
 # How long a link opened mid-send waits for the send to be recorded: 50 x 0.1 s.
 SETTLE_POLLS = 50
 SETTLE_POLL_SECONDS = 0.1
-
-
-def _queued() -> dict[str, Any]:
-    return {"status": "queued", "tries": 0, "last_error": None, "sent_at": None}
 
 
 @dataclass(frozen=True)
@@ -770,10 +760,10 @@ async def request(
         actor=PERSON,
         data={
             "email_submitted": email.strip()[:320],
-            "locale": _locale(locale) if locale else None,
+            "locale": known_locale(locale) if locale else None,
             "client_ip": client_ip,
             "user_agent": (user_agent or "")[:MAX_USER_AGENT_CHARS],
-            "delivery": _queued(),
+            "delivery": queued_delivery(),
             **({"time_zone": time_zone} if zone_named(time_zone) else {}),
         },
         detail={"client_ip": client_ip},
@@ -818,7 +808,7 @@ async def set_password(
         # A dead link is refused (and recorded) before any policy or history work:
         # neither its answer nor its cost may depend on the password typed.
         await _fire_for_link(app, link, attempt, Event.set_password, {"link": link}, {})
-        raise _dead_link(attempt.state, link)
+        raise links.dead_link(link, attempt.state, DEAD_REASONS)
     account = await app.accounts.by_id(link.account_id)
     assert account is not None  # a link is bound to an account
     # zxcvbn costs up to ~25 ms: keep it off the event loop (the policy is thread-safe).
@@ -909,7 +899,7 @@ async def _fire_for_link(
     except EventRefused as refused:
         if event == Event.set_password and refused.state == Step.link_opened and link.live:
             return None  # refused by the policy guard: the caller raises PolicyFailed
-        raise _dead_link(refused.state, link) from None
+        raise links.dead_link(link, refused.state, DEAD_REASONS) from None
     except ConflictError:
         # Someone else moved the attempt first (a concurrent submission).
         current = await app.engine.get(attempt.id)
@@ -917,7 +907,7 @@ async def _fire_for_link(
             return await _fire_for_link(app, link, current, event, params, detail, data)
         if event == Event.set_password:
             raise LinkUsed(support_reference(attempt.id)) from None
-        raise _dead_link(current.state, link) from None
+        raise links.dead_link(link, current.state, DEAD_REASONS) from None
 
 
 def _route(token: object, link: links.Link) -> str:
@@ -1019,7 +1009,7 @@ async def enter_code(app: App, email: object, code: object) -> EnteredCode:
         except EventRefused as refused:
             if verdict == codes.Verdict.right and link is not None:
                 # The right code, but its attempt is over: say why, as a dead link does.
-                raise _dead_link(refused.state, link) from None
+                raise links.dead_link(link, refused.state, DEAD_REASONS) from None
             raise InvalidCode() from None
         except ConflictError:
             # Another try (or the worker) logged on the attempt at the same moment: wait a
@@ -1047,12 +1037,6 @@ async def _code_attempts(app: App, subject: str) -> list[AttemptRecord]:
         limit=CODE_ATTEMPTS_COMPARED,
     )
     return [attempt for attempt in page.items if _carries_a_code(app, attempt)]
-
-
-def _dead_link(state: str, link: links.Link) -> LinkDead:
-    """Why the link no longer works, from its attempt's state and its row."""
-    reason = "used" if link.used_at is not None else DEAD_REASONS.get(state, "revoked")
-    return DEAD_LINKS[reason](support_reference(link.attempt_id))
 
 
 def _parse_time(value: Any) -> datetime | None:

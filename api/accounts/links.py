@@ -21,7 +21,7 @@ and the JSON API call the actions of the flow the link's attempt runs.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +30,8 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from api.accounts.models import RecoveryToken
 from api.accounts.tokens import plausible_token, token_hash, token_matches
-from api.errors import UnknownToken
+from api.errors import DEAD_LINKS, LinkDead, UnknownToken
+from api.support.reference import support_reference
 from engine import Database
 
 token_t = RecoveryToken.__table__
@@ -216,3 +217,10 @@ def attempts_of(conn: Connection, account_id: uuid.UUID) -> list[uuid.UUID]:
 def forget_account(conn: Connection, account_id: uuid.UUID) -> None:
     """Delete every link row of an account (the account is being deleted)."""
     conn.execute(delete(token_t).where(token_t.c.account_id == account_id))
+
+
+def dead_link(link: Link, state: str, reasons: Mapping[str, str]) -> LinkDead:
+    """Why the link no longer works: used, else its attempt's state told by the flow's
+    `reasons` (a state it does not name: revoked)."""
+    reason = "used" if link.used_at is not None else reasons.get(state, "revoked")
+    return DEAD_LINKS[reason](support_reference(link.attempt_id))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from email.message import EmailMessage
+from typing import Any
 
 from api.brand import Sender
 from api.mail.transports import MailError, MailTransport, PermanentMailError, TemporaryMailError
@@ -23,6 +24,11 @@ from engine.worker import describe, log_failure
 OnSend = Callable[[float, str], None]
 # What a job stores when a stored address cannot be written into a message at all.
 UNUSABLE_ADDRESS = "the stored address cannot be written into an email"
+
+
+def queued_delivery() -> dict[str, Any]:
+    """The delivery facts an attempt records before its email is sent."""
+    return {"status": "queued", "tries": 0, "last_error": None, "sent_at": None}
 
 
 class Mail:
