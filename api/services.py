@@ -61,7 +61,9 @@ class Services:
     def worker_with(self, transport: MailTransport, **options: float) -> Worker:
         """A worker on this database whose mail goes to `transport` instead (a second
         dispatcher process, a bench, a test of a failing mail server)."""
-        context = replace(self, mail=Mail(self.settings, transport, self.mail.on_send))
+        context = replace(
+            self, mail=Mail(self.settings, transport, self.mail.on_send, self.mail.at_once)
+        )
         return Worker(
             self.engine,
             context,
@@ -115,7 +117,7 @@ def services_for(
         policy=policy,
         accounts=accounts,
         signin=SignIn(db, engine.clock, hasher, settings),
-        mail=Mail(settings, transport, on_send),
+        mail=Mail(settings, transport, on_send, max_concurrent_sends),
         support=SupportService(engine),
         worker=None,  # type: ignore[arg-type]  (it needs the services: set just below)
         admin=AdminAccounts(

@@ -170,8 +170,10 @@ class Sizes:
     inbox_seconds: float = 60.0
     inbox_floor_seconds: float = 10.0
     inbox_drain_timeout_s: float = 180.0
-    # Accounts `recovery reset-all` resets (the figure's name says 100k).
+    # Accounts `recovery reset-all` resets (the figure's name says 100k), and how many
+    # times: one run of 100,000 is ~10 minutes of mail, so once, with a floor each side.
     reset_all_accounts: int = 100_000
+    reset_all_runs: int = 1
     # Accounts one import brings in (issue 15).
     import_accounts: int = 10_000
 
@@ -210,6 +212,7 @@ class Sizes:
             inbox_floor_seconds=1.0,
             inbox_drain_timeout_s=60.0,
             reset_all_accounts=200,
+            reset_all_runs=3,
             import_accounts=300,
         )
 

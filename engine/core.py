@@ -26,6 +26,7 @@ transaction also adds what it changed to the flows' running totals
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +56,7 @@ from engine.clock import Clock, SystemClock, as_utc
 from engine.db import Database
 from engine.errors import (
     ConflictError,
+    EngineError,
     EventRefused,
     NotFound,
     StoredStateInvalid,
@@ -93,6 +96,7 @@ def _bind(column: Column[Any], name: str) -> BindParameter[Any]:
 # prebuilt, the engine's fire() went from ~2.2x to ~1.25x a hand-written
 # transition on SQLite, ~1.5x to ~1.1x on PostgreSQL (bench/RESULTS.md).
 _LOAD = select(attempt_t).where(attempt_t.c.id == _bind(attempt_t.c.id, "b_id"))
+_LOAD_MANY = select(attempt_t).where(attempt_t.c.id.in_(bindparam("ids", expanding=True)))
 _TRANSITION = (
     update(attempt_t)
     .where(
@@ -133,6 +137,10 @@ _INSERT_ATTEMPT = insert(attempt_t)
 _INSERT_EVENT = insert(event_t)
 # First key of the PostgreSQL advisory locks taken per (exclusive group, subject).
 ADVISORY_LOCK_CLASS = 0x656E6467  # "endg"
+_LOCK_SUBJECTS = text(
+    "SELECT count(pg_advisory_xact_lock(:lock_class, hashtext(t.key))) "
+    "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS t(key, n)"
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,20 @@ class Fired:
     attempt: AttemptRecord
     event: EventRecord
     previous_state: str
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One event of a batch fired in one transaction (`Engine.fire_many_sync`), with what
+    `Engine.fire_sync` takes."""
+
+    attempt_id: uuid.UUID
+    event: str
+    params: Mapping[str, Any] | None = None
+    detail: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
+    expected_version: int | None = None
+    actor: str = SYSTEM
 
 
 @dataclass
@@ -465,6 +487,86 @@ class Engine:
         assert outcome.fired is not None
         return outcome.fired
 
+    def fire_many_sync(self, fires: Sequence[Fire]) -> list[Fired | EngineError]:
+        """Fire several events in one transaction; the outcome of each, in order.
+
+        A fire that is refused (and recorded, as `fire_sync` records it), that
+        conflicts (the attempt moved, a uniqueness rule broke) or whose attempt
+        is gone leaves the others to commit, and its outcome is the
+        `EventRefused`, `ConflictError` or `NotFound` that `fire_sync` would
+        have raised. The attempts are read in one query; a batch of N costs one
+        commit instead of N. Should one change under the batch mid-transition,
+        the batch is fired again with a savepoint per fire.
+        """
+        try:
+            return self._fire_many(fires, savepoints=False)
+        except (ConflictError, IntegrityError):
+            return self._fire_many(fires, savepoints=True)
+
+    def _fire_many(self, fires: Sequence[Fire], *, savepoints: bool) -> list[Fired | EngineError]:
+        outcomes: list[Fired | EngineError] = []
+        with self.db.transaction() as conn:
+            rows = conn.execute(_LOAD_MANY, {"ids": [fire.attempt_id for fire in fires]})
+            loaded = {row.id: AttemptRecord.from_row(row) for row in rows}
+            tally = Tally()
+            # Without savepoints, who else is live is settled once for the whole batch.
+            became_live: list[tuple[str, AttemptRecord]] | None = None if savepoints else []
+            for fire in fires:
+                record = loaded.get(fire.attempt_id)
+                if record is None:
+                    outcomes.append(NotFound(fire.attempt_id))
+                    continue
+                if fire.expected_version is not None and fire.expected_version != record.version:
+                    outcomes.append(ConflictError(fire.attempt_id, fire.event))
+                    continue
+                own = Tally()
+                try:
+                    with conn.begin_nested() if savepoints else contextlib.nullcontext():
+                        outcome = self._fire_in(
+                            conn,
+                            fire.attempt_id,
+                            fire.event,
+                            actor=fire.actor,
+                            params=fire.params or {},
+                            detail=fire.detail or {},
+                            data=fire.data,
+                            in_tx=None,
+                            expected_version=fire.expected_version,
+                            tally=own,
+                            # Read again on a savepoint: the batch is retried because a row moved.
+                            loaded=None if savepoints else record,
+                            became_live=became_live,
+                        )
+                except (ConflictError, IntegrityError):
+                    if not savepoints:
+                        raise
+                    outcomes.append(ConflictError(fire.attempt_id, fire.event))
+                    continue
+                tally.update(own)
+                outcomes.append(outcome.fired or outcome.refused)  # type: ignore[arg-type]
+            if became_live:
+                self._supersede(conn, became_live, tally)
+            add_tally(conn, tally)
+        return outcomes
+
+    def _supersede(
+        self, conn: Connection, became_live: Sequence[tuple[str, AttemptRecord]], tally: Tally
+    ) -> None:
+        """End the journeys that attempts which just became live supersede: every other
+        live attempt of their subjects in their groups (the later of one subject's wins),
+        found with one query per group."""
+        newest: dict[str, dict[str, uuid.UUID]] = {}
+        for group, record in became_live:
+            newest.setdefault(group, {})[record.subject] = record.id
+        for group, by_subject in newest.items():
+            subjects = sorted(by_subject)
+            self._lock_subjects(conn, group, subjects)
+            kept = set(by_subject.values())
+            for other in self.queries.live_in_many(conn, group, subjects):
+                if other.id not in kept:
+                    detail = {"superseded_by": str(by_subject[other.subject])}
+                    self._end_each(conn, [other], detail, tally)
+
     def _fire_in(
         self,
         conn: Connection,
@@ -478,9 +580,13 @@ class Engine:
         in_tx: InTx | None,
         expected_version: int | None,
         tally: Tally,
+        loaded: AttemptRecord | None = None,
+        became_live: list[tuple[str, AttemptRecord]] | None = None,
     ) -> _Outcome:
+        """Fire on an open connection; `loaded` is the attempt when this transaction
+        has just read it; `became_live` as `_commit_transition` takes it."""
         now = self.clock.now()
-        record = self._load(conn, attempt_id)
+        record = loaded or self._load(conn, attempt_id)
         spec = self._spec_for(record)
         spec.check_event(event)
         if expected_version is not None and expected_version != record.version:
@@ -515,7 +621,17 @@ class Engine:
             )
         new_data = {**record.data, **tx.data, **(data or {})}
         fired = self._commit_transition(
-            conn, spec, record, event, target, actor, now, dict(detail), new_data, tally
+            conn,
+            spec,
+            record,
+            event,
+            target,
+            actor,
+            now,
+            dict(detail),
+            new_data,
+            tally,
+            became_live,
         )
         if in_tx is not None:
             in_tx(Transaction(conn, now, fired.attempt, record.state, self, tally))
@@ -559,7 +675,10 @@ class Engine:
         detail: dict[str, Any],
         data: dict[str, Any],
         tally: Tally,
+        became_live: list[tuple[str, AttemptRecord]] | None = None,
     ) -> Fired:
+        """Write the transition; with `became_live`, an attempt that becomes live is added
+        there (its group's older journeys are ended by the caller) instead of ending them."""
         after = replace(
             record,
             state=target,
@@ -594,6 +713,9 @@ class Engine:
         tally.moved(record.flow, event, record.state, target)
         live = spec.live_states
         if spec.exclusive is not None and target in live and record.state not in live:
+            if became_live is not None:
+                became_live.append((spec.exclusive.group, after))
+                return Fired(after, logged, record.state)
             # One live journey per subject in the group: the older ones end now.
             self._end_live(
                 conn,
@@ -644,14 +766,9 @@ class Engine:
         """
         if self.db.is_sqlite:
             return  # one writer at a time: nothing to order
-        for subject in sorted(subjects):
-            conn.execute(
-                select(
-                    func.pg_advisory_xact_lock(
-                        ADVISORY_LOCK_CLASS, func.hashtext(literal(f"{group}\x1f{subject}"))
-                    )
-                )
-            )
+        # One statement for them all: the locks are taken row by row, in the array's order.
+        keys = [f"{group}\x1f{subject}" for subject in sorted(set(subjects))]
+        conn.execute(_LOCK_SUBJECTS, {"lock_class": ADVISORY_LOCK_CLASS, "keys": keys})
 
     def _end_each(
         self,

@@ -88,11 +88,18 @@ class Job:
     `run(context, attempt)` receives the application's context and the claimed
     attempt (an `AttemptRecord` whose lease is held); it fires the next event
     itself. An attempt it leaves unfinished is claimed again when the lease ends.
+
+    With `together`, `run(context, attempts)` receives a list of claimed
+    attempts at once, at most one per subject (a subject's later attempts come
+    in the next list, once the earlier one is done), so it can look them up,
+    decide and record their outcomes in a few round trips for all of them
+    (`engine.worker.fire_claimed_many`) rather than a few each.
     """
 
     state: str
     run: Handler
     batch: int = 16
+    together: bool = False
 
 
 @dataclass(frozen=True)

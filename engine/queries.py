@@ -213,6 +213,42 @@ class Queries:
         with self.db.transaction(write=False) as conn:
             return int(conn.execute(query).scalar_one())
 
+    def count_events_by_subject_sync(
+        self,
+        *,
+        flow: str,
+        subjects: Sequence[str],
+        event: str,
+        to_states: Sequence[str],
+        since: datetime,
+        exclude: Sequence[uuid.UUID] = (),
+        created_since: datetime | None = None,
+    ) -> dict[str, int]:
+        """`count_events_sync` for many subjects in one query, by subject (a subject with
+        none is absent); the attempts in `exclude` are not counted."""
+        if not subjects:
+            return {}
+        conditions = [
+            attempt_t.c.flow == flow,
+            attempt_t.c.subject.in_(list(subjects)),
+            event_t.c.event == event,
+            event_t.c.accepted.is_(True),
+            event_t.c.to_state.in_(list(to_states)),
+            event_t.c.at > since,
+        ]
+        if exclude:
+            conditions.append(attempt_t.c.id.not_in(list(exclude)))
+        if created_since is not None:
+            conditions.append(attempt_t.c.created_at > created_since)
+        query = (
+            select(attempt_t.c.subject, func.count())
+            .select_from(attempt_t.join(event_t, event_t.c.attempt_id == attempt_t.c.id))
+            .where(*conditions)
+            .group_by(attempt_t.c.subject)
+        )
+        with self.db.transaction(write=False) as conn:
+            return {subject: int(n) for subject, n in conn.execute(query)}
+
     def event_times_sync(
         self,
         *,
@@ -264,6 +300,39 @@ class Queries:
         )
         with self.db.transaction(write=False) as conn:
             return conn.execute(query).first() is not None
+
+    def with_predecessor_sync(
+        self, records: Sequence[AttemptRecord], within: timedelta
+    ) -> set[uuid.UUID]:
+        """`has_predecessor_sync` for many attempts of one flow in one query: the ids of
+        those that have one."""
+        if not records:
+            return set()
+        flow = records[0].flow
+        earliest = min(r.created_at for r in records) - within
+        query = select(attempt_t.c.id, attempt_t.c.subject, attempt_t.c.created_at).where(
+            attempt_t.c.flow == flow,
+            attempt_t.c.subject.in_(sorted({r.subject for r in records})),
+            attempt_t.c.created_at >= earliest,
+            attempt_t.c.created_at <= max(r.created_at for r in records),
+        )
+        with self.db.transaction(write=False) as conn:
+            others = conn.execute(query).all()
+        by_subject: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
+        for other_id, subject, created in others:
+            by_subject.setdefault(subject, []).append((as_utc(created), other_id))
+        found: set[uuid.UUID] = set()
+        for record in records:
+            created = as_utc(record.created_at)
+            for other_created, other_id in by_subject.get(record.subject, ()):
+                # Two started in the same instant are ordered by id (as the one-row query).
+                earlier = other_created < created or (
+                    other_created == created and other_id < record.id
+                )
+                if other_id != record.id and other_created >= created - within and earlier:
+                    found.add(record.id)
+                    break
+        return found
 
     # -- the one-live rule ---------------------------------------------------
 

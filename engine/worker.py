@@ -12,10 +12,15 @@ Attempts of one subject run one after another, oldest first, so a handler
 sees what its predecessor did; different subjects run side by side, at most
 `max_concurrent` at once.
 
+A job that takes its attempts `together` gets them as lists: the first
+attempt of each subject, then the second of each, and so on.
+
 `fire_claimed` is what a job uses to record its outcome: it expects the
 claim's version (nothing is written if the attempt moved meanwhile), and it
 rides out a short database outage within the lease, so work already done
-(a message sent) is recorded rather than done again.
+(a message sent) is recorded rather than done again. `fire_claimed_many`
+records the outcomes of many claimed attempts in one transaction, with the
+same promises for each.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from engine.core import AttemptRecord, Engine, InTx
+from engine.core import AttemptRecord, Engine, Fire, InTx
 from engine.errors import ConflictError, EngineError, EventRefused
 from engine.flow import Handler, Job, OutboxHandler
 from engine.tally import ATTEMPTS
@@ -61,6 +67,14 @@ def log_failure(what: str, exc: BaseException) -> None:
     log.debug("%s failed at:\n%s", what, "".join(traceback.format_tb(exc.__traceback__)))
 
 
+def _outage_deadline(engine: Engine, records: Sequence[AttemptRecord]) -> float:
+    """Until when (monotonic) recording may be retried: no longer than the shortest of
+    the claims lasts (less a margin), so no other worker can claim an attempt meanwhile."""
+    now = engine.clock.now()
+    held = min(((r.lease_until or now) - now for r in records), default=timedelta())
+    return time.monotonic() + held.total_seconds() - OUTAGE_MARGIN_SECONDS
+
+
 async def fire_claimed(
     engine: Engine,
     record: AttemptRecord,
@@ -79,10 +93,7 @@ async def fire_claimed(
     being ended in the same transaction) leaves ours untouched and is retried.
     """
     conflicts = 0
-    # Retry no longer than our claim lasts (less a margin), so no other
-    # worker can claim the attempt meanwhile.
-    held = (record.lease_until or engine.clock.now()) - engine.clock.now()
-    outage_until = time.monotonic() + held.total_seconds() - OUTAGE_MARGIN_SECONDS
+    outage_until = _outage_deadline(engine, [record])
     pause = OUTAGE_FIRST_PAUSE
     while conflicts < FIRE_RETRIES:
         try:
@@ -119,6 +130,91 @@ async def fire_claimed(
                 return False
     log.warning("attempt %s: %s kept conflicting; left for the next pass", record.id, event)
     return False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a job decided for one claimed attempt: the event to record, with its
+    params, detail and data (as `fire_claimed` takes them)."""
+
+    record: AttemptRecord
+    event: str
+    params: Mapping[str, Any] | None = None
+    detail: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
+
+
+async def fire_claimed_many(engine: Engine, decisions: Sequence[Decision]) -> list[bool]:
+    """`fire_claimed` for many claimed attempts in one transaction; whether each was recorded.
+
+    They are fired in the order of their subjects, so two workers firing at
+    overlapping subjects take the subjects' locks in one order. A refusal is
+    logged and skipped; an attempt that conflicted is fired again alone
+    (`fire_claimed`, which tells a lost race from an attempt that moved).
+    """
+    if not decisions:
+        return []
+    order = sorted(range(len(decisions)), key=lambda i: decisions[i].record.subject)
+    fires = [
+        Fire(
+            d.record.id,
+            d.event,
+            params=d.params,
+            detail=d.detail,
+            data=d.data,
+            expected_version=d.record.version,
+        )
+        for d in (decisions[i] for i in order)
+    ]
+    outage_until = _outage_deadline(engine, [d.record for d in decisions])
+    pause = OUTAGE_FIRST_PAUSE
+    while True:
+        try:
+            outcomes = await engine.db.run(engine.fire_many_sync, fires)
+            break
+        except DBAPIError as exc:
+            if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+                raise
+            if time.monotonic() + pause > outage_until:
+                raise
+            log.warning("database unreachable, %d outcomes retried", len(fires))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, OUTAGE_MAX_PAUSE)
+    recorded = [False] * len(decisions)
+    for i, outcome in zip(order, outcomes, strict=True):
+        decision = decisions[i]
+        record = decision.record
+        if isinstance(outcome, ConflictError):
+            recorded[i] = await fire_claimed(
+                engine,
+                record,
+                decision.event,
+                params=decision.params,
+                detail=decision.detail,
+                data=decision.data,
+            )
+        elif isinstance(outcome, EventRefused):
+            log.info("attempt %s: %s refused in state %s", record.id, decision.event, outcome.state)
+        elif isinstance(outcome, EngineError):
+            log.info("attempt %s is gone; %s skipped", record.id, decision.event)
+        else:
+            log.info("attempt %s: %s", record.id, decision.event)
+            recorded[i] = True
+    return recorded
+
+
+def waves(records: Sequence[AttemptRecord]) -> list[list[AttemptRecord]]:
+    """Claimed attempts as lists holding at most one per subject, in claim order: the
+    first of each subject, then the second of each, and so on."""
+    found: list[list[AttemptRecord]] = []
+    seen: dict[str, int] = {}
+    for record in records:
+        n = seen.get(record.subject, 0)
+        seen[record.subject] = n + 1
+        if n == len(found):
+            found.append([])
+        found[n].append(record)
+    return found
 
 
 class Worker:
@@ -207,8 +303,23 @@ class Worker:
         )
         if not claimed:
             return 0
-        by_subject: dict[str, list[AttemptRecord]] = {}
+        together: dict[Job, list[AttemptRecord]] = {}
+        alone: list[AttemptRecord] = []
         for record in claimed:
+            job = self._job_for(record)
+            if job is not None and job.together:
+                together.setdefault(job, []).append(record)
+            else:
+                alone.append(record)
+        for job, records in together.items():
+            for wave in waves(records):
+                try:
+                    await job.run(self.context, wave)
+                except Exception as exc:
+                    # Their leases run out and another pass retries them: nothing is lost.
+                    log_failure(f"work on {len(wave)} attempts", exc)
+        by_subject: dict[str, list[AttemptRecord]] = {}
+        for record in alone:
             by_subject.setdefault(record.subject, []).append(record)
         slots = asyncio.Semaphore(self.max_concurrent)
 

@@ -36,6 +36,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -59,7 +60,7 @@ from api.errors import (
 from api.i18n import DEFAULT, known_locale
 from api.mail.delivery import UNUSABLE_ADDRESS, Mail, queued_delivery
 from api.mail.messages import password_changed_email, recovery_email, zone_named
-from api.mail.transports import PermanentMailError
+from api.mail.transports import MailError, PermanentMailError
 from api.settings import Settings
 from api.support.reference import support_reference
 from api.support.resend import ResendLimits, Sent
@@ -76,7 +77,7 @@ from engine import (
     OutboxHandler,
 )
 from engine.clock import as_utc
-from engine.worker import describe, fire_claimed
+from engine.worker import Decision, describe, fire_claimed_many, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +353,10 @@ PERSONAL_DATA = {"data": ("email_submitted", "client_ip", "user_agent"), "detail
 # Attempts that count against the hourly limit: something was dispatched for the address.
 COUNTED = (Step.emailed, Step.unknown_account)
 THROTTLE_WINDOW = timedelta(hours=1)
+# Requested attempts the dispatcher claims and handles together, and how many of their
+# emails go through the pipeline at a time (`send_links`).
+DISPATCH_BATCH = 128
+MAIL_CHUNK = 16
 
 
 def specs(settings: Settings) -> list[FlowSpec]:
@@ -396,7 +401,7 @@ def _spec(settings: Settings, version: int, machine: type[_Recovery], descriptio
             Step.password_set,
             Step.logged_in,
         ),
-        jobs=(Job(Step.requested, send_link),),
+        jobs=(Job(Step.requested, send_links, batch=DISPATCH_BATCH, together=True),),
         outbox=(OutboxHandler(PASSWORD_CHANGED, send_password_changed),),
         # What support may fire (POST /api/support/attempts/{id}/events/{event}).
         hooks={
@@ -416,57 +421,136 @@ def _spec(settings: Settings, version: int, machine: type[_Recovery], descriptio
 # -- 4a. automatic work: the email with the link -------------------------------------
 
 
-async def send_link(app: App, attempt: AttemptRecord) -> None:
-    """A claimed `requested` attempt: throttle it, find no account, or email the link."""
-    if attempt.deadline_at is not None and as_utc(attempt.deadline_at) < app.engine.clock.now():
-        # Waited past its deadline (a long outage): expire it, send nothing.
-        await app.engine.db.run(app.engine.get_sync, attempt.id)
+async def send_links(app: App, attempts: list[AttemptRecord]) -> None:
+    """Claimed `requested` attempts, one per address: throttle them, find no account, or
+    email the link.
+
+    The throttles and the accounts are read once for the whole list. The emails
+    go in chunks of `MAIL_CHUNK`, one pipeline: while a chunk's links are stored,
+    its emails sent and its outcomes recorded (one transaction each), the next
+    chunk is being rendered, so the database, the mail server and the CPU work
+    at once. The attempts are of distinct addresses, so no chunk waits for another.
+    """
+    engine = app.engine
+    now = engine.clock.now()
+    waiting: list[AttemptRecord] = []
+    for attempt in attempts:
+        if attempt.deadline_at is not None and as_utc(attempt.deadline_at) < now:
+            # Waited past its deadline (a long outage): expire it, send nothing.
+            await engine.db.run(engine.get_sync, attempt.id)
+        else:
+            waiting.append(attempt)
+    if not waiting:
         return
-    throttle = await app.engine.db.run(_throttle, app, attempt, write=False)
-    delivery = dict(attempt.data.get("delivery") or {})
-    unsent = {"delivery": {**delivery, "status": "none"}}
-    if throttle is not None:
-        await fire_claimed(
-            app.engine,
-            attempt,
-            Event.dispatch,
-            params={"throttle": throttle},
-            detail={"reason": throttle},
-            data=unsent,
-        )
-        return
-    account = await app.accounts.by_address(attempt.subject)
-    if account is None or account.disabled:
-        await fire_claimed(
-            app.engine, attempt, Event.dispatch, params={"account": None}, data=unsent
-        )
-        return
-    await _email_link(app, attempt, account, delivery)
+    throttles = await engine.db.run(_throttles, app, waiting, write=False)
+    allowed = [a for a in waiting if throttles[a.id] is None]
+    accounts = await engine.db.run(
+        app.accounts.by_addresses_sync, [a.subject for a in allowed], write=False
+    )
+    unsent_decisions: list[Decision] = []
+    mailable: list[tuple[AttemptRecord, Account]] = []
+    for attempt in waiting:
+        unsent = {"delivery": {**(attempt.data.get("delivery") or {}), "status": "none"}}
+        throttle = throttles[attempt.id]
+        account = accounts.get(attempt.subject)
+        if throttle is not None:
+            unsent_decisions.append(
+                Decision(
+                    attempt,
+                    Event.dispatch,
+                    params={"throttle": throttle},
+                    detail={"reason": throttle},
+                    data=unsent,
+                )
+            )
+        elif account is None or account.disabled:
+            unsent_decisions.append(
+                Decision(attempt, Event.dispatch, params={"account": None}, data=unsent)
+            )
+        else:
+            mailable.append((attempt, account))
+    # Unknown and throttled addresses are settled together, while the mail is rendered.
+    chunks = [asyncio.ensure_future(fire_claimed_many(engine, unsent_decisions))]
+    sending = asyncio.Lock()
+    for first in range(0, len(mailable), MAIL_CHUNK):
+        letters: list[_Letter] = []
+        bounced: list[Decision] = []
+        for attempt, account in mailable[first : first + MAIL_CHUNK]:
+            letter = _letter(app, attempt, account, dict(attempt.data.get("delivery") or {}))
+            if isinstance(letter, Decision):
+                bounced.append(letter)
+            else:
+                letters.append(letter)
+            # Rendering is CPU: let the chunks in flight (and requests, in `serve`) go on.
+            await asyncio.sleep(0)
+        chunks.append(asyncio.ensure_future(_deliver(app, letters, bounced, sending)))
+    for outcome in await asyncio.gather(*chunks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            # Those attempts stay claimed until their lease ends, then are tried again.
+            log_failure("emailing a chunk of links", outcome)
 
 
-def _throttle(app: App, attempt: AttemptRecord) -> str | None:
-    """Why nothing may be sent for this address now, or None. A support agent's resend
-    and an operator's forced reset are deliberate acts: no throttles."""
-    requested_by = str(attempt.data.get("requested_by", ""))
-    if requested_by.startswith("support:") or requested_by == FORCED_RESET:
-        return None
+async def _deliver(
+    app: App, letters: list[_Letter], decided: list[Decision], sending: asyncio.Lock
+) -> None:
+    """Store the chunk's links, send its emails (one chunk at a time holds the mail
+    connections), then record every outcome in one transaction."""
+    engine = app.engine
+    decisions = list(decided)
+    retrying: list[tuple[_Letter, MailError]] = []
+    if letters:
+        # The digests are stored before the mail leaves, so a link opened the instant it
+        # arrives is found (opening it waits for `dispatch` to commit: `_settled`).
+        await engine.db.run(links.store_many, engine.db, [letter.link for letter in letters])
+        async with sending:
+            errors = await app.mail.send_many([letter.message for letter in letters])
+        sent_at = engine.clock.now()
+        for letter, error in zip(letters, errors, strict=True):
+            if error is None:
+                decisions.append(letter.sent(sent_at))
+            elif app.mail.gives_up(error, letter.tries):
+                decisions.append(letter.bounced(error))
+            else:
+                retrying.append((letter, error))
+    await fire_claimed_many(engine, decisions)
+    for letter, error in retrying:
+        await _retry_later(app, letter, error)
+
+
+def _throttles(app: App, attempts: list[AttemptRecord]) -> dict[uuid.UUID, str | None]:
+    """Why nothing may be sent for each attempt's address now (or None), by attempt; the
+    attempts are of distinct addresses, and two queries answer for all of them. A support
+    agent's resend and an operator's forced reset are deliberate acts: no throttles."""
+    found: dict[uuid.UUID, str | None] = {attempt.id: None for attempt in attempts}
+    checked = [a for a in attempts if not _deliberate(a)]
+    if not checked:
+        return found
+    queries = app.engine.queries
     since = app.engine.clock.now() - THROTTLE_WINDOW
-    dispatched = app.engine.queries.count_events_sync(
+    dispatched = queries.count_events_by_subject_sync(
         flow=NAME,
-        subject=attempt.subject,
+        subjects=[a.subject for a in checked],
         event=Event.dispatch,
         to_states=COUNTED,
         since=since,
-        exclude=attempt.id,
+        exclude=[a.id for a in checked],
         # An attempt dispatched within the window was created at most this long before it.
         created_since=since - REQUEST_TTL,
     )
-    if dispatched >= app.settings.emails_per_hour:
-        return "hourly_limit"
     cooldown = timedelta(seconds=app.settings.resend_cooldown_seconds)
-    if cooldown and app.engine.queries.has_predecessor_sync(attempt, cooldown):
-        return "resend_cooldown"
-    return None
+    cooling = queries.with_predecessor_sync(checked, cooldown) if cooldown else set()
+    for attempt in checked:
+        if dispatched.get(attempt.subject, 0) >= app.settings.emails_per_hour:
+            found[attempt.id] = "hourly_limit"
+        elif attempt.id in cooling:
+            found[attempt.id] = "resend_cooldown"
+    return found
+
+
+def _deliberate(attempt: AttemptRecord) -> bool:
+    """Whether a support agent or an operator asked for this email (no throttles)."""
+    requested_by = str(attempt.data.get("requested_by", ""))
+    return requested_by.startswith("support:") or requested_by == FORCED_RESET
 
 
 def _carries_a_code(app: App, attempt: AttemptRecord) -> bool:
@@ -474,9 +558,58 @@ def _carries_a_code(app: App, attempt: AttemptRecord) -> bool:
     return Event.enter_code in app.engine.spec_of(attempt).events
 
 
-async def _email_link(
+@dataclass(frozen=True)
+class _Letter:
+    """One attempt's recovery email, rendered, with its link about to be stored."""
+
+    attempt: AttemptRecord
+    account: Account
+    delivery: dict[str, Any]
+    tries: int
+    locale: str
+    message: EmailMessage
+    link: links.NewLink
+
+    def sent(self, at: datetime) -> Decision:
+        """The `dispatch` to record once the server took the message."""
+        return Decision(
+            self.attempt,
+            Event.dispatch,
+            params={"account": self.account, "sent": True, "link_digest": self.link.digest},
+            detail={"tries": self.tries},
+            data={
+                "account_id": str(self.account.id),
+                "locale": self.locale,
+                "delivery": {
+                    **self.delivery,
+                    "status": "sent",
+                    "tries": self.tries,
+                    "sent_at": at.isoformat(),
+                },
+            },
+        )
+
+    def failed(self, error: str) -> dict[str, Any]:
+        """The delivery facts after a try that failed."""
+        return {**self.delivery, "tries": self.tries, "last_error": error, "sent_at": None}
+
+    def bounced(self, error: MailError) -> Decision:
+        """The `bounce` to record once the server refused the message for good, or the
+        tries ran out."""
+        reason = error.reason if isinstance(error, PermanentMailError) else "retries_exhausted"
+        return Decision(
+            self.attempt,
+            Event.bounce,
+            detail={"reason": reason, "tries": self.tries},
+            data={"delivery": {**self.failed(str(error)), "status": "failed"}},
+        )
+
+
+def _letter(
     app: App, attempt: AttemptRecord, account: Account, delivery: dict[str, Any]
-) -> None:
+) -> _Letter | Decision:
+    """The attempt's email with fresh tokens, or the `bounce` to record when the stored
+    address cannot be written into a message at all."""
     token = new_token()
     # The "this wasn't me" link carries a token of its own, which can only cancel:
     # the reset token in it would open the password form to whoever clicks it.
@@ -507,73 +640,34 @@ async def _email_link(
         # The stored address cannot be written into a message: no later try can,
         # so end the attempt now rather than fail it at every lease until it expires.
         failed = {**delivery, "tries": tries, "last_error": UNUSABLE_ADDRESS, "sent_at": None}
-        await fire_claimed(
-            app.engine,
+        return Decision(
             attempt,
             Event.bounce,
             detail={"reason": "address_unusable", "tries": tries},
             data={"delivery": {**failed, "status": "failed"}},
         )
-        return
     digest = token_hash(token)
-    # The digest is stored before the mail leaves, so a link opened the instant it
-    # arrives is found (opening it waits for `dispatch` to commit: `_settled`).
     code_digest = codes.code_digest(code, digest) if code is not None else None
-    await app.engine.db.run(
-        links.store,
-        app.engine.db,
-        attempt.id,
-        account.id,
-        digest,
-        token_hash(cancel_token),
-        now,
-        code_digest,
-    )
-    error = await app.mail.send(message)
-    now = app.engine.clock.now()
-    if error is None:
-        await fire_claimed(
-            app.engine,
-            attempt,
-            Event.dispatch,
-            params={"account": account, "sent": True, "link_digest": digest},
-            detail={"tries": tries},
-            data={
-                "account_id": str(account.id),
-                "locale": locale,
-                "delivery": {
-                    **delivery,
-                    "status": "sent",
-                    "tries": tries,
-                    "sent_at": now.isoformat(),
-                },
-            },
-        )
-        return
-    failed = {**delivery, "tries": tries, "last_error": str(error), "sent_at": None}
-    if app.mail.gives_up(error, tries):
-        reason = error.reason if isinstance(error, PermanentMailError) else "retries_exhausted"
-        await fire_claimed(
-            app.engine,
-            attempt,
-            Event.bounce,
-            detail={"reason": reason, "tries": tries},
-            data={"delivery": {**failed, "status": "failed"}},
-        )
-        return
-    retry_at = now + app.mail.backoff(tries)
+    link = links.NewLink(attempt.id, account.id, digest, token_hash(cancel_token), now, code_digest)
+    return _Letter(attempt, account, delivery, tries, locale, message, link)
+
+
+async def _retry_later(app: App, letter: _Letter, error: MailError) -> None:
+    """A try that may pass later: keep the attempt claimed until its next try."""
+    attempt = letter.attempt
+    retry_at = app.engine.clock.now() + app.mail.backoff(letter.tries)
     try:
         await app.engine.db.run(
             app.engine.note_sync,
             attempt.id,
-            data={"delivery": {**failed, "status": "retrying"}},
+            data={"delivery": {**letter.failed(str(error)), "status": "retrying"}},
             lease_until=retry_at,
             expected_version=attempt.version,
         )
     except (ConflictError, EventRefused) as exc:
         log.info("attempt %s changed while its mail was retried: %s", attempt.id, describe(exc))
     else:
-        log.info("attempt %s: mail try %d failed, retry at %s", attempt.id, tries, retry_at)
+        log.info("attempt %s: mail try %d failed, retry at %s", attempt.id, letter.tries, retry_at)
 
 
 # -- 4b. automatic work: "your password was changed" ------------------------------------

@@ -13,6 +13,7 @@ recovery gives the account its new address, in the same transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import date, datetime
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -148,6 +149,16 @@ class Accounts:
                 select(account_t).where(account_t.c.email_normalized == normalised)
             ).first()
             return Account(**row._mapping) if row else None
+
+    def by_addresses_sync(self, normalised: Iterable[str]) -> dict[str, Account]:
+        """The accounts of normalised addresses (disabled or not), by address; an address
+        with no account is absent."""
+        wanted = list(dict.fromkeys(normalised))
+        if not wanted:
+            return {}
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(select(account_t).where(account_t.c.email_normalized.in_(wanted)))
+            return {row.email_normalized: Account(**row._mapping) for row in rows}
 
     async def by_id(self, account_id: uuid.UUID) -> Account | None:
         return await self.db.run(self.by_id_sync, account_id, write=False)

@@ -79,6 +79,18 @@ class LinkActions:
     cancel: Callable[..., Awaitable[Any]]
 
 
+@dataclass(frozen=True)
+class NewLink:
+    """The tokens of one link about to be emailed (their digests only)."""
+
+    attempt_id: uuid.UUID
+    account_id: uuid.UUID
+    digest: str
+    cancel_digest: str
+    created_at: datetime
+    code_digest: str | None = None
+
+
 def store(
     db: Database,
     attempt_id: uuid.UUID,
@@ -90,18 +102,29 @@ def store(
 ) -> None:
     """The attempt's link tokens (and its code's digest, if the email carries one),
     replacing those of an earlier try that never went out."""
+    store_many(db, [NewLink(attempt_id, account_id, digest, cancel_digest, now, code_digest)])
+
+
+def store_many(db: Database, new: Sequence[NewLink]) -> None:
+    """`store` for the links of many attempts, in one transaction."""
+    if not new:
+        return
     with db.transaction() as conn:
-        conn.execute(delete(token_t).where(token_t.c.attempt_id == attempt_id))
+        conn.execute(delete(token_t).where(token_t.c.attempt_id.in_([n.attempt_id for n in new])))
         conn.execute(
-            insert(token_t).values(
-                token_hash=digest,
-                cancel_hash=cancel_digest,
-                attempt_id=attempt_id,
-                account_id=account_id,
-                created_at=now,
-                code_hash=code_digest,
-                code_failures=0,
-            )
+            insert(token_t),
+            [
+                {
+                    "token_hash": n.digest,
+                    "cancel_hash": n.cancel_digest,
+                    "attempt_id": n.attempt_id,
+                    "account_id": n.account_id,
+                    "created_at": n.created_at,
+                    "code_hash": n.code_digest,
+                    "code_failures": 0,
+                }
+                for n in new
+            ],
         )
 
 

@@ -10,8 +10,9 @@ the brand and its display names (`api.brand.Sender`), built once.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -35,11 +36,19 @@ class Mail:
     """The configured transport, with the retry rules of the mail settings."""
 
     def __init__(
-        self, settings: MailSettings, transport: MailTransport, on_send: OnSend | None = None
+        self,
+        settings: MailSettings,
+        transport: MailTransport,
+        on_send: OnSend | None = None,
+        at_once: int = 4,
     ) -> None:
+        if at_once < 1:
+            raise ValueError("at_once must be at least 1")
         self.settings = settings
         self.transport = transport
         self.on_send = on_send
+        # Sends in flight at once in `send_many` (each holds an SMTP connection).
+        self.at_once = at_once
         self.sender: Sender = (
             Sender.from_settings(settings)
             if isinstance(settings, Settings)
@@ -78,3 +87,13 @@ class Mail:
             except Exception as exc:
                 log_failure("on_send callback", exc)
         return error
+
+    async def send_many(self, messages: Sequence[EmailMessage]) -> list[MailError | None]:
+        """`send` for many messages, `at_once` at a time; the error of each, in order."""
+        slots = asyncio.Semaphore(self.at_once)
+
+        async def one(message: EmailMessage) -> MailError | None:
+            async with slots:
+                return await self.send(message)
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))

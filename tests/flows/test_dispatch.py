@@ -25,7 +25,7 @@ import argon2
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 
 import flows
 from api.accounts.addresses import normalise_email
@@ -1040,6 +1040,52 @@ async def test_sends_run_concurrently_but_bounded(
     assert await dispatcher.run_once() == 10
     assert len(smtp_sink.wait_for(10)) == 10
     assert 1 < transport.most <= 3
+
+
+async def test_a_mixed_batch_is_settled_in_one_pass_at_a_cost_that_does_not_grow(
+    frozen: FrozenDateTimeFactory,
+    database: Database,
+    engine: Engine,
+    dispatcher: Worker,
+    smtp_sink: SmtpSink,
+) -> None:
+    """Known, disabled, unknown and cooling-down addresses claimed together each get their
+    outcome in one pass, the known ones one email each; and settling 30 unknown addresses
+    takes as many transactions as settling 6 (they are settled in bulk)."""
+    add_account(database, "known@example.com")
+    add_account(database, "off@example.com", disabled=True)
+    known = request(engine, "known@example.com")
+    disabled = request(engine, "off@example.com")
+    unknown = request(engine, "nobody@example.com")
+    twice = [request(engine, "twice@example.com") for _ in range(2)]
+    assert await dispatcher.run_once() == 5
+    assert [engine.get_sync(a.id).state for a in (known, disabled, unknown)] == [
+        "emailed",
+        "unknown_account",
+        "unknown_account",
+    ]
+    # Two in the same instant: the first (by id) is settled, the other is in its cooldown.
+    assert sorted(engine.get_sync(a.id).state for a in twice) == ["throttled", "unknown_account"]
+    assert [m["To"] for m in smtp_sink.wait_for(1)] == ["Jane Doe <known@example.com>"]
+
+    commits = [0]
+
+    def count(_conn: Any) -> None:
+        commits[0] += 1
+
+    event.listen(database.engine, "commit", count)
+    cost = []
+    for n in (6, 30):
+        frozen.tick(timedelta(hours=2))
+        add_account(database, f"k{n}@example.com")
+        batch = [request(engine, f"k{n}@example.com")]
+        batch += [request(engine, f"u{n}.{i}@example.com") for i in range(n)]
+        commits[0] = 0
+        assert await dispatcher.run_once() == n + 1
+        cost.append(commits[0])
+        assert {engine.get_sync(a.id).state for a in batch[1:]} == {"unknown_account"}
+        assert engine.get_sync(batch[0].id).state == "emailed"
+    assert cost[0] == cost[1]
 
 
 def test_dispatcher_rejects_nonsense_sizes(engine: Engine, settings: Settings) -> None:
