@@ -46,6 +46,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -969,12 +970,15 @@ class Engine:
         """
         _require_positive("batch_size", batch_size)
         total = 0
+        # One read on the live index says which deadline states have anything overdue:
+        # the others open no write transaction.
+        overdue = self._overdue_states()
         for spec in self.flows.all_versions():
             for state, deadline in spec.deadlines.items():
                 target = spec.target_of(state, deadline.event)
                 assert target is not None
-                if not self._anything_overdue(spec, state):
-                    continue  # a read on the live index, not a write transaction
+                if (spec.name, spec.version, state) not in overdue:
+                    continue
                 next_deadline = spec.deadlines.get(target)
                 one_by_one = (
                     bool(spec.effects_of(state, deadline.event))
@@ -999,14 +1003,29 @@ class Engine:
             attempt_t.c.deadline_at < now,
         )
 
-    def _anything_overdue(self, spec: FlowSpec, state: str) -> bool:
-        with self.db.transaction(write=False) as conn:
-            found = conn.execute(
+    def _overdue_states(self) -> set[tuple[str, int, str]]:
+        """The (flow, version, state) of every deadline state holding an overdue attempt:
+        one statement, a `LIMIT 1` probe of the live index per deadline state."""
+        now = self.clock.now()
+        probes = [
+            select(
+                literal(spec.name).label("flow"),
+                literal(spec.version).label("flow_version"),
+                literal(state).label("state"),
+            ).where(
                 select(attempt_t.c.id)
-                .where(self._overdue_clause(spec, state, self.clock.now()))
+                .where(self._overdue_clause(spec, state, now))
                 .limit(1)
-            ).first()
-        return found is not None
+                .exists()
+            )
+            for spec in self.flows.all_versions()
+            for state in spec.deadlines
+        ]
+        if not probes:
+            return set()
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(union_all(*probes)).all()
+        return {(flow, int(version), state) for flow, version, state in rows}
 
     def _sweep_each(self, spec: FlowSpec, state: str, batch_size: int) -> int:
         """Apply up to `batch_size` overdue deadlines one attempt at a time, in one transaction."""
