@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from statemachine import State, StateMachine
 
 from engine import ConflictError, Engine, EventRefused, Exclusive, FlowSpec, Job, NotFound
@@ -22,23 +21,13 @@ from engine.records import AttemptRecord
 from engine.worker import Decision, Worker, fire_claimed_many, waves
 from tests.engine.helpers import FLOW, offered
 from tests.engine.ticket import OFFER
+from tests.support.commits import Commits
 
 LEASE = timedelta(seconds=30)
 
 
 def _states(engine: Engine, attempts: list[AttemptRecord]) -> list[str]:
     return [engine.read_sync(a.id).state for a in attempts]
-
-
-def _commits(engine: Engine) -> list[int]:
-    """A counter of the transactions the engine's database commits from now on."""
-    seen = [0]
-
-    def count(_conn: Any) -> None:
-        seen[0] += 1
-
-    event.listen(engine.db.engine, "commit", count)
-    return seen
 
 
 # -- Engine.fire_many_sync ----------------------------------------------------------------
@@ -175,11 +164,11 @@ def test_a_batch_costs_one_commit_however_many_it_fires(engine: Engine) -> None:
     """Five fires or twenty: one transaction each time."""
     few = [engine.start_sync(FLOW, subject=f"f{i}") for i in range(5)]
     many = [engine.start_sync(FLOW, subject=f"m{i}") for i in range(20)]
-    commits = _commits(engine)
+    commits = Commits(engine.db)
     engine.fire_many_sync([Fire(a.id, "offer", params=OFFER) for a in few])
-    assert commits[0] == 1
+    assert commits.count == 1
     engine.fire_many_sync([Fire(a.id, "offer", params=OFFER) for a in many])
-    assert commits[0] == 2
+    assert commits.count == 2
     assert set(_states(engine, few + many)) == {"offered"}
 
 

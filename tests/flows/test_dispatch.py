@@ -25,7 +25,7 @@ import argon2
 import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 
 import flows
 from api.accounts.addresses import normalise_email
@@ -42,6 +42,7 @@ from engine.core import AttemptRecord, outbox_t
 from engine.worker import Worker
 from flows.password_recovery import NAME
 from tests.support import smtp as smtp_support
+from tests.support.commits import Commits
 from tests.support.postgres import PostgresServer
 from tests.support.smtp import ReceivedMessage, SmtpSink
 
@@ -1068,21 +1069,16 @@ async def test_a_mixed_batch_is_settled_in_one_pass_at_a_cost_that_does_not_grow
     assert sorted(engine.get_sync(a.id).state for a in twice) == ["throttled", "unknown_account"]
     assert [m["To"] for m in smtp_sink.wait_for(1)] == ["Jane Doe <known@example.com>"]
 
-    commits = [0]
-
-    def count(_conn: Any) -> None:
-        commits[0] += 1
-
-    event.listen(database.engine, "commit", count)
+    commits = Commits(database)
     cost = []
     for n in (6, 30):
         frozen.tick(timedelta(hours=2))
         add_account(database, f"k{n}@example.com")
         batch = [request(engine, f"k{n}@example.com")]
         batch += [request(engine, f"u{n}.{i}@example.com") for i in range(n)]
-        commits[0] = 0
+        commits.count = 0
         assert await dispatcher.run_once() == n + 1
-        cost.append(commits[0])
+        cost.append(commits.count)
         assert {engine.get_sync(a.id).state for a in batch[1:]} == {"unknown_account"}
         assert engine.get_sync(batch[0].id).state == "emailed"
     assert cost[0] == cost[1]
