@@ -356,6 +356,9 @@ class PasswordRecoverySettings(BaseModel):
     code_digits: int = Field(default=6, ge=6, le=12)
     code_max_wrong_per_attempt: int = Field(default=5, ge=1)
     code_max_wrong_per_account: int = Field(default=10, ge=1)
+    # A refused code is answered on the next multiple of this many milliseconds after
+    # the try began, so its time does not tell an address with an account from one without.
+    code_refusal_floor_ms: int = Field(default=50, ge=0, le=5000)
 
 
 class AssistedRecoverySettings(BaseModel):

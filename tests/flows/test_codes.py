@@ -426,6 +426,48 @@ async def test_an_unknown_address_gets_the_same_refusal_after_the_same_work(worl
     assert world.address_failures("never@example.com") == 1
 
 
+async def test_a_refusal_is_answered_on_the_floor_whatever_the_address(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A wrong code for an account, a code for an address without one and a code for an
+    address nobody asked for are all answered no sooner than the floor after the try
+    began; a right code is answered as soon as it is judged."""
+    floor_s = 0.4
+    w = World(db_url, tmp_path / "mail", code_refusal_floor_ms=int(floor_s * 1000))
+    try:
+        w.account()
+        _, code = await w.emailed()
+        await password_recovery.request(w.services, "nobody@example.com", locale="en")
+        await w.services.worker.run_once()
+        loop = asyncio.get_running_loop()
+        for address, typed in (
+            (ADDRESS, wrong(code)),
+            ("nobody@example.com", code),
+            ("never@example.com", code),
+        ):
+            began = loop.time()
+            with pytest.raises(InvalidCode):
+                await password_recovery.enter_code(w.services, address, typed)
+            assert loop.time() - began >= floor_s, address
+        began = loop.time()
+        entered = await password_recovery.enter_code(w.services, ADDRESS, code)
+        assert entered.attempt.state == "link_opened"
+        assert loop.time() - began < floor_s  # nothing to hide: not held
+    finally:
+        w.services.close()
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "answered_at"), [(0.0, 0.05), (0.01, 0.05), (0.05, 0.05), (0.07, 0.1), (0.26, 0.3)]
+)
+def test_a_refusal_waits_for_the_next_whole_multiple_of_the_floor(
+    elapsed: float, answered_at: float
+) -> None:
+    """Work that outlasts the floor is rounded up to its next multiple, so a slow try
+    still answers on one of a few instants rather than at its own time."""
+    assert password_recovery._next_multiple(elapsed, 0.05) == pytest.approx(answered_at)
+
+
 # -- the code dies with the link -----------------------------------------------------------------
 
 
