@@ -155,6 +155,19 @@ class NewAttempt:
     attempt_id: uuid.UUID | None = None
 
 
+@dataclass(frozen=True)
+class _Start:
+    """One `Engine.start` waiting to be written with the others that came with it."""
+
+    flow: str
+    actor: str
+    new: NewAttempt
+
+
+# The most starts one transaction writes (`Engine.start`).
+START_BATCH = 64
+
+
 def _attempt_row(record: AttemptRecord) -> dict[str, Any]:
     return {**record.__dict__, "data": dict(record.data)}
 
@@ -336,8 +349,23 @@ class Engine:
 
     # -- async surface -------------------------------------------------
 
-    async def start(self, flow: str, **kw: Any) -> AttemptRecord:
-        return await self.db.run(self.start_sync, flow, **kw)
+    async def start(
+        self,
+        flow: str,
+        *,
+        subject: str = "",
+        data: Mapping[str, Any] | None = None,
+        actor: str = SYSTEM,
+        detail: Mapping[str, Any] | None = None,
+        attempt_id: uuid.UUID | None = None,
+    ) -> AttemptRecord:
+        """`start_sync` from the event loop. Starts that arrive together are written in
+        one transaction (`start_each_sync`): under load, one commit for many requests."""
+        start = _Start(flow, actor, NewAttempt(subject, data, detail, attempt_id))
+        record: AttemptRecord = await self.db.run_together(
+            self.start_each_sync, start, limit=START_BATCH
+        )
+        return record
 
     async def fire(self, attempt_id: uuid.UUID | str, event: str, **kw: Any) -> Fired:
         return await self.db.run(self.fire_sync, attempt_id, event, **kw)
@@ -369,14 +397,57 @@ class Engine:
         """Create an attempt in its flow's initial state (newest version), creation logged."""
         spec = self.flows.get(flow)
         now = self.clock.now()
-        record = self._new_record(spec, now, NewAttempt(subject, data, detail, attempt_id))
-        with self.db.transaction() as conn:
-            conn.execute(_INSERT_ATTEMPT, _attempt_row(record))
-            conn.execute(_INSERT_EVENT, _start_event_row(record, actor, now, detail))
-            tally = Tally()
-            tally.moved(spec.name, START_EVENT, None, record.state)
-            add_tally(conn, tally)
+        new = NewAttempt(subject, data, detail, attempt_id)
+        record = self._new_record(spec, now, new)
+        self._write_starts([(_Start(flow, actor, new), record)], now)
         return record
+
+    def start_each_sync(self, starts: Sequence[_Start]) -> list[AttemptRecord | Exception]:
+        """Create each attempt as `start_sync` does, all in one transaction; each start's
+        own outcome: its record, or the exception that refused it alone (an unknown
+        flow; if the transaction fails, each start is tried again in its own)."""
+        outcomes: list[AttemptRecord | Exception] = []
+        now = self.clock.now()
+        for start in starts:
+            try:
+                outcomes.append(self._new_record(self.flows.get(start.flow), now, start.new))
+            except Exception as exc:
+                outcomes.append(exc)
+        ready = [
+            (start, record)
+            for start, record in zip(starts, outcomes, strict=True)
+            if isinstance(record, AttemptRecord)
+        ]
+        if not ready:
+            return outcomes
+        try:
+            self._write_starts(ready, now)
+        except Exception as exc:
+            if len(ready) == 1:
+                return [exc if o is ready[0][1] else o for o in outcomes]
+            for i, outcome in enumerate(outcomes):
+                if isinstance(outcome, AttemptRecord):
+                    start = starts[i]
+                    try:
+                        self._write_starts([(start, outcome)], now)
+                    except Exception as alone:
+                        outcomes[i] = alone
+        return outcomes
+
+    def _write_starts(self, starts: Sequence[tuple[_Start, AttemptRecord]], now: datetime) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(_INSERT_ATTEMPT, [_attempt_row(record) for _, record in starts])
+            conn.execute(
+                _INSERT_EVENT,
+                [
+                    _start_event_row(record, start.actor, now, start.new.detail)
+                    for start, record in starts
+                ],
+            )
+            tally = Tally()
+            for _, record in starts:
+                tally.moved(record.flow, START_EVENT, None, record.state)
+            add_tally(conn, tally)
 
     def start_many_sync(
         self,

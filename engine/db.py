@@ -89,6 +89,9 @@ class Lane:
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._initializer = initializer
         self._closed = False
+        # `submit_together`'s waiting items, per function that takes them all at once.
+        self._together: dict[Callable[..., Any], list[_Item]] = {}
+        self._together_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True)
             for n in range(threads)
@@ -108,10 +111,57 @@ class Lane:
         self._queue.put((fn, loop, future))
         return future
 
+    def submit_together(
+        self, fn_many: Callable[[list[Any]], list[Any]], item: Any, limit: int
+    ) -> asyncio.Future[Any]:
+        """Queue `item` for `fn_many`, which takes a list of items and gives one outcome
+        for each, in order (an exception instance is raised to that item's awaiter).
+
+        Items that arrive while the threads are busy wait and go together, up to `limit`
+        at a time: the busier the lane, the fewer calls (a group commit), and an item that
+        finds the lane idle goes alone at once.
+        """
+        if self._closed:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._together_lock:
+            waiting = self._together.setdefault(fn_many, [])
+            waiting.append((item, loop, future))
+            first = len(waiting) == 1
+        if first:
+            self._queue.put((functools.partial(self._run_together, fn_many, limit), None, None))
+        return future
+
+    def _run_together(self, fn_many: Callable[[list[Any]], list[Any]], limit: int) -> None:
+        with self._together_lock:
+            waiting = self._together.pop(fn_many)
+            if len(waiting) > limit:
+                self._together[fn_many] = waiting[limit:]
+                waiting = waiting[:limit]
+                self._queue.put((functools.partial(self._run_together, fn_many, limit), None, None))
+        try:
+            outcomes = fn_many([item for item, _, _ in waiting])
+            if len(outcomes) != len(waiting):
+                raise RuntimeError(f"{fn_many!r} gave {len(outcomes)} outcomes for {len(waiting)}")
+        except BaseException as exc:
+            for _, loop, future in waiting:
+                _hand_back(loop, future, None, exc)
+            return
+        for (_, loop, future), outcome in zip(waiting, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                _hand_back(loop, future, None, outcome)
+            else:
+                _hand_back(loop, future, outcome, None)
+
     def _work(self) -> None:
         self._initializer()
         while (item := self._queue.get()) is not None:
             fn, loop, future = item
+            if future is None:  # a group of `submit_together` items: it hands back itself
+                fn()
+                del item, fn
+                continue
             try:
                 result = fn()
             except BaseException as exc:  # handed to the awaiting task, as an executor does
@@ -132,7 +182,8 @@ class Lane:
                 thread.join()
 
 
-_Work = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Work = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"]
+_Item = tuple[Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
 def _hand_back(
@@ -303,6 +354,19 @@ class Database:
         """Run blocking database work on the right thread and await its result."""
         lane = self._writer if write else self._readers
         return await lane.submit(functools.partial(fn, *args, **kw) if args or kw else fn)
+
+    async def run_together(
+        self,
+        fn_many: Callable[[list[Any]], list[Any]],
+        item: Any,
+        *,
+        limit: int,
+        write: bool = True,
+    ) -> Any:
+        """`item`'s outcome from `fn_many`, called with it and whatever other items are
+        waiting for the same function (`Lane.submit_together`)."""
+        lane = self._writer if write else self._readers
+        return await lane.submit_together(fn_many, item, limit)
 
     def close(self) -> None:
         """Stop the threads and close every pooled connection."""

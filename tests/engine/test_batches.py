@@ -1,5 +1,6 @@
 """Work in batches: many fires in one transaction, jobs that take their attempts together,
-and the queries that answer for many subjects at once (issue 17).
+the queries that answer for many subjects at once, and starts that arrive together
+written in one transaction (issue 17).
 
 Each batch form is checked against what the one-at-a-time form does on the
 same data: the same states, the same event log, the same running totals.
@@ -7,16 +8,21 @@ same data: the same states, the same event log, the same running totals.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from statemachine import State, StateMachine
 
 from engine import ConflictError, Engine, EventRefused, Exclusive, FlowSpec, Job, NotFound
 from engine.core import Fire
+from engine.db import Lane
+from engine.errors import UnknownFlow
 from engine.records import AttemptRecord
 from engine.worker import Decision, Worker, fire_claimed_many, waves
 from tests.engine.helpers import FLOW, offered
@@ -296,3 +302,100 @@ def test_finding_predecessors_in_bulk_agrees_with_asking_one_by_one(engine: Engi
         records[5].id,
     }
     assert engine.queries.with_predecessor_sync([], timedelta(minutes=5)) == set()
+
+
+# -- starts that arrive together ------------------------------------------------------------
+
+
+def test_a_busy_lane_hands_the_items_that_waited_to_one_call_in_order() -> None:
+    """While the lane's thread is busy, ten items wait; then one call takes them all (at
+    most `limit` at a time), each awaiter gets its own outcome, an exception instance is
+    raised to its item's awaiter alone, and an idle lane runs an item at once, alone."""
+    lane = Lane(1, "test-lane", initializer=lambda: None)
+    calls: list[list[int]] = []
+
+    def each(items: list[int]) -> list[Any]:
+        calls.append(list(items))
+        return [ValueError(f"no {i}") if i == 3 else i * 10 for i in items]
+
+    async def main() -> list[Any]:
+        busy = threading.Event()
+        blocked = lane.submit(lambda: busy.wait(5))
+        waiting = [lane.submit_together(each, i, 4) for i in range(10)]
+        busy.set()
+        await blocked
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        alone = await lane.submit_together(each, 42, 4)
+        return [*outcomes, alone]
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        lane.shutdown()
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [42]]
+    assert outcomes[:3] == [0, 10, 20] and outcomes[4:] == [40, 50, 60, 70, 80, 90, 420]
+    assert isinstance(outcomes[3], ValueError) and str(outcomes[3]) == "no 3"
+
+
+def test_a_call_that_fails_as_a_whole_fails_every_item_it_took() -> None:
+    """A function that raises, or answers the wrong number of outcomes, fails all of its
+    items: nobody waits forever."""
+    lane = Lane(1, "test-lane", initializer=lambda: None)
+
+    def broken(items: list[int]) -> list[Any]:
+        if items[0] == 0:
+            raise RuntimeError("down")
+        return []
+
+    async def main() -> list[Any]:
+        busy = threading.Event()
+        blocked = lane.submit(lambda: busy.wait(5))
+        first = [lane.submit_together(broken, i, 2) for i in (0, 1)]
+        second = [lane.submit_together(broken, i, 2) for i in (2, 3)]
+        busy.set()
+        await blocked
+        return await asyncio.gather(*first, *second, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        lane.shutdown()
+    assert [type(o) for o in outcomes] == [RuntimeError] * 4
+    assert [str(o) for o in outcomes[:2]] == ["down", "down"]
+    assert "gave 0 outcomes for 2" in str(outcomes[2])
+
+
+async def test_concurrent_starts_share_commits_and_each_is_logged_and_counted(
+    engine: Engine,
+) -> None:
+    """Forty starts at once: every attempt, creation event and total is there as forty
+    `start_sync` calls would leave them, in fewer commits than starts."""
+    before = engine.totals_sync()
+    commits = Commits(engine.db)
+    outcomes = await asyncio.gather(
+        *(engine.start(FLOW, subject=f"crowd{i}", detail={"n": i}) for i in range(40))
+    )
+    assert commits.count < 40
+    assert len({o.id for o in outcomes}) == 40
+    for i, record in enumerate(outcomes):
+        assert engine.read_sync(record.id).subject == f"crowd{i}"
+        [created] = engine.history_sync(record.id)
+        assert (created.event, created.detail) == ("start", {"n": i})
+    after = engine.totals_sync()
+    for key in (("attempts", "queued"), ("accepted", "start")):
+        assert after[(FLOW, *key)] == before.get((FLOW, *key), 0) + 40
+
+
+async def test_a_start_refused_in_a_crowd_is_refused_alone(engine: Engine) -> None:
+    """An unknown flow and a duplicate attempt id among twenty concurrent starts get their
+    own errors; the other starts are written, the taken id keeps its attempt."""
+    taken = engine.start_sync(FLOW, subject="first")
+    starts = [engine.start(FLOW, subject=f"crowd{i}") for i in range(20)]
+    starts.insert(7, engine.start("no_such_flow", subject="x"))
+    starts.insert(12, engine.start(FLOW, subject="again", attempt_id=taken.id))
+    outcomes = await asyncio.gather(*starts, return_exceptions=True)
+    assert isinstance(outcomes.pop(12), IntegrityError)
+    assert isinstance(outcomes.pop(7), UnknownFlow)
+    assert [engine.read_sync(o.id).subject for o in outcomes] == [f"crowd{i}" for i in range(20)]
+    assert engine.read_sync(taken.id).subject == "first"
+    assert [e.event for e in engine.history_sync(taken.id)] == ["start"]
