@@ -96,6 +96,9 @@ def _environment(locale: str) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # The templates ship with the code: no file is looked at again once compiled
+        # (checking each one's modification time cost ~4% of the dispatcher's CPU).
+        auto_reload=False,
     )
     env.install_gettext_translations(i18n.translations(locale), newstyle=True)  # type: ignore[attr-defined]
     return env
