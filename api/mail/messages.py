@@ -26,10 +26,13 @@ travels inside the message (`cid:`), never fetched from anywhere.
 
 The dispatcher builds one message per email, so the headers every message of a
 language shares (From, Subject, the parts' Content-Type, ...) are parsed once
-and kept as header objects, which the message takes as they are; the parts are
-assembled from them instead of through `set_content`, which re-parses each
-header it writes. The result is the same message (`tests/flows/test_emails.py`
-compares it with the one `set_content` builds).
+and kept as header objects, which the message takes as they are, each folded
+once per kind of policy (`_Folded`); the Date, Message-ID and multipart
+Content-Type, this message's alone, are written without being parsed
+(`_Written`). The parts are assembled from them instead of through
+`set_content`, which re-parses each header it writes. The result is the same
+message, byte for byte (`tests/flows/test_emails.py` compares it with the one
+`set_content` builds).
 """
 
 from __future__ import annotations
@@ -217,19 +220,106 @@ def _context(sender: Sender, locale: str, logo: bool) -> dict[str, Any]:
 _POLICY = email_policy.default
 
 
+class _Folded(str):
+    """A shared header object that works out its folded form once per kind of policy.
+
+    A message stores any value with a `name` as it is given and, when written, asks
+    it to `fold` itself; a header object refolds its whole parse tree every time, for
+    every message that holds it. This one answers for the header it wraps (its text,
+    its attributes) and keeps each folded form, which depends only on the policy's
+    line length, line ending and whether it may write UTF-8.
+    """
+
+    name: str
+
+    def __new__(cls, header: BaseHeader) -> _Folded:
+        folded = super().__new__(cls, header)
+        folded.name = header.name
+        folded._header = header  # type: ignore[attr-defined]
+        folded._folds = {}  # type: ignore[attr-defined]
+        return folded
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(self._header, attribute)  # type: ignore[attr-defined]
+
+    def fold(self, *, policy: Any) -> str:
+        key = (policy.max_line_length, policy.linesep, policy.utf8)
+        folds: dict[tuple[Any, ...], str] = self._folds  # type: ignore[attr-defined]
+        if key not in folds:
+            folds[key] = self._header.fold(policy=policy)  # type: ignore[attr-defined]
+        return folds[key]
+
+
+class _Written(str):
+    """A header of this message alone whose folded form is known without parsing it:
+    `fold_as(policy)` gives it (the same as the header object would). Its header
+    object's attributes (`datetime`, `params`, ...) are parsed only if asked for."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str, fold_as: Any) -> _Written:
+        written = super().__new__(cls, value)
+        written.name = name
+        written._fold_as = fold_as  # type: ignore[attr-defined]
+        return written
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(_POLICY.header_factory(self.name, str(self)), attribute)
+
+    def fold(self, *, policy: Any) -> str:
+        return self._fold_as(self, policy)  # type: ignore[attr-defined,no-any-return]
+
+
+# The longest header line a policy writes unfolded.
+_UNFOLDED_MAX = 78
+
+
+def _one_line(name: str, value: str) -> _Written | str:
+    """`value` as a header that is written on one line as it is, if it can be (ASCII,
+    short enough); else the plain value, which the message parses as usual."""
+    if not value.isascii() or len(name) + 2 + len(value) > _UNFOLDED_MAX:
+        return value
+    return _Written(name, value, lambda text, policy: f"{name}: {text}{policy.linesep}")
+
+
 @functools.cache
-def _header(name: str, value: str) -> BaseHeader:
+def _multipart_fold(linesep: str, max_line_length: int | None, utf8: bool) -> tuple[str, str]:
+    """How the Content-Type of a multipart/alternative message folds, around its
+    boundary: every boundary has the same shape and length, so it folds the same."""
+    sample = f"{BOUNDARY_EDGE}{0:019d}{BOUNDARY_EDGE[:2]}"
+    header = _POLICY.header_factory("Content-Type", f'multipart/alternative; boundary="{sample}"')
+    policy = _POLICY.clone(linesep=linesep, max_line_length=max_line_length, utf8=utf8)
+    before, _, after = header.fold(policy=policy).partition(sample)
+    return before, after
+
+
+def _multipart_type(boundary: str) -> _Written:
+    def fold_as(_text: str, policy: Any) -> str:
+        before, after = _multipart_fold(policy.linesep, policy.max_line_length, policy.utf8)
+        return f"{before}{boundary}{after}"
+
+    return _Written("Content-Type", f'multipart/alternative; boundary="{boundary}"', fold_as)
+
+
+@functools.cache
+def _header(name: str, value: str) -> _Folded:
     """A header parsed once and shared: a message stores a header object as it is given.
     Parsed as a message parses what it is given (a value with a line break is refused)."""
-    return _POLICY.header_store_parse(name, value)[1]  # type: ignore[no-any-return]
+    return _Folded(_POLICY.header_store_parse(name, value)[1])
 
 
 @functools.cache
-def _from_header(name: str, address: str) -> BaseHeader:
+def _from_header(name: str, address: str) -> _Folded:
     """The From header for the sender's display name (in one language) and address."""
     local_part, _, domain = parseaddr(address)[1].rpartition("@")
-    return _POLICY.header_factory(
-        "From", Address(display_name=safe_name(name), username=local_part, domain=domain)
+    return _Folded(
+        _POLICY.header_factory(
+            "From", Address(display_name=safe_name(name), username=local_part, domain=domain)
+        )
     )
 
 
@@ -263,16 +353,17 @@ def _message(
     message["Subject"] = _header("Subject", subject)
     message["From"] = _from_header(sender.name(locale), sender.address)
     message["To"] = to
-    message["Date"] = format_datetime((sent_at or SystemClock().now()).astimezone(UTC))
+    date = format_datetime((sent_at or SystemClock().now()).astimezone(UTC))
+    message["Date"] = _one_line("Date", date)
     # An explicit domain: make_msgid would otherwise ask DNS for this host's name.
-    message["Message-ID"] = make_msgid(domain=domain)
+    message["Message-ID"] = _one_line("Message-ID", make_msgid(domain=domain))
     # RFC 3834: vacation responders should not answer this.
     message["Auto-Submitted"] = _header("Auto-Submitted", "auto-generated")
     message["MIME-Version"] = _header("MIME-Version", "1.0")
     # The boundary is chosen here, as unguessable as a token, so no text can hold it: the
     # generator would otherwise compile a pattern per message to search the parts for its own.
     boundary = f"{BOUNDARY_EDGE}{secrets.randbelow(BOUNDARY_RANGE):019d}{BOUNDARY_EDGE[:2]}"
-    message["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
+    message["Content-Type"] = _multipart_type(boundary)
     html_part = _text_part(html, "html")
     message.set_payload([_text_part(text, "plain"), html_part])
     if logo is not None:

@@ -368,8 +368,12 @@ def _through_set_content(built: EmailMessage) -> EmailMessage:
 
 
 def _wire(message: EmailMessage) -> bytes:
-    """The bytes an SMTP server receives, boundaries made equal."""
-    data = message.as_bytes(policy=email.policy.SMTP)
+    """The bytes an SMTP server receives (and those of an SMTPUTF8 server, and of a
+    file), boundaries made equal."""
+    data = b"".join(
+        message.as_bytes(policy=policy)
+        for policy in (email.policy.SMTP, email.policy.SMTPUTF8, email.policy.default)
+    )
     return re.sub(rb"={15}\d+==", b"BOUNDARY", data)
 
 
@@ -400,6 +404,16 @@ def test_the_messages_built_from_kept_headers_are_the_ones_set_content_builds(
             assert _wire(message) == _wire(_through_set_content(message))
             # The shared header objects are not changed by the message they went into.
             assert _wire(message) == _wire(_through_set_content(message))
+
+
+def test_a_message_id_too_long_for_one_line_is_folded_as_the_stdlib_folds_it() -> None:
+    """A sender domain so long that the Message-ID cannot be written on one line as it is:
+    the header is parsed and folded as usual, and the message is still the stdlib's."""
+    domain = "mail." + "very-long-label." * 5 + "example"
+    message = build_recovery(mail_from=f"Account recovery <no-reply@{domain}>")
+    assert len(f"Message-ID: {message['Message-ID']}") > 78
+    assert message["Message-ID"].endswith(f"@{domain}>")
+    assert _wire(message) == _wire(_through_set_content(message))
 
 
 def test_each_message_has_its_own_unguessable_boundary_that_no_part_holds() -> None:
