@@ -843,6 +843,7 @@ def test_the_case_queue_lists_the_waiting_cases_oldest_first_with_their_signals(
         request_link(console_api, "ann.lee@example.com")
         reader = desk("read")
         page = reader.get("/support/queue")
+        in_french = reader.get("/support/queue", lang="fr")
     rows = _queue_rows(page)
     assert [r.attrs["id"] for r in rows] == [
         f"case-{support_reference(uuid.UUID(i))}" for i in (first, second, asked)
@@ -852,6 +853,8 @@ def test_the_case_queue_lists_the_waiting_cases_oldest_first_with_their_signals(
     # The case says "Jane Doe", the account "Ann Lee".
     assert _signals(rows[0]) == {"Account": "✓ found", "Name": "✗ does not match"}
     assert _signals(rows[1]) == {"Account": "✓ found", "Name": "✓ matches"}
+    # In French the colon keeps its space before it, a no-break one.
+    assert '<span class="signal-name">Compte</span>\u00a0: <span class="signal' in in_french.html
     assert "the person’s answer" in rows[2].text and "info_requested" in rows[2].text
     assert not page.has_id("overdue-count")
     assert "3 cases wait" in page.by_id("queue-count").text
