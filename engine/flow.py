@@ -238,6 +238,13 @@ class FlowSpec:
                 seen.setdefault(t.event)
         return list(seen)
 
+    def ends(self, state: str, event: str) -> bool:
+        """Whether `event` out of `state` can only lead to a final state (it ends the
+        attempt: there is no coming back from it)."""
+        final = set(self.final_states)
+        targets = [t.target for t in self.transitions if t.source == state and t.event == event]
+        return bool(targets) and all(target in final for target in targets)
+
     def check_event(self, event: str) -> None:
         if event not in self.events:
             raise UnknownEvent(self.name, event)

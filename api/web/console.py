@@ -498,6 +498,12 @@ async def _diagram(room: Room, detail: Mapping[str, Any], path: Sequence[Any]) -
         return None
 
 
+def _nav_of(room: Room, detail: dict[str, Any]) -> str:
+    """The part of the console an attempt belongs to: a case of a flow whose cases the
+    queue lists is reached from "Case queue", any other attempt from "Find"."""
+    return "queue" if detail.get("flow") in room.console.queues() else "find"
+
+
 async def _attempt_page(
     request: Request[Any, Any, Any], attempt_id: str, *, status: int = 200, **extra: Any
 ) -> Response[Any]:
@@ -513,7 +519,7 @@ async def _attempt_page(
         request,
         "attempt.html",
         status=status,
-        nav="find",
+        nav=_nav_of(room, shown.detail),
         a=shown.detail,
         path=shown.path,
         path_states=[step[2] for step in shown.path],
@@ -563,11 +569,25 @@ async def confirm_event(
         shown = await _run(request, room.console.attempt_sync, _agent(request), attempt_id)
     except (NotFound, EngineError, RecoveryError):
         return render(request, "error.html", status=404, error="no_attempt", nav="find")
+    nav = _nav_of(room, shown.detail)
     if event not in shown.detail["support_events"]:
-        return render(request, "error.html", status=409, error="event_not_allowed", nav="find")
+        return render(request, "error.html", status=409, error="event_not_allowed", nav=nav)
     return render(
-        request, "confirm.html", nav="find", a=shown.detail, event=event, error=None, reason=""
+        request,
+        "confirm.html",
+        nav=nav,
+        a=shown.detail,
+        event=event,
+        ends=_ends(room, shown.detail, event),
+        error=None,
+        reason="",
     )
+
+
+def _ends(room: Room, detail: dict[str, Any], event: str) -> bool:
+    """Whether firing `event` ends the attempt for good (its button then says so in red)."""
+    spec = room.services.engine.flows.get(detail["flow"], detail.get("flow_version"))
+    return spec.ends(detail["state"], event)
 
 
 @post("/attempts/{attempt_id:str}/events/{event:str}", opt=WRITE, name="console_fire")
@@ -584,9 +604,10 @@ async def fire_event(
             request,
             "confirm.html",
             status=400,
-            nav="find",
+            nav=_nav_of(room, shown.detail),
             a=shown.detail,
             event=event,
+            ends=_ends(room, shown.detail, event),
             error="reason" if not reason else "confirm",
             reason=reason,
         )

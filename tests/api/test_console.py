@@ -375,6 +375,7 @@ def test_an_attempt_page_tells_its_story(console_api: Api, desk: Callable[..., D
     page = desk("read").get(f"/support/attempts/{attempt.id}")
     assert page.by_id("attempt-reference").text == support_reference(attempt.id)
     assert page.by_id("attempt-state").text == "link_opened"
+    assert _current_section(page) == "/support/attempts"
     timeline = page.by_id("timeline").text
     assert "Started by the person." in timeline
     assert "The email with the link was accepted by the mail server." in timeline
@@ -908,6 +909,13 @@ def test_a_cases_page_shows_the_statement_the_signals_the_contact_and_the_exchan
     exchanges = page.by_id("case-exchanges").text
     assert "Which city did you last sign in from?" in exchanges and "No answer yet." in exchanges
     assert "Starts when the case is approved." in page.by_id("case-wait").text
+    assert _current_section(page) == "/support/queue"  # a case is reached from the queue
+
+
+def _current_section(page: Doc) -> str:
+    """The address of the console section the navigation marks as the current page."""
+    [current] = [a for a in tags(page.all("nav")[0], "a") if a.attrs.get("aria-current")]
+    return str(current.attrs["href"])
 
 
 def test_a_write_agent_approves_a_case_from_the_console_audited_under_their_name(
@@ -921,6 +929,17 @@ def test_a_write_agent_approves_a_case_from_the_console_audited_under_their_name
             assert page.by_id(f"event-{event}").attrs["href"] == (
                 f"/support/attempts/{case_id}/events/{event}"
             )
+        # Only an event that ends the case for good is confirmed with a red button.
+        buttons = {
+            event: agent.get(f"/support/attempts/{case_id}/events/{event}").by_id("confirm-event")
+            for event in ("approve", "deny", "request_info", "cancel")
+        }
+        assert {e: b.attrs.get("class") for e, b in buttons.items()} == {
+            "approve": None,
+            "deny": "warning",
+            "request_info": None,
+            "cancel": "warning",
+        }
         url = f"/support/attempts/{case_id}/events/approve"
         assert agent.get(url).h1 == f"Approve the case {support_reference(uuid.UUID(case_id))}?"
         assert agent.post(url, {"reason": "details match"}).status_code == 400

@@ -326,3 +326,13 @@ def test_a_callers_detail_cannot_overwrite_the_recorded_refusal_reason(engine: E
         engine.fire_sync(attempt.id, "sit", detail={"reason": "all fine", "ua": "x"})
     last = engine.history_sync(attempt.id)[-1]
     assert last.detail == {"reason": "wrong_state", "ua": "x"}
+
+
+def test_a_flow_tells_which_events_end_an_attempt_for_good(engine: Engine) -> None:
+    """`ends`: every arrow of the event out of the state reaches a final state; one that
+    may lead on (a guarded offer can reach `offered`), or no arrow at all, does not end it."""
+    spec = engine.flows.get(FLOW)
+    assert spec.ends("queued", "withdraw") and spec.ends("held", "lapse")
+    assert not spec.ends("queued", "offer")  # waitlisted and refused end it, offered does not
+    assert not spec.ends("offered", "hold")
+    assert not spec.ends("seated", "withdraw")  # no arrow from there
