@@ -20,6 +20,10 @@ database beforehand exactly as the worker leaves them (a link row with a code
 digest, `dispatch` fired), so no email needs sending. Per run, the figure is
 the difference between the two median latencies, and the two-sided
 Mann-Whitney U p-value of the two samples (scipy).
+
+The server keeps its default `RECOVERY_CODE_REFUSAL_FLOOR_MS` (50 ms): every
+refusal is answered on the next multiple of it, so this measures what is left
+of the difference once the product answers as it is shipped.
 """
 
 from __future__ import annotations
