@@ -395,43 +395,42 @@ class Engine:
         attempt_id: uuid.UUID | None = None,
     ) -> AttemptRecord:
         """Create an attempt in its flow's initial state (newest version), creation logged."""
-        spec = self.flows.get(flow)
-        now = self.clock.now()
-        new = NewAttempt(subject, data, detail, attempt_id)
-        record = self._new_record(spec, now, new)
-        self._write_starts([(_Start(flow, actor, new), record)], now)
-        return record
+        [outcome] = self.start_each_sync(
+            [_Start(flow, actor, NewAttempt(subject, data, detail, attempt_id))]
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def start_each_sync(self, starts: Sequence[_Start]) -> list[AttemptRecord | Exception]:
         """Create each attempt as `start_sync` does, all in one transaction; each start's
         own outcome: its record, or the exception that refused it alone (an unknown
         flow; if the transaction fails, each start is tried again in its own)."""
-        outcomes: list[AttemptRecord | Exception] = []
         now = self.clock.now()
+        outcomes: list[AttemptRecord | Exception] = []
         for start in starts:
             try:
                 outcomes.append(self._new_record(self.flows.get(start.flow), now, start.new))
             except Exception as exc:
                 outcomes.append(exc)
         ready = [
-            (start, record)
-            for start, record in zip(starts, outcomes, strict=True)
+            (i, start, record)
+            for i, (start, record) in enumerate(zip(starts, outcomes, strict=True))
             if isinstance(record, AttemptRecord)
         ]
         if not ready:
             return outcomes
         try:
-            self._write_starts(ready, now)
+            self._write_starts([(start, record) for _, start, record in ready], now)
         except Exception as exc:
             if len(ready) == 1:
-                return [exc if o is ready[0][1] else o for o in outcomes]
-            for i, outcome in enumerate(outcomes):
-                if isinstance(outcome, AttemptRecord):
-                    start = starts[i]
-                    try:
-                        self._write_starts([(start, outcome)], now)
-                    except Exception as alone:
-                        outcomes[i] = alone
+                outcomes[ready[0][0]] = exc
+                return outcomes
+            for i, start, record in ready:
+                try:
+                    self._write_starts([(start, record)], now)
+                except Exception as alone:
+                    outcomes[i] = alone
         return outcomes
 
     def _write_starts(self, starts: Sequence[tuple[_Start, AttemptRecord]], now: datetime) -> None:

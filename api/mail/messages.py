@@ -296,12 +296,16 @@ class _Written(str):
 _UNFOLDED_MAX = 78
 
 
+def _unfolded(header: _Written, policy: Any) -> str:
+    return f"{header.name}: {header}{policy.linesep}"
+
+
 def _one_line(name: str, value: str) -> _Written | str:
     """`value` as a header that is written on one line as it is, if it can be (ASCII,
     short enough); else the plain value, which the message parses as usual."""
     if not value.isascii() or len(name) + 2 + len(value) > _UNFOLDED_MAX:
         return value
-    return _Written(name, value, lambda text, policy: f"{name}: {text}{policy.linesep}")
+    return _Written(name, value, _unfolded)
 
 
 @functools.cache
