@@ -427,7 +427,8 @@ def test_refusals_outside_the_handlers_work_are_audited_and_an_unknown_key_is_ne
     assert api.client.get("/api/support/nope", headers=stranger).status_code == 404
     assert api.client.get("/api/support/attempts").status_code == 401  # no key: nothing to record
     with api.services.engine.db.transaction(write=False) as conn:
-        rows = [dict(r._mapping) for r in conn.execute(select(AuditEntry.__table__))]
+        audit_t = AuditEntry.__table__
+        rows = [dict(r._mapping) for r in conn.execute(select(audit_t).order_by(audit_t.c.id))]
     seen = [(r["key_name"], r["action"], r["target"], r["detail"]) for r in rows]
     assert seen == [
         (
