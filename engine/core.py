@@ -7,7 +7,8 @@ the caller's thread (the command line, the worker, the sweep).
 Firing an event:
 1. the caller gathers the facts the flow's guards need (`params`);
 2. the engine loads the attempt, applies an overdue deadline first, and lets
-   a fresh machine bound to a copy of the row decide; the transition's
+   a machine bound to a copy of the row decide (`engine.machines`: a machine
+   is kept for the next fire, as good as new); the transition's
    callbacks (its effects) run inside the same database transaction and get
    it as the `tx` keyword (`Transaction`: the connection, the time, the
    outbox, other attempts);
@@ -51,7 +52,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
-from statemachine.exceptions import TransitionNotAllowed
 
 from engine.clock import Clock, SystemClock, as_utc
 from engine.db import Database
@@ -63,6 +63,7 @@ from engine.errors import (
     StoredStateInvalid,
 )
 from engine.flow import FlowRegistry, FlowSpec
+from engine.machines import Machines
 from engine.models import Attempt, AttemptEvent, Outbox
 from engine.queries import Queries
 from engine.records import AttemptRecord, EventRecord, parse_attempt_id
@@ -310,19 +311,6 @@ def enqueue(
     )
 
 
-@dataclass
-class _Model:
-    """The object a machine is bound to: a copy of the row the flow may read."""
-
-    id: uuid.UUID
-    state: str
-    subject: str
-    created_at: datetime
-    deadline_at: datetime | None
-    now: datetime
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class _Outcome:
     fired: Fired | None = None
@@ -346,6 +334,7 @@ class Engine:
         self.flows = flows if isinstance(flows, FlowRegistry) else FlowRegistry(flows)
         self.clock = clock or SystemClock()
         self.queries = Queries(db, self.flows)
+        self.machines = Machines()
 
     # -- async surface -------------------------------------------------
 
@@ -718,21 +707,7 @@ class Engine:
     ) -> str | None:
         """Let a machine on a copy of the row take the event (its effects run now, in the
         transaction); the state it reached, or None if it refused."""
-        model = _Model(
-            id=record.id,
-            state=record.state,
-            subject=record.subject,
-            created_at=record.created_at,
-            deadline_at=record.deadline_at,
-            now=now,
-            data=dict(record.data),
-        )
-        machine = spec.machine(model=model, state_field="state")
-        try:
-            machine.send(event, **params)
-        except TransitionNotAllowed:
-            return None
-        return model.state
+        return self.machines.decide(spec.machine, record, now, event, params)
 
     def _commit_transition(
         self,
