@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -76,6 +76,7 @@ event_t = AttemptEvent.__table__
 outbox_t = Outbox.__table__
 
 SYSTEM = "system"
+T = TypeVar("T")
 _EVENT_COLUMNS = [
     "attempt_id",
     "seq",
@@ -213,6 +214,14 @@ class Fire:
 
 
 @dataclass
+class _Batch:
+    """The attempts one transaction fires on, and what effects read once for all of them."""
+
+    ids: frozenset[uuid.UUID]
+    read: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Transaction:
     """What a transition's effects (and an `in_tx` hook) see: the open connection, the
     clock's now, the attempt as it was before the transition, and the outbox.
@@ -232,6 +241,25 @@ class Transaction:
     # What the transaction changed, added to the running totals before it commits.
     tally: Tally = field(default_factory=Tally)
     data: dict[str, Any] = field(default_factory=dict)
+    # The attempts of the batch this fire is one of (`Engine.fire_many_sync`), if any.
+    batch: _Batch | None = None
+
+    def read_for_all(
+        self, name: str, read: Callable[[Connection, Sequence[uuid.UUID]], Mapping[uuid.UUID, T]]
+    ) -> Mapping[uuid.UUID, T]:
+        """What `read` finds for the attempts this transaction fires on, by attempt: read
+        once per transaction under `name` when the fire is one of a batch (an effect that
+        runs for each fire then asks the database once), else for this attempt alone.
+
+        It is read when first asked for, so it suits what the batch's own effects do not
+        change for one another (each attempt's own rows)."""
+        batch = self.batch
+        if batch is None or self.attempt.id not in batch.ids:
+            return read(self.conn, [self.attempt.id])
+        if name not in batch.read:
+            batch.read[name] = read(self.conn, sorted(batch.ids))
+        found: Mapping[uuid.UUID, T] = batch.read[name]
+        return found
 
     def fire(
         self,
@@ -569,6 +597,7 @@ class Engine:
             rows = conn.execute(_LOAD_MANY, {"ids": [fire.attempt_id for fire in fires]})
             loaded = {row.id: AttemptRecord.from_row(row) for row in rows}
             tally = Tally()
+            batch = _Batch(frozenset(fire.attempt_id for fire in fires))
             # Without savepoints, who else is live is settled once for the whole batch.
             became_live: list[tuple[str, AttemptRecord]] | None = None if savepoints else []
             for fire in fires:
@@ -596,6 +625,7 @@ class Engine:
                             # Read again on a savepoint: the batch is retried because a row moved.
                             loaded=None if savepoints else record,
                             became_live=became_live,
+                            batch=batch,
                         )
                 except (ConflictError, IntegrityError):
                     if not savepoints:
@@ -642,9 +672,11 @@ class Engine:
         tally: Tally,
         loaded: AttemptRecord | None = None,
         became_live: list[tuple[str, AttemptRecord]] | None = None,
+        batch: _Batch | None = None,
     ) -> _Outcome:
         """Fire on an open connection; `loaded` is the attempt when this transaction
-        has just read it; `became_live` as `_commit_transition` takes it."""
+        has just read it; `became_live` as `_commit_transition` takes it; `batch` the
+        attempts this transaction fires on, when it fires on several."""
         now = self.clock.now()
         record = loaded or self._load(conn, attempt_id)
         spec = self._spec_for(record)
@@ -657,7 +689,7 @@ class Engine:
             if event != deadline.event:
                 expired_at = record.deadline_at
                 record = self._apply_deadline(conn, spec, record, now, tally).attempt
-        tx = Transaction(conn, now, record, record.state, self, tally)
+        tx = Transaction(conn, now, record, record.state, self, tally, batch=batch)
         target = self._decide(spec, record, event, now, {**params, "tx": tx})
         if target is None:
             reason = "guard_failed" if event in spec.events_from(record.state) else "wrong_state"

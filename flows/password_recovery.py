@@ -186,7 +186,9 @@ class _Recovery(StateMachine):
     def keep_the_link(self, tx: Any, link_digest: str) -> None:
         """The link just emailed is the attempt's; the engine then ends the account's
         older live journeys (their links die with them)."""
-        if links.current_digest(tx.conn, tx.attempt.id) != link_digest:
+        # Read once for a batch of dispatches (`Transaction.read_for_all`).
+        stored = tx.read_for_all("link_digests", links.current_digests)
+        if stored.get(tx.attempt.id) != link_digest:
             # Another worker re-claimed the attempt and mailed a newer link.
             raise ConflictError(tx.attempt.id, Event.dispatch)
 

@@ -172,15 +172,18 @@ def keep_code_token(conn: Connection, link: Link, digest: str) -> bool:
     return _update_if_live(conn, link, code_token_hash=digest)
 
 
-# Built once: every `dispatch` runs it, and building a statement costs more than running it.
-_CURRENT_DIGEST = select(token_t.c.token_hash).where(
-    token_t.c.attempt_id == bindparam("attempt_id", type_=token_t.c.attempt_id.type)
+# Built once: every batch of `dispatch`es runs it, and building a statement costs more than
+# running it.
+_CURRENT_DIGESTS = select(token_t.c.attempt_id, token_t.c.token_hash).where(
+    token_t.c.attempt_id.in_(bindparam("attempt_ids", expanding=True))
 )
 
 
-def current_digest(conn: Connection, attempt_id: uuid.UUID) -> str | None:
-    """The digest of the link stored for an attempt now (a later try replaces it)."""
-    return conn.execute(_CURRENT_DIGEST, {"attempt_id": attempt_id}).scalar()
+def current_digests(conn: Connection, attempt_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The digest of the link stored for each attempt now (a later try replaces it), by
+    attempt; an attempt without a link is absent."""
+    rows = conn.execute(_CURRENT_DIGESTS, {"attempt_ids": list(attempt_ids)})
+    return {row.attempt_id: row.token_hash for row in rows}
 
 
 def consume(conn: Connection, link: Link, now: datetime) -> bool:

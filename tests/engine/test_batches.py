@@ -166,6 +166,47 @@ def test_a_fire_that_conflicts_mid_transition_leaves_the_others_to_commit(engine
     assert [e.event for e in racy.history_sync(loser.id)] == ["start"]
 
 
+# A flow whose effect checks each attempt against a value read for the whole batch.
+class Stamped(StateMachine):
+    waiting = State(initial=True)
+    stamped = State(final=True)
+
+    stamp = waiting.to(stamped, on="check_the_stamp")
+
+    def check_the_stamp(self, tx: Any, reads: list[list[uuid.UUID]], other: Any = None) -> None:
+        def read(conn: Any, ids: Any) -> dict[uuid.UUID, str]:
+            reads.append(list(ids))
+            return {i: f"stamp-{i}" for i in ids}
+
+        if tx.read_for_all("stamps", read).get(tx.attempt.id) != f"stamp-{tx.attempt.id}":
+            raise ConflictError(tx.attempt.id, "stamp")
+        if other is not None:
+            # A fire made from inside an effect, on an attempt outside the batch.
+            tx.fire(other, "stamp", params={"reads": reads})
+
+
+def test_a_value_read_for_all_is_read_once_per_batch_and_alone_for_a_single_fire(
+    engine: Engine,
+) -> None:
+    """Five fires of one batch share one read of all five attempts; a single fire reads
+    for its attempt alone, and so does a fire its effect makes on an attempt outside the
+    batch."""
+    stamps = Engine(engine.db, [FlowSpec(name="stamped", machine=Stamped)])
+    batch = [stamps.start_sync("stamped", subject=f"s{i}") for i in range(5)]
+    alone, outside = (stamps.start_sync("stamped", subject=s) for s in ("alone", "outside"))
+    reads: list[list[uuid.UUID]] = []
+    params: dict[str, Any] = {"reads": reads}
+    fires = [Fire(a.id, "stamp", params=params) for a in batch[:-1]]
+    fires.append(Fire(batch[-1].id, "stamp", params={**params, "other": outside.id}))
+    outcomes = stamps.fire_many_sync(fires)
+    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 5
+    assert reads == [sorted(a.id for a in batch), [outside.id]]
+    reads.clear()
+    stamps.fire_sync(alone.id, "stamp", params=params)
+    assert reads == [[alone.id]]
+    assert _states(stamps, [*batch, alone, outside]) == ["stamped"] * 7
+
+
 def test_a_batch_costs_one_commit_however_many_it_fires(engine: Engine) -> None:
     """Five fires or twenty: one transaction each time."""
     few = [engine.start_sync(FLOW, subject=f"f{i}") for i in range(5)]

@@ -29,7 +29,7 @@ from sqlalchemy import insert, select
 
 import flows
 from api.accounts.addresses import normalise_email
-from api.accounts.links import Link
+from api.accounts.links import Link, NewLink, store_many
 from api.accounts.models import Account, RecoveryToken
 from api.accounts.passwords import Argon2Hasher
 from api.accounts.tokens import token_hash
@@ -731,6 +731,47 @@ async def test_support_cancelling_during_the_send_is_logged_and_skipped(
     assert [r["attempt_id"] for r in token_rows(database)] == [attempt.id]
     assert "changed meanwhile" in caplog.text
     assert await dispatcher.run_once() == 0
+
+
+async def test_a_link_replaced_by_a_later_try_during_the_send_is_not_recorded_as_emailed(
+    frozen: FrozenDateTimeFactory,
+    database: Database,
+    engine: Engine,
+    settings: Settings,
+    smtp_sink: SmtpSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another worker that claimed an attempt after our lease ran out stores a newer link
+    while ours is out: the batch records the other attempt as emailed, never ours."""
+
+    class AnotherTryWhileSending:
+        """The real SMTP transport, with another worker's try storing a newer link."""
+
+        def __init__(self, inner: MailTransport) -> None:
+            self.inner = inner
+
+        async def send(self, message: EmailMessage) -> None:
+            if message["To"].addresses[0].addr_spec == "jane@example.com":
+                newer = NewLink(jane.id, account.id, "d" * 64, "c" * 64, T0, None)
+                await engine.db.run(store_many, engine.db, [newer])
+            await self.inner.send(message)
+
+    caplog.set_level(logging.INFO)
+    account = add_account(database, "jane@example.com")
+    add_account(database, "joe@example.com")
+    jane = request(engine, "jane@example.com")
+    joe = request(engine, "joe@example.com")
+    dispatcher = Dispatcher(engine, settings, AnotherTryWhileSending(SmtpTransport(smtp_sink.url)))
+
+    assert await dispatcher.run_once() == 2
+
+    assert len(smtp_sink.wait_for(2)) == 2
+    assert engine.get_sync(jane.id).state == "requested"
+    assert engine.get_sync(joe.id).state == "emailed"
+    assert [e.event for e in engine.history_sync(jane.id)] == ["start"]
+    assert "kept conflicting" in caplog.text
+    stored = {r["attempt_id"]: r["token_hash"] for r in token_rows(database)}
+    assert stored[jane.id] == "d" * 64
 
 
 async def test_request_that_waited_past_its_deadline_expires_unsent(
