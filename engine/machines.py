@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,39 +31,21 @@ from engine.records import AttemptRecord
 KEPT_PER_CLASS = 8
 
 
-@dataclass
 class Model:
     """The object a machine is bound to: a copy of the row the flow may read."""
 
-    id: uuid.UUID
-    state: str
-    subject: str
-    created_at: datetime
-    deadline_at: datetime | None
-    now: datetime
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, record: AttemptRecord, now: datetime) -> Model:
-        return cls(
-            record.id,
-            record.state,
-            record.subject,
-            record.created_at,
-            record.deadline_at,
-            now,
-            dict(record.data),
-        )
+    def __init__(self, record: AttemptRecord, now: datetime) -> None:
+        self.load(record, now)
 
     def load(self, record: AttemptRecord, now: datetime) -> None:
-        """Become a copy of another row (the machine bound to it then stands in its state)."""
-        self.id = record.id
-        self.state = record.state
-        self.subject = record.subject
-        self.created_at = record.created_at
-        self.deadline_at = record.deadline_at
-        self.now = now
-        self.data = dict(record.data)
+        """Become a copy of a row (the machine bound to it then stands in its state)."""
+        self.id: uuid.UUID = record.id
+        self.state: str = record.state
+        self.subject: str = record.subject
+        self.created_at: datetime = record.created_at
+        self.deadline_at: datetime | None = record.deadline_at
+        self.now: datetime = now
+        self.data: dict[str, Any] = dict(record.data)
 
 
 class Machines:
@@ -89,7 +70,7 @@ class Machines:
             # list.pop and list.append are atomic: two threads never get one machine.
             machine, model = kept.pop()
         except IndexError:
-            model = Model.of(record, now)
+            model = Model(record, now)
             machine = machine_class(model=model, state_field="state")
         else:
             model.load(record, now)

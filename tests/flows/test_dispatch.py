@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -173,6 +173,28 @@ def Dispatcher(
 @pytest.fixture
 def dispatcher(engine: Engine, settings: Settings) -> Worker:
     return Dispatcher(engine, settings, SmtpTransport(settings.mail_url, timeout=2))
+
+
+class AroundEachSend:
+    """A real transport, with what someone else does just before or just after each send."""
+
+    def __init__(
+        self,
+        inner: MailTransport,
+        *,
+        before: Callable[[EmailMessage], Awaitable[None]] | None = None,
+        after: Callable[[EmailMessage], Awaitable[None]] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.before = before
+        self.after = after
+
+    async def send(self, message: EmailMessage) -> None:
+        if self.before is not None:
+            await self.before(message)
+        await self.inner.send(message)
+        if self.after is not None:
+            await self.after(message)
 
 
 # -- the link email --------------------------------------------------------------
@@ -709,20 +731,15 @@ async def test_support_cancelling_during_the_send_is_logged_and_skipped(
 ) -> None:
     """If the attempt is cancelled while its mail is out, dispatch writes nothing and goes on."""
 
-    class CancelWhileSending:
-        """The real SMTP transport, with a support agent cancelling during the send."""
-
-        def __init__(self, inner: MailTransport) -> None:
-            self.inner = inner
-
-        async def send(self, message: EmailMessage) -> None:
-            await engine.fire(attempt.id, "cancel", actor="support:alice")
-            await self.inner.send(message)
+    async def cancel(message: EmailMessage) -> None:
+        # A support agent cancels the attempt while its mail is out.
+        await engine.fire(attempt.id, "cancel", actor="support:alice")
 
     caplog.set_level(logging.INFO)
     add_account(database, "jane@example.com")
     attempt = request(engine, "jane@example.com")
-    dispatcher = Dispatcher(engine, settings, CancelWhileSending(SmtpTransport(smtp_sink.url)))
+    transport = AroundEachSend(SmtpTransport(smtp_sink.url), before=cancel)
+    dispatcher = Dispatcher(engine, settings, transport)
 
     assert await dispatcher.run_once() == 1
 
@@ -744,24 +761,19 @@ async def test_a_link_replaced_by_a_later_try_during_the_send_is_not_recorded_as
     """Another worker that claimed an attempt after our lease ran out stores a newer link
     while ours is out: the batch records the other attempt as emailed, never ours."""
 
-    class AnotherTryWhileSending:
-        """The real SMTP transport, with another worker's try storing a newer link."""
-
-        def __init__(self, inner: MailTransport) -> None:
-            self.inner = inner
-
-        async def send(self, message: EmailMessage) -> None:
-            if message["To"].addresses[0].addr_spec == "jane@example.com":
-                newer = NewLink(jane.id, account.id, "d" * 64, "c" * 64, T0, None)
-                await engine.db.run(store_many, engine.db, [newer])
-            await self.inner.send(message)
+    async def another_try(message: EmailMessage) -> None:
+        # Another worker's try stores a newer link for Jane while her mail is out.
+        if message["To"].addresses[0].addr_spec == "jane@example.com":
+            newer = NewLink(jane.id, account.id, "d" * 64, "c" * 64, T0, None)
+            await engine.db.run(store_many, engine.db, [newer])
 
     caplog.set_level(logging.INFO)
     account = add_account(database, "jane@example.com")
     add_account(database, "joe@example.com")
     jane = request(engine, "jane@example.com")
     joe = request(engine, "joe@example.com")
-    dispatcher = Dispatcher(engine, settings, AnotherTryWhileSending(SmtpTransport(smtp_sink.url)))
+    transport = AroundEachSend(SmtpTransport(smtp_sink.url), before=another_try)
+    dispatcher = Dispatcher(engine, settings, transport)
 
     assert await dispatcher.run_once() == 2
 
@@ -1142,24 +1154,18 @@ async def test_recording_a_send_rides_out_a_database_restart(
     attempt = request(engine, "jane@example.com")
     restarted = threading.Event()
 
-    class DatabaseDiesAfterSending:
-        def __init__(self, inner: MailTransport) -> None:
-            self.inner = inner
+    async def database_dies(message: EmailMessage) -> None:
+        pg_server.stop("immediate")
 
-        async def send(self, message: EmailMessage) -> None:
-            await self.inner.send(message)
-            pg_server.stop("immediate")
+        def start_later() -> None:
+            time.sleep(1.5)
+            pg_server.start()
+            restarted.set()
 
-            def start_later() -> None:
-                time.sleep(1.5)
-                pg_server.start()
-                restarted.set()
+        threading.Thread(target=start_later, daemon=True).start()
 
-            threading.Thread(target=start_later, daemon=True).start()
-
-    dispatcher = Dispatcher(
-        engine, settings, DatabaseDiesAfterSending(SmtpTransport(smtp_sink.url))
-    )
+    transport = AroundEachSend(SmtpTransport(smtp_sink.url), after=database_dies)
+    dispatcher = Dispatcher(engine, settings, transport)
     try:
         assert await dispatcher.run_once() == 1
         assert restarted.is_set()
