@@ -27,9 +27,9 @@ travels inside the message (`cid:`), never fetched from anywhere.
 The dispatcher builds one message per email, so the headers every message of a
 language shares (From, Subject, the parts' Content-Type, ...) are parsed once
 and kept as header objects, which the message takes as they are, each folded
-once per kind of policy (`_Folded`); the Date, Message-ID and multipart
-Content-Type, this message's alone, are written without being parsed
-(`_Written`). The parts are assembled from them instead of through
+once per kind of policy (`_Folded`); the To, Date, Message-ID and multipart
+Content-Type, this message's alone, are written without being parsed when
+they fit on one line (`_Written`). The parts are assembled from them instead of through
 `set_content`, which re-parses each header it writes. The result is the same
 message, byte for byte (`tests/flows/test_emails.py` compares it with the one
 `set_content` builds).
@@ -138,9 +138,15 @@ def _recipient(to: str, name: str) -> Address:
         raise ValueError("recipient must be exactly one email address") from None
 
 
+@functools.cache
+def _address_of(address: str) -> str:
+    """The bare address in a configured sender address (parsed once per address)."""
+    return parseaddr(address)[1]
+
+
 def _sender(mail_from: str | Sender) -> Sender:
     sender = mail_from if isinstance(mail_from, Sender) else Sender.plain(mail_from)
-    address = parseaddr(sender.address)[1]
+    address = _address_of(sender.address)
     if "@" not in address or _CONTROL.search(sender.address):
         raise ValueError("mail_from must be one address, e.g. 'Support <no-reply@example.com>'")
     return sender
@@ -272,20 +278,25 @@ class _Folded(str):
 
 class _Written(str):
     """A header of this message alone whose folded form is known without parsing it:
-    `fold_as(policy)` gives it (the same as the header object would). Its header
-    object's attributes (`datetime`, `params`, ...) are parsed only if asked for."""
+    `fold_as(policy)` gives it (the same as the header object would). The attributes
+    given as `known` are answered as they are; the header object's others
+    (`datetime`, `params`, ...) are parsed only if asked for."""
 
     name: str
 
-    def __new__(cls, name: str, value: str, fold_as: Any) -> _Written:
+    def __new__(cls, name: str, value: str, fold_as: Any, **known: Any) -> _Written:
         written = super().__new__(cls, value)
         written.name = name
         written._fold_as = fold_as  # type: ignore[attr-defined]
+        written._known = known  # type: ignore[attr-defined]
         return written
 
     def __getattr__(self, attribute: str) -> Any:
         if attribute.startswith("_"):
             raise AttributeError(attribute)
+        known: dict[str, Any] = self._known  # type: ignore[attr-defined]
+        if attribute in known:
+            return known[attribute]
         return getattr(_POLICY.header_factory(self.name, str(self)), attribute)
 
     def fold(self, *, policy: Any) -> str:
@@ -300,12 +311,19 @@ def _unfolded(header: _Written, policy: Any) -> str:
     return f"{header.name}: {header}{policy.linesep}"
 
 
-def _one_line(name: str, value: str) -> _Written | str:
+def _one_line(name: str, value: str, **known: Any) -> _Written | None:
     """`value` as a header that is written on one line as it is, if it can be (ASCII,
-    short enough); else the plain value, which the message parses as usual."""
+    short enough); else None, and the message parses the value as usual."""
     if not value.isascii() or len(name) + 2 + len(value) > _UNFOLDED_MAX:
-        return value
-    return _Written(name, value, _unfolded)
+        return None
+    return _Written(name, value, _unfolded, **known)
+
+
+def _to_header(to: Address) -> _Written | Address:
+    """The To header: written as it is when it fits on one line, with the one address
+    it names known (what the transports read to address the envelope); else the
+    address, which the message parses and folds (or encodes) as usual."""
+    return _one_line("To", str(to), addresses=(to,), defects=()) or to
 
 
 @functools.cache
@@ -337,7 +355,7 @@ def _header(name: str, value: str) -> _Folded:
 @functools.cache
 def _from_header(name: str, address: str) -> _Folded:
     """The From header for the sender's display name (in one language) and address."""
-    local_part, _, domain = parseaddr(address)[1].rpartition("@")
+    local_part, _, domain = _address_of(address).rpartition("@")
     return _Folded(
         _POLICY.header_factory(
             "From", Address(display_name=safe_name(name), username=local_part, domain=domain)
@@ -370,15 +388,16 @@ def _message(
     sent_at: datetime | None,
     logo: tuple[bytes, str] | None = None,
 ) -> EmailMessage:
-    domain = parseaddr(sender.address)[1].rpartition("@")[2]
+    domain = _address_of(sender.address).rpartition("@")[2]
     message = EmailMessage(policy=_POLICY)
     message["Subject"] = _header("Subject", subject)
     message["From"] = _from_header(sender.name(locale), sender.address)
-    message["To"] = to
+    message["To"] = _to_header(to)
     date = format_datetime((sent_at or SystemClock().now()).astimezone(UTC))
-    message["Date"] = _one_line("Date", date)
+    message["Date"] = _one_line("Date", date) or date
     # An explicit domain: make_msgid would otherwise ask DNS for this host's name.
-    message["Message-ID"] = _one_line("Message-ID", make_msgid(domain=domain))
+    message_id = make_msgid(domain=domain)
+    message["Message-ID"] = _one_line("Message-ID", message_id) or message_id
     # RFC 3834: vacation responders should not answer this.
     message["Auto-Submitted"] = _header("Auto-Submitted", "auto-generated")
     message["MIME-Version"] = _header("MIME-Version", "1.0")

@@ -6,6 +6,7 @@ import email.policy
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +380,15 @@ def _wire(message: EmailMessage) -> bytes:
 
 @pytest.mark.parametrize("locale", ["en", "fr"])
 @pytest.mark.parametrize(
-    "name", ["Jane Doe", 'Jéanne, "Doe" <x@evil.example>', "İda\r\nBcc: x@evil.example", ""]
+    "name",
+    [
+        "Jane Doe",
+        'Jéanne, "Doe" <x@evil.example>',
+        'Doe, "Jane" (x) <x@evil.example>',
+        "A display name long enough that the To header folds " * 2,
+        "İda\r\nBcc: x@evil.example",
+        "",
+    ],
 )
 def test_the_messages_built_from_kept_headers_are_the_ones_set_content_builds(
     locale: str, name: str, tmp_path: Path
@@ -389,21 +398,30 @@ def test_the_messages_built_from_kept_headers_are_the_ones_set_content_builds(
     logo = tmp_path / "logo.png"
     logo.write_bytes(PNG)
     for sender in (MAIL_FROM, branded(), branded(brand_logo=logo)):
-        for message in (
-            build_recovery(locale=locale, name=name, mail_from=sender, code="123456"),
-            password_changed_email(
-                locale=locale,
-                to="İda@example.com",
-                mail_from=sender,
-                changed_at=EXPIRES,
-                reference="ABCD-EFGH",
-                name=name,
-                recovery_page="https://accounts.example.test/recovery",
+        address = sender if isinstance(sender, str) else sender.address
+        for message, to in (
+            (
+                build_recovery(locale=locale, name=name, mail_from=sender, code="123456"),
+                "Jane@Example.com",
+            ),
+            (
+                password_changed_email(
+                    locale=locale,
+                    to="İda@example.com",
+                    mail_from=sender,
+                    changed_at=EXPIRES,
+                    reference="ABCD-EFGH",
+                    name=name,
+                    recovery_page="https://accounts.example.test/recovery",
+                ),
+                "İda@example.com",
             ),
         ):
             assert _wire(message) == _wire(_through_set_content(message))
             # The shared header objects are not changed by the message they went into.
             assert _wire(message) == _wire(_through_set_content(message))
+            # Headers written without parsing still address the envelope.
+            assert envelope(message) == (parseaddr(address)[1], to)
 
 
 def test_a_message_id_too_long_for_one_line_is_folded_as_the_stdlib_folds_it() -> None:
