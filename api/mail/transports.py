@@ -3,7 +3,9 @@
 Two real transports sit behind one small protocol:
 
 - `SmtpTransport` hands the message to an SMTP server through aiosmtplib
-  (plain, STARTTLS or implicit TLS, with login when the URL carries a user);
+  (plain, STARTTLS or implicit TLS, with login when the URL carries a user),
+  over connections it keeps open, as the bytes `api.mail.wire` writes (those
+  aiosmtplib's own `send_message` would send, without its generator);
 - `FileTransport` writes one `.eml` file per message into a directory, which
   is what development, the demo command and the default configuration use.
 
@@ -32,6 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from api.accounts.addresses import mask_email
+from api.mail.wire import message_bytes
 from engine.clock import Clock, SystemClock
 
 MAX_ERROR_CHARS = 300
@@ -100,9 +103,14 @@ def envelope(message: email.message.EmailMessage) -> tuple[str, str]:
         recipients = [addr for _name, addr in getaddresses([str(header)])]
     if len(recipients) != 1 or "@" not in recipients[0] or any(c.isspace() for c in recipients[0]):
         raise ValueError("a message must have exactly one To address")
-    if message.get_all("Cc") or message.get_all("Bcc"):
+    if message.get_all("Cc") or message.get_all("Bcc") or message.get_all("Resent-Bcc"):
         raise ValueError("a message must not carry Cc or Bcc recipients")
-    sender = parseaddr(str(message.get("From", "")))[1]
+    from_header = message.get("From", "")
+    from_addresses = getattr(from_header, "addresses", ())
+    if len(from_addresses) == 1 and not getattr(from_header, "defects", ()):
+        sender = from_addresses[0].addr_spec
+    else:
+        sender = parseaddr(str(from_header))[1]
     if "@" not in sender:
         raise ValueError("a message must have a From address")
     return sender, recipients[0]
@@ -156,7 +164,7 @@ class FileTransport:
         # An address with non-ASCII characters is written as UTF-8 (as SMTPUTF8 sends it);
         # the ASCII policy would turn it into an encoded word, which is no address.
         utf8 = needs_smtputf8(sender, recipient)
-        data = message.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
+        data = message_bytes(message, _EIGHT_BIT[utf8])
         try:
             await asyncio.to_thread(self._write, self._name(), data)
         except OSError as exc:
@@ -274,7 +282,7 @@ class SmtpTransport:
         try:
             if client is not None:
                 try:
-                    await client.send_message(message, sender=sender, recipients=[to])
+                    await _send_on(client, message, sender, to)
                 except aiosmtplib.SMTPServerDisconnected:
                     # The server closed the idle connection before taking the message.
                     client.close()
@@ -282,7 +290,7 @@ class SmtpTransport:
             if client is None:
                 client = await self._client()
                 await client.connect()
-                await client.send_message(message, sender=sender, recipients=[to])
+                await _send_on(client, message, sender, to)
         except BaseException:
             if client is not None:
                 client.close()
@@ -323,6 +331,36 @@ class SmtpTransport:
     def __repr__(self) -> str:
         # Never the password.
         return f"SmtpTransport(host={self.host!r}, port={self.port}, user={self.username!r})"
+
+
+# How a message is written for a server that takes 8-bit bodies, by whether the
+# envelope needs SMTPUTF8, and for one that takes 7-bit ones only.
+_EIGHT_BIT = {False: email.policy.SMTP, True: email.policy.SMTPUTF8}
+_SEVEN_BIT = {utf8: policy.clone(cte_type="7bit") for utf8, policy in _EIGHT_BIT.items()}
+
+
+async def _send_on(
+    client: aiosmtplib.SMTP, message: email.message.EmailMessage, sender: str, to: str
+) -> None:
+    """What `client.send_message` does for one recipient (the same MAIL options, the same
+    policy for the server's extensions), with the bytes written by `message_bytes`."""
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await client.helo()
+    options: list[str] = []
+    utf8 = needs_smtputf8(sender, to)
+    if utf8:
+        if not client.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("the server does not offer SMTPUTF8")
+        options.append("SMTPUTF8")
+    if client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+        policy = _EIGHT_BIT[utf8]
+    else:
+        policy = _SEVEN_BIT[utf8]
+    await client.sendmail(sender, [to], message_bytes(message, policy), mail_options=options)
 
 
 def _by_code(code: int, reply: str) -> MailError:

@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from aiosmtplib.email import flatten_message
 
 from api.mail.transports import (
     FileTransport,
@@ -56,6 +57,33 @@ async def test_smtp_delivers_to_exactly_the_to_address(smtp_sink: SmtpSink) -> N
     assert received.envelope_from == "no-reply@example.test"
     assert received["Subject"] == "test"
     assert received.get_content().strip() == "link inside"
+
+
+async def test_smtp_sends_the_bytes_and_options_send_message_would_send(
+    smtp_sink: SmtpSink,
+) -> None:
+    """The transport writes the message itself (`api.mail.wire`): the server receives
+    what aiosmtplib's `send_message` sends, with 8-bit bodies announced as such."""
+    sent = message(body="Déjà vu: an 8-bit body\n")
+    await SmtpTransport(smtp_sink.url).send(sent)
+    (received,) = smtp_sink.wait_for(1)
+    assert received.raw == flatten_message(sent, cte_type="8bit")
+    assert "Déjà vu".encode() in received.raw
+    assert "BODY=8BITMIME" in received.mail_options
+
+
+async def test_a_server_without_8bitmime_gets_a_7bit_body_as_send_message_sends_it() -> None:
+    sink = SmtpSink(eight_bit=False).start()
+    try:
+        sent = message(body="Déjà vu: an 8-bit body\n")
+        await SmtpTransport(sink.url).send(sent)
+        (received,) = sink.wait_for(1)
+    finally:
+        sink.stop()
+    assert received.raw == flatten_message(sent, cte_type="7bit")
+    assert received.raw.isascii()
+    assert not [option for option in received.mail_options if option.startswith("BODY=")]
+    assert received.get_content() == "Déjà vu: an 8-bit body\n"
 
 
 async def test_smtp_down_is_a_temporary_error(smtp_sink: SmtpSink) -> None:

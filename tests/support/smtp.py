@@ -6,7 +6,9 @@ server is down" is real (connections to the port are refused) and "it came
 back" is the same URL again. `refuse(code)` makes it answer RCPT or DATA with
 an SMTP error (4xx temporary, 5xx permanent) until `accept()`. Given
 `credentials`, it requires SMTP AUTH (over plain TCP: it is loopback); with
-`smtputf8=True` it offers SMTPUTF8 (addresses with non-ASCII characters).
+`smtputf8=True` it offers SMTPUTF8 (addresses with non-ASCII characters); with
+`eight_bit=False` it does not offer 8BITMIME (a server that takes 7-bit bodies
+only). A kept message also holds its bytes as received and its MAIL options.
 
 Every accepted message also leaves a `Receipt` (when it was accepted, on the
 wall clock, and its envelope) in `receipts`; with `keep_messages=False` the
@@ -41,6 +43,9 @@ class ReceivedMessage(EmailMessage):
     envelope_rcpts: tuple[str, ...] = ()
     # When the sink accepted it (time.time(), the wall clock other processes share).
     received_at: float = 0.0
+    # The message's bytes as they arrived (after the DATA dot-stuffing is undone).
+    raw: bytes = b""
+    mail_options: tuple[str, ...] = ()
 
 
 class Receipt(NamedTuple):
@@ -64,6 +69,14 @@ class _Handler:
 
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.eight_bit:
+            return responses
+        return [line for line in responses if "8BITMIME" not in line.upper()]
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -94,6 +107,8 @@ class _Handler:
             message.envelope_from = receipt.envelope_from
             message.envelope_rcpts = receipt.envelope_rcpts
             message.received_at = receipt.received_at
+            message.raw = raw
+            message.mail_options = tuple(envelope.mail_options)
         self.sink._received(receipt, message)
         return "250 Message accepted for delivery"
 
@@ -107,6 +122,7 @@ class SmtpSink:
         credentials: tuple[str, str] | None = None,
         *,
         smtputf8: bool = False,
+        eight_bit: bool = True,
         keep_messages: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
@@ -114,6 +130,8 @@ class SmtpSink:
         self.credentials = credentials
         # Whether it offers SMTPUTF8 (RFC 6531): addresses with non-ASCII characters.
         self.smtputf8 = smtputf8
+        # Whether it offers 8BITMIME (RFC 6152): bodies with 8-bit bytes.
+        self.eight_bit = eight_bit
         self.keep_messages = keep_messages
         self.messages: list[ReceivedMessage] = []
         self.receipts: list[Receipt] = []
