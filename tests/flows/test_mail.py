@@ -157,8 +157,9 @@ async def test_smtp_refuses_anything_but_one_recipient(smtp_sink: SmtpSink, to: 
 
 
 async def test_cc_and_bcc_are_refused(smtp_sink: SmtpSink) -> None:
-    """Cc or Bcc would add recipients the account never named: refused."""
-    for header in ("Cc", "Bcc"):
+    """Cc or Bcc would add recipients the account never named, and a Resent-Bcc
+    header would travel with the message: refused."""
+    for header in ("Cc", "Bcc", "Resent-Bcc"):
         msg = message()
         msg[header] = "eve@evil.test"
         with pytest.raises(ValueError, match="Cc or Bcc"):
