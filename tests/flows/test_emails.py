@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2.ext
+import jinja2.meta
 import pytest
 from babel.messages.pofile import read_po
 
@@ -463,3 +464,32 @@ def test_a_subject_with_a_line_break_is_refused_as_before(subject: str) -> None:
             sent_at=EXPIRES,
             context={"changed": "now", "reference": "R", "recovery_page": "https://x.example"},
         )
+
+
+@pytest.mark.parametrize("locale", ["en", "fr"])
+def test_every_template_renders_as_with_the_i18n_extensions_own_gettext(locale: str) -> None:
+    """The mail templates' `_` is one call deep, not the extension's: every template, in
+    both languages, with values holding markup and `%`, renders exactly as before."""
+    stock = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(emails.TEMPLATE_DIR),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    stock.install_gettext_translations(i18n.translations(locale), newstyle=True)  # type: ignore[attr-defined]
+    every = sorted(p.name for p in emails.TEMPLATE_DIR.iterdir())
+    variables: set[str] = set()
+    for name in every:
+        source = stock.loader.get_source(stock, name)[0]  # type: ignore[union-attr]
+        variables |= jinja2.meta.find_undeclared_variables(stock.parse(source))
+    hostile = '<b>"50%"</b> & <i>%(x)s</i>'
+    context = {**dict.fromkeys(variables, hostile), "logo_cid": None, "locale": locale}
+    names = [name for name in every if not name.startswith("_")]
+    assert len(names) == 18
+    for name in names:
+        ours = emails._environment(locale).get_template(name).render(**context)
+        assert ours == stock.get_template(name).render(**context), name
+        assert "&lt;b&gt;" in ours if name.endswith(".html") else "<b>" in ours
