@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale
 from babel.dates import format_date, get_timezone_location
 from babel.dates import format_time as babel_time
 from jinja2 import (
@@ -190,12 +191,19 @@ def zone_named(time_zone: object) -> ZoneInfo | None:
         return None
 
 
+@functools.cache
+def _babel_locale(locale: str) -> Locale:
+    """Babel's data for a language, parsed once (each formatting call given the code
+    would parse it again)."""
+    return Locale.parse(locale)
+
+
 def _zone_label(local: datetime, zone: ZoneInfo | None, locale: str) -> str:
     """ "Paris time" for a city's zone; the UTC offset for the others; "UTC" for UTC."""
     if zone is None or zone.key in ("UTC", "Etc/UTC", "Etc/GMT", "GMT"):
         return UTC_LABEL
     if "/" in zone.key and not zone.key.startswith("Etc/"):
-        city = get_timezone_location(zone, locale=locale, return_city=True)
+        city = get_timezone_location(zone, locale=_babel_locale(locale), return_city=True)
         return i18n.gettext(locale, ZONE_OF_CITY, city=city)
     offset = local.utcoffset()
     minutes = int(offset.total_seconds() // 60) if offset is not None else 0
@@ -214,8 +222,8 @@ def format_time(when: datetime, locale: str, time_zone: str | None = None) -> st
     return i18n.gettext(
         locale,
         MOMENT,
-        date=format_date(local, "full", locale=locale),
-        time=babel_time(local, "short", locale=locale),
+        date=format_date(local, "full", locale=_babel_locale(locale)),
+        time=babel_time(local, "short", locale=_babel_locale(locale)),
         zone=_zone_label(local, zone, locale),
     )
 
