@@ -67,11 +67,11 @@ def _write(part: Message, policy: Policy, out: list[bytes]) -> None:
             raise _Unusual
         if part.preamble is not None or part.epilogue is not None:
             raise _Unusual
-        separator = f"{newline}--{boundary}{newline}".encode("ascii")
-        out.append(separator[len(newline) :])
+        out.append(f"--{boundary}{newline}".encode("ascii"))
+        between = f"{newline}--{boundary}{newline}".encode("ascii")
         for index, subpart in enumerate(payload):
             if index:
-                out.append(separator)
+                out.append(between)
             _write(subpart, policy, out)
         out.append(f"{newline}--{boundary}--{newline}".encode("ascii"))
     elif maintype == "message" or not isinstance(payload, str | None):

@@ -406,15 +406,7 @@ def test_the_messages_built_from_kept_headers_are_the_ones_set_content_builds(
                 "Jane@Example.com",
             ),
             (
-                password_changed_email(
-                    locale=locale,
-                    to="İda@example.com",
-                    mail_from=sender,
-                    changed_at=EXPIRES,
-                    reference="ABCD-EFGH",
-                    name=name,
-                    recovery_page="https://accounts.example.test/recovery",
-                ),
+                build_changed(locale=locale, to="İda@example.com", mail_from=sender, name=name),
                 "İda@example.com",
             ),
         ):
