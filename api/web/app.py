@@ -239,10 +239,15 @@ def _require_json(headers: Any) -> None:
         raise NotJson()
 
 
+_NO_STORE_UNDER_PAGES = tuple(page + "/" for page in NO_STORE_PAGES)
+
+
 def _needs_no_store(path: str) -> bool:
-    if path.startswith(NO_STORE_PREFIXES):
-        return True
-    return any(path == p or path.startswith(p + "/") for p in NO_STORE_PAGES)
+    return (
+        path.startswith(NO_STORE_PREFIXES)
+        or path in NO_STORE_PAGES
+        or path.startswith(_NO_STORE_UNDER_PAGES)
+    )
 
 
 def security_headers(settings: Settings) -> OnResponseStart:

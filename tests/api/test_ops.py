@@ -21,6 +21,7 @@ from api import migrate
 from api.accounts.passwords import Argon2Hasher
 from api.logs import (
     ACCESS_LOGGER,
+    LINE_FORMAT,
     RedactingFilter,
     RedactingFormatter,
     configure_logging,
@@ -308,3 +309,50 @@ def test_configure_logging_writes_redacted_lines_and_silences_uvicorns_access_lo
     assert err.count("api.test") == 1
     assert "Bearer [redacted]" in err and "s3cr3t-session" not in err
     assert "token=abc" not in err
+
+
+ACCESS_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO recovery\.access: "
+    r"(GET /api/nothing/\S+) 404 \d+\.\dms id=([0-9a-f]{16})$"
+)
+
+
+def test_access_log_records_are_the_loggers_own_and_their_lines_the_standard_format(
+    api: Api, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The access log makes its records from a template and formats them directly: each
+    record has every field `Logger.makeRecord` gives, its line is what the standard
+    `logging.Formatter` writes for it, and a secret in the path is redacted."""
+    configure_logging("INFO")
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append  # type: ignore[method-assign]
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.addHandler(keep)
+    opaque = "Q" * 43
+    before = time.time()
+    try:
+        answer = api.client.get(f"/api/nothing/{opaque}")
+    finally:
+        access.removeHandler(keep)
+    after = time.time()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "recovery.access" in line]
+    assert len(lines) == 1 and len(records) == 1
+    match = ACCESS_LINE.match(lines[0])
+    assert match, lines[0]
+    assert opaque not in err and match[3] == "GET /api/nothing/[redacted]"
+    assert match[4] == answer.headers["x-request-id"]
+    (record,) = records
+    made = access.makeRecord(access.name, logging.INFO, "(unknown file)", 0, "", None, None)
+    assert set(vars(made)) <= set(vars(record))
+    assert (record.name, record.levelno, record.levelname) == (ACCESS_LOGGER, 20, "INFO")
+    assert record.request_id == match[4] and record.args is None
+    assert before <= record.created <= after
+    assert record.msecs == pytest.approx((record.created % 1) * 1000)
+    assert record.relativeCreated == pytest.approx(
+        made.relativeCreated - (made.created - record.created) * 1000, abs=1
+    )
+    standard = logging.Formatter(LINE_FORMAT).format(logging.makeLogRecord(vars(record)))
+    assert standard == lines[0]
+    assert RedactingFormatter(LINE_FORMAT).format(record) == lines[0]
