@@ -37,6 +37,7 @@ message, byte for byte (`tests/flows/test_emails.py` compares it with the one
 
 from __future__ import annotations
 
+import binascii
 import functools
 import re
 import secrets
@@ -44,9 +45,10 @@ import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy as email_policy
+from email import quoprimime
 
 # The encoding `set_content` chooses for a text, used for the parts built here.
-from email.contentmanager import _encode_text as _stdlib_encode_text
+from email.contentmanager import _encode_base64
 from email.errors import HeaderParseError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
@@ -397,9 +399,40 @@ def _from_header(name: str, address: str) -> _Folded:
     )
 
 
+# How many lines of a text `set_content` encodes to choose between quoted-printable and base64.
+SNIFFED_LINES = 10
+
+
+def encode_text(text: str, policy: Any) -> tuple[str, str]:
+    """The transfer encoding and body `set_content` gives `text` in utf-8 under `policy`
+    (`email.contentmanager._encode_text`), the quoted-printable body encoded once.
+
+    The standard library encodes the first `SNIFFED_LINES` lines to choose, then the
+    whole text again. Quoted-printable encodes each line on its own, so the choice's
+    lines, and the rest encoded after them, are the whole text's encoding.
+    """
+    lines = text.encode("utf-8").splitlines()
+    if max((len(line) for line in lines), default=0) <= policy.max_line_length:
+        try:
+            return "7bit", (b"\n".join(lines) + b"\n").decode("ascii")
+        except UnicodeDecodeError:
+            pass
+        if policy.cte_type == "8bit":
+            return "8bit", (b"\n".join(lines) + b"\n").decode("ascii", "surrogateescape")
+    linesep = policy.linesep.encode("ascii")
+    sniffed = linesep.join(lines[:SNIFFED_LINES]) + linesep
+    quoted = quoprimime.body_encode(sniffed.decode("latin-1"), policy.max_line_length)
+    if len(quoted) > len(binascii.b2a_base64(sniffed)):
+        return "base64", _encode_base64(linesep.join(lines) + linesep, policy.max_line_length)
+    if len(lines) > SNIFFED_LINES:
+        rest = (b"\n".join(lines[SNIFFED_LINES:]) + b"\n").decode("latin-1")
+        quoted += quoprimime.body_encode(rest, policy.max_line_length)
+    return "quoted-printable", quoted
+
+
 def _text_part(text: str, subtype: str) -> MIMEPart:
     """One text/<subtype> part, utf-8, in the transfer encoding `set_content` would choose."""
-    cte, payload = _stdlib_encode_text(text, "utf-8", None, _POLICY)
+    cte, payload = encode_text(text, _POLICY)
     # As `add_alternative` builds them: the part it adds is a message of its own (its
     # MIME-Version, and that of a logo added to it).
     part = (EmailMessage if subtype == "html" else MIMEPart)(policy=_POLICY)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.policy
 import io
+from email.contentmanager import _encode_text as stdlib_encode_text
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -17,10 +18,10 @@ from email.policy import Policy
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from api.mail.messages import email_changed_email
+from api.mail.messages import email_changed_email, encode_text
 from api.mail.wire import message_bytes
 from tests.flows.test_emails import EXPIRES, MAIL_FROM, PNG, branded, build_changed, build_recovery
 
@@ -163,3 +164,23 @@ def test_what_the_generator_handles_its_own_way_is_left_to_it() -> None:
 )
 def test_any_text_is_written_as_the_generator_writes_it(text: str, html: str | None) -> None:
     assert_as_generated(stdlib_message(text, html))
+
+
+WORDS = st.sampled_from(
+    ["word ", "a", "Zoë ", "€", "😀", "=", ".", " ", "\t", "\x0b", "\x85", "\u2028", "x" * 40]
+)
+TEXTS = st.tuples(
+    st.lists(st.lists(WORDS, max_size=12).map("".join), max_size=40),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+).map(lambda lines_and_end: lines_and_end[1].join(lines_and_end[0]))
+# A letter's shape: more lines than the standard library looks at, one too long for 8bit.
+LETTER = "\n".join(["Bonjour Zoë,", "x" * 90, *(f"ligne {n} = fin " for n in range(30))])
+
+
+@example(text=LETTER, policy=email.policy.SMTP)
+@settings(max_examples=300, deadline=None)
+@given(text=TEXTS, policy=st.sampled_from(list(POLICIES.values())))
+def test_text_parts_are_encoded_as_set_content_encodes_them(text: str, policy: Policy) -> None:
+    """`encode_text` encodes quoted-printable once where the standard library encodes the
+    first lines twice: the encoding it picks and the body are the standard library's."""
+    assert encode_text(text, policy) == stdlib_encode_text(text, "utf-8", None, policy)
