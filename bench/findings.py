@@ -245,6 +245,40 @@ written here 2.8 %), the database threads' 33 % -> 41 % (the per-fire UPDATE
 and event INSERT 16 %, python-statemachine 8 %), and the top self-time is
 now the quoted-printable encoding of the HTML part (5 %).
 
+### `GET /health` and every request: the access log (`api/logs.py`)
+
+The full run before this change measured `http_health_vs_hello_ratio` at
+0.47x (runs 0.43, 0.47, 0.51). Calling both applications in-process (no
+server, 5 x 3,000 calls) put the hello at 81 us and `/health` at 176 us;
+with the log level at WARNING, `/health` took 121 us, and served by `recovery
+serve` it answered 3,982 and 3,670 req/s against 3,051 and 2,637 with its
+access log on. So the
+one access-log line was a third of the request inside the application. Its
+pieces, measured in place: making the record 11 us, the redacting filter
+6 us, formatting 13 us, the logging calls around the handler and the write
+27 us (a noisy machine). Changes: the record is a copy of a template made
+once (every field `Logger.makeRecord` gives, `tests/api/test_ops.py`), its
+line redacted where it is made and marked so, so the filter passes it; the
+redacting formatter writes a marked record in the service's line format
+directly (the same text as the standard `Formatter`); the redaction's word
+check is one regular expression. The record still goes through the access
+logger's handlers, so configuration and capture are unchanged. In-process,
+before and after in alternation: `/health` 176, 181 us -> 157, 155 us, the
+hello 83, 84 us -> 81, 81 us. uvicorn's two writes per response were tried
+as one (the head held until the body's first write): fewer system calls but
+fewer requests a second under wrk (2,607-2,988 against 2,942-3,220 req/s,
+twelve runs in alternation, two servers of each), so it was not kept.
+
+The quoted-printable encoding was the worker's top self-time: the standard
+library's `set_content` encodes a text's first ten lines to choose between
+quoted-printable and base64, then the whole text again. Quoted-printable
+encodes line by line, so the first lines' encoding and the rest's make the
+whole (`api.mail.messages.encode_text`; equal to the standard library's for
+random texts under six policies, `tests/flows/test_wire.py`). On a loaded
+machine, best of 5 x 500, four runs: the text part 95-99 us -> 60-64 us, the
+HTML part 214-224 us -> 185-192 us in three (the first, 224 -> 305 us, was
+noise).
+
 ### Code endpoint timing (`flows/password_recovery.py`)
 
 The full run before this change measured `code_enumeration_mannwhitney_p` at
