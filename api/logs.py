@@ -161,7 +161,8 @@ class AccessLogMiddleware:
     def _write(self, line: str, request_id: str) -> None:
         """Hand one line to the access logger's handlers, as `Logger.info` would, with its
         message redacted here: the record is a copy of a template rather than made
-        field by field (that and the formatting were half the cost of a small request)."""
+        field by field (that and the formatting were a third of a `GET /health` inside
+        the application)."""
         record = logging.LogRecord.__new__(logging.LogRecord)
         fields = record.__dict__
         fields.update(self._record_template)

@@ -46,8 +46,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email import quoprimime
-
-# The encoding `set_content` chooses for a text, used for the parts built here.
 from email.contentmanager import _encode_base64
 from email.errors import HeaderParseError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
@@ -413,12 +411,13 @@ def encode_text(text: str, policy: Any) -> tuple[str, str]:
     """
     lines = text.encode("utf-8").splitlines()
     if max((len(line) for line in lines), default=0) <= policy.max_line_length:
+        body = b"\n".join(lines) + b"\n"
         try:
-            return "7bit", (b"\n".join(lines) + b"\n").decode("ascii")
+            return "7bit", body.decode("ascii")
         except UnicodeDecodeError:
             pass
         if policy.cte_type == "8bit":
-            return "8bit", (b"\n".join(lines) + b"\n").decode("ascii", "surrogateescape")
+            return "8bit", body.decode("ascii", "surrogateescape")
     linesep = policy.linesep.encode("ascii")
     sniffed = linesep.join(lines[:SNIFFED_LINES]) + linesep
     quoted = quoprimime.body_encode(sniffed.decode("latin-1"), policy.max_line_length)
