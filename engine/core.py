@@ -133,6 +133,12 @@ _EVENT_VALUES = {
 # Where the database can return it, the event's number is taken inside the INSERT.
 _LOG_RETURNING = insert(event_t).values(seq=_NEXT_SEQ, **_EVENT_VALUES).returning(event_t.c.seq)
 _SELECT_NEXT_SEQ = select(_NEXT_SEQ)
+# A batch's attempts' last event numbers, read once so its fires number their own events.
+_LAST_SEQS = (
+    select(event_t.c.attempt_id, func.max(event_t.c.seq))
+    .where(event_t.c.attempt_id.in_(bindparam("ids", expanding=True)))
+    .group_by(event_t.c.attempt_id)
+)
 _LOG = insert(event_t).values(seq=_bind(event_t.c.seq, "b_seq"), **_EVENT_VALUES)
 START_EVENT = "start"
 # Creating an attempt: the row and its first event, built once like the fire path's.
@@ -215,10 +221,36 @@ class Fire:
 
 @dataclass
 class _Batch:
-    """The attempts one transaction fires on, and what effects read once for all of them."""
+    """The attempts one transaction fires on, and what effects read once for all of them.
+
+    When the batch is fired without savepoints, `next_seq` holds each attempt's next
+    event number and the batch's own transitions and events are held back (`moves`,
+    `events`) to be written together, one statement each, by `flush`: at the end of
+    the batch, and before anything else reads or writes through the transaction (an
+    effect's `Transaction.conn`), so no query ever sees the database without them.
+    A moved row or a taken event number is found by the flush; it raises, and the
+    batch is fired again with a savepoint per fire, writing as it goes.
+    """
 
     ids: frozenset[uuid.UUID]
     read: dict[str, Any] = field(default_factory=dict)
+    next_seq: dict[uuid.UUID, int] | None = None
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def holds(self, attempt_id: uuid.UUID) -> bool:
+        """Whether this attempt's writes are held back for the flush."""
+        return self.next_seq is not None and attempt_id in self.next_seq
+
+    def flush(self, conn: Connection) -> None:
+        """Write what was held back: the transitions, then the events."""
+        if self.moves:
+            moves, self.moves = self.moves, []
+            if conn.execute(_TRANSITION, moves).rowcount != len(moves):
+                raise ConflictError(moves[0]["b_id"], "a transition of the batch")
+        if self.events:
+            events, self.events = self.events, []
+            conn.execute(_LOG, events)
 
 
 @dataclass
@@ -233,7 +265,7 @@ class Transaction:
     transition.
     """
 
-    conn: Connection
+    connection: Connection
     now: datetime
     attempt: AttemptRecord
     previous_state: str
@@ -243,6 +275,13 @@ class Transaction:
     data: dict[str, Any] = field(default_factory=dict)
     # The attempts of the batch this fire is one of (`Engine.fire_many_sync`), if any.
     batch: _Batch | None = None
+
+    @property
+    def conn(self) -> Connection:
+        """The open connection, with the batch's held-back writes made first."""
+        if self.batch is not None:
+            self.batch.flush(self.connection)
+        return self.connection
 
     def read_for_all(
         self, name: str, read: Callable[[Connection, Sequence[uuid.UUID]], Mapping[uuid.UUID, T]]
@@ -594,10 +633,14 @@ class Engine:
     def _fire_many(self, fires: Sequence[Fire], *, savepoints: bool) -> list[Fired | EngineError]:
         outcomes: list[Fired | EngineError] = []
         with self.db.transaction() as conn:
-            rows = conn.execute(_LOAD_MANY, {"ids": [fire.attempt_id for fire in fires]})
+            ids = [fire.attempt_id for fire in fires]
+            rows = conn.execute(_LOAD_MANY, {"ids": ids})
             loaded = {row.id: AttemptRecord.from_row(row) for row in rows}
             tally = Tally()
-            batch = _Batch(frozenset(fire.attempt_id for fire in fires))
+            batch = _Batch(frozenset(ids))
+            if not savepoints:
+                last = dict(conn.execute(_LAST_SEQS, {"ids": list(loaded)}).all())
+                batch.next_seq = {attempt_id: last.get(attempt_id, 0) + 1 for attempt_id in loaded}
             # Without savepoints, who else is live is settled once for the whole batch.
             became_live: list[tuple[str, AttemptRecord]] | None = None if savepoints else []
             for fire in fires:
@@ -634,6 +677,7 @@ class Engine:
                     continue
                 tally.update(own)
                 outcomes.append(outcome.fired or outcome.refused)  # type: ignore[arg-type]
+            batch.flush(conn)
             if became_live:
                 self._supersede(conn, became_live, tally)
             add_tally(conn, tally)
@@ -688,7 +732,7 @@ class Engine:
             deadline = spec.deadlines[record.state]
             if event != deadline.event:
                 expired_at = record.deadline_at
-                record = self._apply_deadline(conn, spec, record, now, tally).attempt
+                record = self._apply_deadline(conn, spec, record, now, tally, batch).attempt
         tx = Transaction(conn, now, record, record.state, self, tally, batch=batch)
         target = self._decide(spec, record, event, now, {**params, "tx": tx})
         if target is None:
@@ -706,6 +750,7 @@ class Engine:
                 False,
                 # The engine's reason wins over any the caller's detail carries.
                 {**detail, "reason": reason},
+                batch,
             )
             tally.refused(record.flow, event)
             return _Outcome(
@@ -724,6 +769,7 @@ class Engine:
             new_data,
             tally,
             became_live,
+            batch,
         )
         if in_tx is not None:
             in_tx(Transaction(conn, now, fired.attempt, record.state, self, tally))
@@ -754,9 +800,11 @@ class Engine:
         data: dict[str, Any],
         tally: Tally,
         became_live: list[tuple[str, AttemptRecord]] | None = None,
+        batch: _Batch | None = None,
     ) -> Fired:
-        """Write the transition; with `became_live`, an attempt that becomes live is added
-        there (its group's older journeys are ended by the caller) instead of ending them."""
+        """Write the transition (held back for the flush when `batch` holds the attempt);
+        with `became_live`, an attempt that becomes live is added there (its group's older
+        journeys are ended by the caller) instead of ending them."""
         after = replace(
             record,
             state=target,
@@ -773,21 +821,22 @@ class Engine:
         else:
             deadline_at = now + deadline.duration(after)
         after = replace(after, deadline_at=deadline_at)
-        result = conn.execute(
-            _TRANSITION,
-            {
-                "b_id": record.id,
-                "b_version": record.version,
-                "b_state": target,
-                "b_new_version": after.version,
-                "b_now": now,
-                "b_deadline_at": deadline_at,
-                "b_data": data,
-            },
-        )
-        if result.rowcount != 1:
+        move = {
+            "b_id": record.id,
+            "b_version": record.version,
+            "b_state": target,
+            "b_new_version": after.version,
+            "b_now": now,
+            "b_deadline_at": deadline_at,
+            "b_data": data,
+        }
+        if batch is not None and batch.holds(record.id):
+            batch.moves.append(move)
+        elif conn.execute(_TRANSITION, move).rowcount != 1:
             raise ConflictError(record.id, event)
-        logged = self._log(conn, record.id, event, record.state, target, actor, now, True, detail)
+        logged = self._log(
+            conn, record.id, event, record.state, target, actor, now, True, detail, batch
+        )
         tally.moved(record.flow, event, record.state, target)
         live = spec.live_states
         if spec.exclusive is not None and target in live and record.state not in live:
@@ -876,11 +925,17 @@ class Engine:
         return ended
 
     def _apply_deadline(
-        self, conn: Connection, spec: FlowSpec, record: AttemptRecord, now: datetime, tally: Tally
+        self,
+        conn: Connection,
+        spec: FlowSpec,
+        record: AttemptRecord,
+        now: datetime,
+        tally: Tally,
+        batch: _Batch | None = None,
     ) -> Fired:
         """Fire the state's deadline event, effects and all (the transition is unguarded)."""
         deadline = spec.deadlines[record.state]
-        tx = Transaction(conn, now, record, record.state, self, tally)
+        tx = Transaction(conn, now, record, record.state, self, tally, batch=batch)
         target = self._decide(spec, record, deadline.event, now, {"tx": tx})
         assert target is not None  # FlowSpec checks this at definition time
         return self._commit_transition(
@@ -894,6 +949,7 @@ class Engine:
             deadline_detail(record.deadline_at),
             {**record.data, **tx.data},
             tally,
+            batch=batch,
         )
 
     def _log(
@@ -907,7 +963,9 @@ class Engine:
         at: datetime,
         accepted: bool,
         detail: Mapping[str, Any],
+        batch: _Batch | None = None,
     ) -> EventRecord:
+        """Record an event (held back for the flush when `batch` holds the attempt)."""
         params = {
             "b_attempt_id": attempt_id,
             "b_event": event,
@@ -920,7 +978,12 @@ class Engine:
         }
         # A concurrent writer that took the same seq makes this insert fail;
         # fire_sync turns that into ConflictError after rolling back.
-        if conn.dialect.insert_returning:
+        if batch is not None and batch.holds(attempt_id):
+            assert batch.next_seq is not None
+            seq = batch.next_seq[attempt_id]
+            batch.next_seq[attempt_id] = seq + 1
+            batch.events.append({**params, "b_seq": seq})
+        elif conn.dialect.insert_returning:
             seq = conn.execute(_LOG_RETURNING, params).scalar_one()
         else:
             seq = conn.execute(_SELECT_NEXT_SEQ, {"b_attempt_id": attempt_id}).scalar_one()

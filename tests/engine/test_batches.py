@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from statemachine import State, StateMachine
 
@@ -23,6 +24,7 @@ from engine import ConflictError, Engine, EventRefused, Exclusive, FlowSpec, Job
 from engine.core import Fire
 from engine.db import Lane
 from engine.errors import UnknownFlow
+from engine.models import Attempt
 from engine.records import AttemptRecord
 from engine.worker import Decision, Worker, fire_claimed_many, waves
 from tests.engine.helpers import FLOW, offered
@@ -164,6 +166,104 @@ def test_a_fire_that_conflicts_mid_transition_leaves_the_others_to_commit(engine
     assert racy.read_sync(first.id).data == {"written": True}
     assert racy.read_sync(loser.id).data == {}
     assert [e.event for e in racy.history_sync(loser.id)] == ["start"]
+
+
+# A flow whose effect, told to, reaches past the batch: it reads another attempt's row,
+# moves one the batch has yet to fire on, or logs an event on it, all through `tx.conn`.
+class Meddling(StateMachine):
+    waiting = State(initial=True)
+    done = State(final=True)
+
+    finish = waiting.to(done, on="meddle")
+    poke = waiting.to(waiting, cond="never")
+
+    def never(self) -> bool:
+        return False
+
+    def meddle(
+        self,
+        tx: Any,
+        seen: dict[str, str] | None = None,
+        look_at: uuid.UUID | None = None,
+        move: uuid.UUID | None = None,
+        log_on: uuid.UUID | None = None,
+    ) -> None:
+        attempt = Attempt.__table__
+        if look_at is not None and seen is not None:
+            row = tx.conn.execute(select(attempt.c.state).where(attempt.c.id == look_at))
+            seen[str(look_at)] = row.scalar_one()
+        if move is not None:
+            tx.conn.execute(
+                update(attempt).where(attempt.c.id == move).values(version=attempt.c.version + 1)
+            )
+        if log_on is not None:
+            tx.fire(log_on, "poke")  # refused, and recorded at once
+
+
+def _meddling(engine: Engine) -> tuple[Engine, list[AttemptRecord]]:
+    meddling = Engine(engine.db, [FlowSpec(name="meddling", machine=Meddling)])
+    return meddling, [meddling.start_sync("meddling", subject=f"m{i}") for i in range(3)]
+
+
+def test_an_effect_sees_the_transitions_its_batch_made_before_it(engine: Engine) -> None:
+    """The batch holds its own writes back to send them together, but an effect that reads
+    through the transaction reads them: the first attempt is already done for the third."""
+    meddling, (first, second, third) = _meddling(engine)
+    seen: dict[str, str] = {}
+    outcomes = meddling.fire_many_sync(
+        [
+            Fire(first.id, "finish"),
+            Fire(second.id, "finish"),
+            Fire(third.id, "finish", params={"seen": seen, "look_at": first.id}),
+        ]
+    )
+    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 3
+    assert seen == {str(first.id): "done"}
+    assert [[e.seq for e in meddling.history_sync(a.id)] for a in (first, second, third)] == [
+        [1, 2]
+    ] * 3
+
+
+def test_a_row_moved_under_the_batch_is_found_and_the_batch_fired_again(
+    engine: Engine,
+) -> None:
+    """An attempt moved after the batch read it (here by the first fire's effect, as another
+    writer would) makes its held-back transition match no row: the batch is fired again
+    with a savepoint per fire, and every attempt ends done with one `finish` logged."""
+    meddling, (first, second, third) = _meddling(engine)
+    outcomes = meddling.fire_many_sync(
+        [
+            Fire(first.id, "finish", params={"move": third.id}),
+            Fire(second.id, "finish"),
+            Fire(third.id, "finish"),
+        ]
+    )
+    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 3
+    assert _states(meddling, [first, second, third]) == ["done"] * 3
+    for attempt in (first, second, third):
+        assert [e.event for e in meddling.history_sync(attempt.id)] == ["start", "finish"]
+    # Moved once by the rolled-back try and once by the savepoint one: version 1 + 1 + 1.
+    assert meddling.read_sync(third.id).version == first.version + 2
+
+
+def test_an_event_number_taken_under_the_batch_is_found_and_the_batch_fired_again(
+    engine: Engine,
+) -> None:
+    """An event logged on an attempt after the batch numbered its events (a refused `poke`
+    fired by the first fire's effect) takes the number the batch held for it: the batch
+    is fired again, and the log runs 1, 2, 3 with nothing lost or doubled."""
+    meddling, (first, second, third) = _meddling(engine)
+    outcomes = meddling.fire_many_sync(
+        [
+            Fire(first.id, "finish", params={"log_on": third.id}),
+            Fire(second.id, "finish"),
+            Fire(third.id, "finish"),
+        ]
+    )
+    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 3
+    log = [(e.seq, e.event, e.accepted) for e in meddling.history_sync(third.id)]
+    assert log == [(1, "start", True), (2, "poke", False), (3, "finish", True)]
+    assert _states(meddling, [first, second, third]) == ["done"] * 3
 
 
 # A flow whose effect checks each attempt against a value read for the whole batch.
