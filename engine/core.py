@@ -621,9 +621,10 @@ class Engine:
         conflicts (the attempt moved, a uniqueness rule broke) or whose attempt
         is gone leaves the others to commit, and its outcome is the
         `EventRefused`, `ConflictError` or `NotFound` that `fire_sync` would
-        have raised. The attempts are read in one query; a batch of N costs one
-        commit instead of N. Should one change under the batch mid-transition,
-        the batch is fired again with a savepoint per fire.
+        have raised. The attempts are read in one query, and their transitions
+        and events written with one statement each (`_Batch`); a batch of N
+        costs one commit instead of N. Should one change under the batch
+        mid-transition, the batch is fired again with a savepoint per fire.
         """
         try:
             return self._fire_many(fires, savepoints=False)
@@ -638,7 +639,7 @@ class Engine:
             loaded = {row.id: AttemptRecord.from_row(row) for row in rows}
             tally = Tally()
             batch = _Batch(frozenset(ids))
-            if not savepoints:
+            if not savepoints and loaded:
                 last = dict(conn.execute(_LAST_SEQS, {"ids": list(loaded)}).all())
                 batch.next_seq = {attempt_id: last.get(attempt_id, 0) + 1 for attempt_id in loaded}
             # Without savepoints, who else is live is settled once for the whole batch.
