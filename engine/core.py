@@ -224,8 +224,9 @@ class _Batch:
     """The attempts one transaction fires on, and what effects read once for all of them.
 
     When the batch is fired without savepoints, `next_seq` holds each attempt's next
-    event number and the batch's own transitions and events are held back (`moves`,
-    `events`) to be written together, one statement each, by `flush`: at the end of
+    event number (it is empty otherwise), and the transitions and events of those
+    attempts are held back (`moves`, `events`) to be written together, one statement
+    each, by `flush`: at the end of
     the batch, and before anything else reads or writes through the transaction (an
     effect's `Transaction.conn`), so no query ever sees the database without them.
     A moved row or a taken event number is found by the flush; it raises, and the
@@ -234,13 +235,21 @@ class _Batch:
 
     ids: frozenset[uuid.UUID]
     read: dict[str, Any] = field(default_factory=dict)
-    next_seq: dict[uuid.UUID, int] | None = None
+    next_seq: dict[uuid.UUID, int] = field(default_factory=dict)
     moves: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def holds(self, attempt_id: uuid.UUID) -> bool:
         """Whether this attempt's writes are held back for the flush."""
-        return self.next_seq is not None and attempt_id in self.next_seq
+        return attempt_id in self.next_seq
+
+    def hold_event(self, params: dict[str, Any]) -> int:
+        """Hold back an event of an attempt this batch holds; the number it will have."""
+        attempt_id = params["b_attempt_id"]
+        seq = self.next_seq[attempt_id]
+        self.next_seq[attempt_id] = seq + 1
+        self.events.append({**params, "b_seq": seq})
+        return seq
 
     def flush(self, conn: Connection) -> None:
         """Write what was held back: the transitions, then the events."""
@@ -980,10 +989,7 @@ class Engine:
         # A concurrent writer that took the same seq makes this insert fail;
         # fire_sync turns that into ConflictError after rolling back.
         if batch is not None and batch.holds(attempt_id):
-            assert batch.next_seq is not None
-            seq = batch.next_seq[attempt_id]
-            batch.next_seq[attempt_id] = seq + 1
-            batch.events.append({**params, "b_seq": seq})
+            seq = batch.hold_event(params)
         elif conn.dialect.insert_returning:
             seq = conn.execute(_LOG_RETURNING, params).scalar_one()
         else:

@@ -205,19 +205,24 @@ def _meddling(engine: Engine) -> tuple[Engine, list[AttemptRecord]]:
     return meddling, [meddling.start_sync("meddling", subject=f"m{i}") for i in range(3)]
 
 
+def _finish_in_one_batch(
+    meddling: Engine, attempts: list[AttemptRecord], params: dict[uuid.UUID, dict[str, Any]]
+) -> None:
+    """Fire `finish` at every attempt in one batch, each with its `params`; all go through."""
+    outcomes = meddling.fire_many_sync(
+        [Fire(a.id, "finish", params=params.get(a.id)) for a in attempts]
+    )
+    assert [type(o).__name__ for o in outcomes] == ["Fired"] * len(attempts)
+
+
 def test_an_effect_sees_the_transitions_its_batch_made_before_it(engine: Engine) -> None:
     """The batch holds its own writes back to send them together, but an effect that reads
     through the transaction reads them: the first attempt is already done for the third."""
     meddling, (first, second, third) = _meddling(engine)
     seen: dict[str, str] = {}
-    outcomes = meddling.fire_many_sync(
-        [
-            Fire(first.id, "finish"),
-            Fire(second.id, "finish"),
-            Fire(third.id, "finish", params={"seen": seen, "look_at": first.id}),
-        ]
+    _finish_in_one_batch(
+        meddling, [first, second, third], {third.id: {"seen": seen, "look_at": first.id}}
     )
-    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 3
     assert seen == {str(first.id): "done"}
     assert [[e.seq for e in meddling.history_sync(a.id)] for a in (first, second, third)] == [
         [1, 2]
@@ -231,19 +236,12 @@ def test_a_row_moved_under_the_batch_is_found_and_the_batch_fired_again(
     writer would) makes its held-back transition match no row: the batch is fired again
     with a savepoint per fire, and every attempt ends done with one `finish` logged."""
     meddling, (first, second, third) = _meddling(engine)
-    outcomes = meddling.fire_many_sync(
-        [
-            Fire(first.id, "finish", params={"move": third.id}),
-            Fire(second.id, "finish"),
-            Fire(third.id, "finish"),
-        ]
-    )
-    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 3
+    _finish_in_one_batch(meddling, [first, second, third], {first.id: {"move": third.id}})
     assert _states(meddling, [first, second, third]) == ["done"] * 3
     for attempt in (first, second, third):
         assert [e.event for e in meddling.history_sync(attempt.id)] == ["start", "finish"]
-    # Moved once by the rolled-back try and once by the savepoint one: version 1 + 1 + 1.
-    assert meddling.read_sync(third.id).version == first.version + 2
+    # The first try rolled back; the second moved it once by the effect, once by `finish`.
+    assert meddling.read_sync(third.id).version == third.version + 2
 
 
 def test_an_event_number_taken_under_the_batch_is_found_and_the_batch_fired_again(
@@ -253,14 +251,7 @@ def test_an_event_number_taken_under_the_batch_is_found_and_the_batch_fired_agai
     fired by the first fire's effect) takes the number the batch held for it: the batch
     is fired again, and the log runs 1, 2, 3 with nothing lost or doubled."""
     meddling, (first, second, third) = _meddling(engine)
-    outcomes = meddling.fire_many_sync(
-        [
-            Fire(first.id, "finish", params={"log_on": third.id}),
-            Fire(second.id, "finish"),
-            Fire(third.id, "finish"),
-        ]
-    )
-    assert [type(o).__name__ for o in outcomes] == ["Fired"] * 3
+    _finish_in_one_batch(meddling, [first, second, third], {first.id: {"log_on": third.id}})
     log = [(e.seq, e.event, e.accepted) for e in meddling.history_sync(third.id)]
     assert log == [(1, "start", True), (2, "poke", False), (3, "finish", True)]
     assert _states(meddling, [first, second, third]) == ["done"] * 3
