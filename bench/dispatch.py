@@ -14,14 +14,21 @@ aiosmtplib to the same sink by as many processes, each over as many
 persistent connections as the dispatcher runs sends at once
 (`MAX_CONCURRENT_SENDS`), every connection reused for every message
 (`bench.floors`): the most mail that concurrency could carry. The older floor,
-a connection per message as the SMTP transport does today (`python -m
-bench.dispatch send-floor`, below), is kept in the details.
+a connection per message as the SMTP transport sent before it kept its
+connections (`python -m bench.dispatch send-floor`, below), is kept in the
+details.
 
 - `dispatch_emails_per_s_1w` (PostgreSQL), `dispatch_emails_per_s_1w_sqlite`,
   `dispatch_emails_per_s_2w` (PostgreSQL, with its scaling over one worker in
   the detail; the issue's goal is 1.7x): emails/s, each against its floor.
 - `dispatch_vs_smtp_floor_ratio`: one worker on PostgreSQL over the
   persistent-connection floor, per run (SQLite's in the detail). Target `>= 0.7`.
+- `dispatch_render_send_vs_smtp_floor_ratio`: the ceiling of the one above.
+  One process renders each email with the dispatcher's template code inside
+  the clock and sends it through the product's SMTP transport over the same
+  number of kept connections (`python -m bench.dispatch render-send`), with no
+  database, throttles, tokens or state machine, over the same floor. Reported
+  (no target): what a dispatcher whose durable work cost nothing would reach.
 - `dispatch_vs_request_ratio`: one worker's emails/s on PostgreSQL over the
   req/s `POST /api/recovery` accepted with known addresses on PostgreSQL in
   the same run (`bench.request_path.request_capacity`), run by run: whether
@@ -45,6 +52,7 @@ from typing import IO, Any
 import aiosmtplib
 from sqlalchemy import func, select
 
+from api.mail.transports import SmtpTransport
 from bench.env import BenchEnv, attempt_row, bulk_insert, insert_accounts, start_event
 from bench.floors import smtp_floor_seconds
 from bench.harness import Figure, Floor
@@ -151,44 +159,40 @@ def _product_run(
     return elapsed
 
 
-def _connection_per_message_run(sink: SmtpSink, senders: int, count: int) -> float:
-    """Seconds for `senders` processes to hand `count` recovery emails to the sink,
-    `MAX_CONCURRENT_SENDS` at a time each, a connection per message (the older floor)."""
-    procs = []
-    for n in range(senders):
-        share = count // senders + (1 if n < count % senders else 0)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.dispatch",
-                "send-floor",
-                "--port",
-                str(sink.port),
-                "--count",
-                str(share),
-            ],
-            cwd=ROOT,
-            env=child_env({}),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        procs.append(proc)
-    for proc in procs:
-        assert proc.stdout is not None
+def _sender_run(sink: SmtpSink, command: str, count: int) -> float:
+    """Seconds for one `python -m bench.dispatch COMMAND` process, started and left
+    until it says it is ready, to hand `count` emails to the sink once told to go."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.dispatch",
+            command,
+            "--port",
+            str(sink.port),
+            "--count",
+            str(count),
+        ],
+        cwd=ROOT,
+        env=child_env({}),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
         if proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError("floor sender did not start")
-    before = len(sink.receipts)
-    started = time.perf_counter()
-    for proc in procs:
-        assert proc.stdin is not None
+            raise RuntimeError(f"the {command} sender did not start")
+        before = len(sink.receipts)
+        started = time.perf_counter()
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
-    sink.wait_for(before + count, timeout=600)
-    elapsed = time.perf_counter() - started
-    for proc in procs:
+        sink.wait_for(before + count, timeout=600)
+        elapsed = time.perf_counter() - started
         if proc.wait(timeout=60) != 0:
-            raise RuntimeError("floor sender failed")
+            raise RuntimeError(f"the {command} sender failed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     return elapsed
 
 
@@ -198,7 +202,8 @@ def _runs(env: BenchEnv, sink: SmtpSink, count: int) -> dict[str, list[float]]:
         "pg 1w": lambda run: _product_run(env, sink, "postgresql", 1, count, f"pg1w{run}"),
         "sqlite 1w": lambda run: _product_run(env, sink, "sqlite", 1, count, f"sq1w{run}"),
         "floor 1p": lambda run: smtp_floor_seconds(sink, senders=1, count=count),
-        "per-message floor 1p": lambda run: _connection_per_message_run(sink, 1, count),
+        "per-message floor 1p": lambda run: _sender_run(sink, "send-floor", count),
+        "render+send 1p": lambda run: _sender_run(sink, "render-send", count),
         "pg 2w": lambda run: _product_run(env, sink, "postgresql", 2, count, f"pg2w{run}"),
         "floor 2p": lambda run: smtp_floor_seconds(sink, senders=2, count=count),
     }
@@ -246,6 +251,7 @@ def measure(env: BenchEnv) -> list[Figure]:
         )
 
     per_message = rates["per-message floor 1p"]
+    render_send = rates["render+send 1p"]
     pg1, sq1, pg2 = rates["pg 1w"], rates["sqlite 1w"], rates["pg 2w"]
     return [
         Figure(
@@ -294,6 +300,29 @@ def measure(env: BenchEnv) -> list[Figure]:
             detail={
                 "dispatcher emails/s": pg1,
                 "sqlite ratio": _ratio(sq1, rates["floor 1p"]),
+                "the most it could be (dispatch_render_send_vs_smtp_floor_ratio)": _ratio(
+                    render_send, rates["floor 1p"]
+                ),
+            },
+        ),
+        Figure(
+            name="dispatch_render_send_vs_smtp_floor_ratio",
+            unit="x",
+            runs=_ratio(render_send, rates["floor 1p"]),
+            floor=floor(1),
+            ratio_runs=_ratio(render_send, rates["floor 1p"]),
+            description=(
+                "What one dispatcher would reach if its database, throttles, tokens and state "
+                "machine cost nothing: one process (`python -m bench.dispatch render-send`) "
+                "that renders each recovery email with the dispatcher's template code, inside "
+                "the clock, and sends it through the product's SMTP transport, "
+                f"{conns} at a time over kept connections, emails/s over the persistent-"
+                f"connection floor's, per run ({count:,} emails each). "
+                "`dispatch_vs_smtp_floor_ratio` cannot be higher."
+            ),
+            detail={
+                "render-and-send emails/s": render_send,
+                "one worker on PostgreSQL over render-and-send": _ratio(pg1, render_send),
             },
         ),
         Figure(
@@ -345,13 +374,43 @@ async def _send_all(port: int, count: int) -> None:
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
+# -- the render-and-send process: a dispatcher without a database -----------------------
+
+
+async def _render_and_send(port: int, count: int) -> int:
+    """Once 'go' is read: render `count` recovery emails, each just before it is sent
+    (as the dispatcher does), and send them through the product's SMTP transport,
+    `MAX_CONCURRENT_SENDS` at a time over as many kept connections."""
+    transport = SmtpTransport(f"smtp://127.0.0.1:{port}", kept=MAX_CONCURRENT_SENDS)
+    # The connections are open before the clock starts, as the floor's are.
+    warm = [recovery_message(f"r{n}@example.com") for n in range(MAX_CONCURRENT_SENDS)]
+    await asyncio.gather(*(transport.send(message) for message in warm))
+    print("ready", flush=True)
+    if await asyncio.to_thread(sys.stdin.readline) != "go\n":
+        return 1
+    waiting = list(range(count))
+
+    async def drain() -> None:
+        while waiting:
+            await transport.send(recovery_message(f"r{waiting.pop():07d}@example.com"))
+
+    await asyncio.gather(*(drain() for _ in range(MAX_CONCURRENT_SENDS)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dispatch")
     commands = parser.add_subparsers(dest="command", required=True)
-    floor = commands.add_parser("send-floor", help="send N emails once 'go' is read on stdin")
-    floor.add_argument("--port", type=int, required=True)
-    floor.add_argument("--count", type=int, required=True)
+    for name, what in (
+        ("send-floor", "send N emails, a connection each, once 'go' is read on stdin"),
+        ("render-send", "render and send N emails over kept connections once 'go' is read"),
+    ):
+        command = commands.add_parser(name, help=what)
+        command.add_argument("--port", type=int, required=True)
+        command.add_argument("--count", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command == "render-send":
+        return asyncio.run(_render_and_send(args.port, args.count))
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 1

@@ -33,6 +33,8 @@ ISSUE_17_POSTGRESQL_FIGURES = {
     "dispatch_emails_per_s_1w_sqlite",
     "dispatch_emails_per_s_2w",
     "dispatch_vs_smtp_floor_ratio",
+    # What that ratio would be with a database and engine that cost nothing.
+    "dispatch_render_send_vs_smtp_floor_ratio",
     "dispatch_vs_request_ratio",
 }
 SQLITE_FIGURES = {
