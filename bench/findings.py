@@ -324,6 +324,38 @@ run's floor of 1,804 emails/s, 0.7x is 1,263 emails/s: 0.79 ms an email for
 everything, of which composing takes 0.6 ms, leaving 0.19 ms for the claim,
 the throttles, the token, the send and the transition, which take about
 1.3 ms today.
+
+### Dispatch, sixth pass: the ceiling, and the machine under load
+
+Measured by hand on a slower day of this machine (the SMTP floor at 830-1,600
+emails/s, one worker at 210-300), so the figures below are each other's
+context, not the full run's. Per email, by process (psutil, 3,000 emails):
+the floor's sender spent 0.64 and 0.83 ms of CPU handing pre-built messages
+over, and the sink (in the bench process) 0.83 and 1.03 ms taking them. A
+process that only renders each email (the dispatcher's template code) and
+sends it through the product's SMTP transport over 4 kept connections spent
+0.98-1.16 ms, against 0.45-0.57 ms for the same transport sending pre-built
+messages: rendering costs about as much as sending. That process reached
+0.77x, 0.54x and 0.48x the floor in three interleaved rounds, and 0.59x,
+0.54x and 0.70x with `python -m bench.dispatch render-send`, which now
+measures it in every run (`dispatch_render_send_vs_smtp_floor_ratio`). It
+has no database, no throttles, no tokens and no state machine: it is what
+`dispatch_vs_smtp_floor_ratio` would be if all of those cost nothing.
+
+Time to inbox at lower loads (`recovery serve --no-dispatcher` and one
+worker on PostgreSQL, 20-30 s each): 20 requests/s, p50 239 ms and p99
+544 ms (the 0.5 s idle poll is most of it); 100/s, p50 102 ms, p99 402 ms;
+150/s, p50 165 and 210 ms in two runs but 3.4, 7.5 and 15.7 s in three
+others; 200/s, a queue in every run (p50 2.4-13.8 s, up to 2,866 waiting),
+although the same worker alone empties a full queue at 210-300 emails/s.
+Timers in the worker at 200/s, per chunk of 16 emails: storing the links
+28-35 ms (3 ms of it the thread's CPU), the `dispatch` transitions 59-76 ms
+(18-20 ms CPU), the sends 70-100 ms. The machine was at 156 % of its 200 %
+with 10 % stolen by the host: the API server 38 % of a core at 200
+requests/s, the worker 57 %, the sink 20 %, the PostgreSQL backends about
+25 %. Sixteen connections instead of four, a GIL switch interval of 0.5 ms
+instead of 5 ms and `synchronous_commit=off` each changed nothing: the waits
+are for a core, not for a lock, a disk or the mail server.
 """
 
 
