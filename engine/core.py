@@ -226,9 +226,9 @@ class _Batch:
     When the batch is fired without savepoints, `next_seq` holds each attempt's next
     event number (it is empty otherwise), and the transitions and events of those
     attempts are held back (`moves`, `events`) to be written together, one statement
-    each, by `flush`: at the end of
-    the batch, and before anything else reads or writes through the transaction (an
-    effect's `Transaction.conn`), so no query ever sees the database without them.
+    each, by `flush`: at the end of the batch, and before anything else reads or
+    writes through the transaction (an effect's `Transaction.conn`), so no query
+    ever sees the database without them.
     A moved row or a taken event number is found by the flush; it raises, and the
     batch is fired again with a savepoint per fire, writing as it goes.
     """
